@@ -1,0 +1,106 @@
+/**
+ * Results in, socket writes out: checking what a callback returned and writing its frames.
+ * The connection (connection.ts) applies the other commands, in the order documented on
+ * `Commands`; this module owns the two parts that need no connection state.
+ */
+import type WebSocket from 'ws'
+import { MAX_CLOSE_REASON_BYTES, isSendableCloseCode } from './close-codes.js'
+import { liveChecks, optionsProblem, show } from './options.js'
+import type { CloseFrame, OutFrame } from './types.js'
+
+const RESULT_KEYS = 'state, reply, stop, hibernate, active, options'
+const resultKeys = new Set(RESULT_KEYS.split(', '))
+const MAX_CONTROL_PAYLOAD = 125
+
+/** Why `result` is not a valid result, as a sentence naming what was expected; undefined when it is. */
+export function resultProblem (result: unknown): string | undefined {
+  if (result === null || typeof result !== 'object' || Array.isArray(result)) {
+    return `got ${show(result)}, expected undefined or an object with some of: ${RESULT_KEYS}`
+  }
+  for (const key in result) {
+    if (!resultKeys.has(key)) return `unknown key "${key}", expected some of: ${RESULT_KEYS}`
+  }
+  const { reply, stop, hibernate, active, options } = result as Record<string, unknown>
+  if (reply !== undefined) {
+    const problem = Array.isArray(reply) ? framesProblem(reply) : frameProblem(reply)
+    if (problem !== undefined) return problem
+  }
+  if (stop !== undefined && typeof stop !== 'boolean') return `"stop" must be a boolean, got ${show(stop)}`
+  if (hibernate !== undefined && typeof hibernate !== 'boolean') return `"hibernate" must be a boolean, got ${show(hibernate)}`
+  if (active !== undefined && typeof active !== 'boolean') return `"active" must be a boolean, got ${show(active)}`
+  if (options !== undefined) return optionsProblem(options, liveChecks)
+  return undefined
+}
+
+function framesProblem (frames: readonly unknown[]): string | undefined {
+  for (let i = 0; i < frames.length; i++) {
+    const problem = frameProblem(frames[i])
+    if (problem !== undefined) return `reply[${i}]: ${problem}`
+  }
+  return undefined
+}
+
+function frameProblem (frame: unknown): string | undefined {
+  if (frame === null || typeof frame !== 'object') return `a frame must be built with text(), binary(), ping(), pong() or close(), got ${show(frame)}`
+  const { type, data, code, reason } = frame as Record<string, unknown>
+  switch (type) {
+    case 'text':
+      return typeof data === 'string' ? undefined : `a text frame needs string data, got ${show(data)}`
+    case 'binary':
+      return data instanceof Uint8Array ? undefined : `a binary frame needs a Buffer or Uint8Array, got ${show(data)}`
+    case 'ping':
+    case 'pong':
+      if (data === undefined) return undefined
+      if (typeof data !== 'string' && !(data instanceof Uint8Array)) return `a ${type} payload must be a string, Buffer or Uint8Array, got ${show(data)}`
+      return byteLength(data) <= MAX_CONTROL_PAYLOAD ? undefined : `a ${type} payload is at most ${MAX_CONTROL_PAYLOAD} bytes, got ${byteLength(data)}`
+    case 'close':
+      if (code !== undefined && !isSendableCloseCode(code)) return `close code ${show(code)} cannot be sent (1000-1003, 1007-1014 or 3000-4999)`
+      if (reason === undefined) return undefined
+      if (typeof reason !== 'string') return `a close reason must be a string, got ${show(reason)}`
+      return byteLength(reason) <= MAX_CLOSE_REASON_BYTES ? undefined : `a close reason is at most ${MAX_CLOSE_REASON_BYTES} bytes, got ${byteLength(reason)}`
+    default:
+      return `unknown frame type ${show(type)}, expected text, binary, ping, pong or close`
+  }
+}
+
+function byteLength (data: string | Uint8Array): number {
+  return typeof data === 'string' ? Buffer.byteLength(data) : data.byteLength
+}
+
+interface CorkableSocket { cork(): void, uncork(): void }
+
+/**
+ * Write checked frames in order, corked so that several frames leave in one write. Stops at a
+ * close frame and returns it without sending it: closing belongs to the connection.
+ */
+export function writeFrames (ws: WebSocket, reply: OutFrame | readonly OutFrame[]): CloseFrame | undefined {
+  if (!Array.isArray(reply)) return writeFrame(ws, reply as OutFrame)
+  const frames = reply as readonly OutFrame[]
+  const socket = (ws as unknown as { _socket: CorkableSocket })._socket
+  socket.cork()
+  try {
+    for (const frame of frames) {
+      const closeFrame = writeFrame(ws, frame)
+      if (closeFrame !== undefined) return closeFrame
+    }
+    return undefined
+  } finally {
+    socket.uncork()
+  }
+}
+
+function writeFrame (ws: WebSocket, frame: OutFrame): CloseFrame | undefined {
+  switch (frame.type) {
+    case 'text':
+    case 'binary':
+      ws.send(frame.data)
+      return undefined
+    case 'ping':
+      ws.ping(frame.data)
+      return undefined
+    case 'pong':
+      ws.pong(frame.data)
+      return undefined
+  }
+  return frame // the type system has narrowed it to the close frame
+}

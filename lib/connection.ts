@@ -1,0 +1,425 @@
+/**
+ * One upgraded connection: an actor with a mailbox, in the manner of a cowboy_websocket process.
+ *
+ *             upgrade
+ *                │  websocketInit is the mailbox's first item
+ *                ▼
+ *   ┌────────── open ──────────┐  frames and infos: one callback at a time, in arrival order
+ *   │ peer close, protocol     │ stop, close command, crash, bad result,
+ *   │ error, socket dropped    │ idle timeout, outbound overflow, app.close()
+ *   │ (what is queued still    │ (a close frame goes out now; what is queued
+ *   │  runs, replies dropped)  │  is dropped)
+ *   ▼                          ▼
+ *   └───────► closing ◄────────┘  #endReason is set; nothing new enters the mailbox
+ *                │  after the callback in progress (if any) settles
+ *                ▼
+ *             closed              terminate(reason) ran exactly once; timers are cancelled
+ */
+import { randomBytes } from 'node:crypto'
+import type { FastifyBaseLogger } from 'fastify'
+import type WebSocket from 'ws'
+import { CloseCode, closeCodeOfWsError } from './close-codes.js'
+import { resultProblem, writeFrames } from './commands.js'
+import { closeChannel, frameInChannel, frameOutChannel, openChannel } from './diagnostics.js'
+import { InvalidResultError, InvalidTimerError, OutboundOverflowError } from './errors.js'
+import type { ResolvedConnectionOptions } from './options.js'
+import type {
+  Commands, InFrame, LiveOptions, OutFrame, RequestSnapshot, TerminateReason, TimerRef,
+  WebSocketContext, WebSocketHandler
+} from './types.js'
+
+/** What every connection of one route shares. */
+export interface RouteContext {
+  readonly url: string
+  readonly handler: WebSocketHandler<unknown, unknown>
+  readonly log: FastifyBaseLogger
+  readonly registry: ConnectionRegistry
+}
+
+/** Where connections announce themselves; see registry.ts. */
+export interface ConnectionRegistry {
+  add(connection: Connection): void
+  /** The connection's terminate has settled (or it had none). */
+  remove(connection: Connection): void
+}
+
+/** What the upgrade hands over: the state and options `init` produced, and the request snapshot. */
+export interface Upgrade {
+  readonly state: unknown
+  readonly options: ResolvedConnectionOptions
+  readonly request: RequestSnapshot
+}
+
+export const kShutdown = Symbol('fastify-ws-handlers.shutdown')
+const kConnection = Symbol('fastify-ws-handlers.connection')
+
+/** ws's private fields that per-connection limits need (ws is pinned to 8.x; tests cover them). */
+interface WsInternals {
+  _socket: NodeJS.EventEmitter & { [kConnection]?: Connection }
+  _receiver: NodeJS.EventEmitter & { _maxPayload: number, _skipUTF8Validation: boolean, [kConnection]?: Connection }
+  _extensions: Record<string, { _maxPayload: number } | undefined>
+  [kConnection]?: Connection
+}
+
+// Mailbox item kinds. Items are stored as (kind, payload) pairs: no wrapper object per message.
+const INIT = 0
+const FRAME = 1
+const INFO = 2
+const END = 3
+const callbackNames = ['websocketInit', 'handle', 'info'] as const
+
+// Why reading is paused: bits, so the handler's `active: false` and a full mailbox do not undo each other.
+const PAUSED_BY_HANDLER = 1
+const PAUSED_BY_MAILBOX = 2
+
+const idPrefix = randomBytes(4).toString('hex') + '-'
+let lastId = 0
+let lastTimerRef = 0
+
+export class Connection implements WebSocketContext<unknown> {
+  readonly id: string
+  readonly request: RequestSnapshot
+  readonly #route: RouteContext
+  readonly #ws: WebSocket
+  #state: unknown
+  #options: ResolvedConnectionOptions
+  readonly #queue: unknown[] = []
+  /** A callback is running (or pending): new items wait in the queue. */
+  #busy = true
+  #pendingKind = INIT
+  #paused = 0
+  #endReason: TerminateReason | undefined
+  #closed = false
+  #idleTimer: NodeJS.Timeout | undefined
+  #timers: Map<TimerRef, NodeJS.Timeout> | undefined
+  #log: FastifyBaseLogger | undefined
+  #onFulfilled: ((result: unknown) => void) | undefined
+  #onRejected: ((error: unknown) => void) | undefined
+
+  constructor (route: RouteContext, ws: WebSocket, upgrade: Upgrade) {
+    this.id = idPrefix + (++lastId).toString(36)
+    this.request = upgrade.request
+    this.#route = route
+    this.#ws = ws
+    this.#state = upgrade.state
+    this.#options = upgrade.options
+
+    const internals = ws as unknown as WsInternals
+    internals[kConnection] = this
+    internals._socket[kConnection] = this
+    internals._receiver[kConnection] = this
+    ws.on('message', Connection.#onMessage)
+    ws.on('ping', Connection.#onPing)
+    ws.on('pong', Connection.#onPong)
+    ws.on('close', Connection.#onClose)
+    // The peer's close frame, as soon as it is parsed: ws's own 'close' waits for the TCP teardown.
+    internals._receiver.on('conclude', Connection.#onConclude)
+    ws.on('error', Connection.#onError)
+    this.#applyReceiverLimits()
+    this.#armIdleTimer()
+
+    route.registry.add(this)
+    if (openChannel.hasSubscribers) openChannel.publish({ ctx: this })
+    if (this.#dispatch(INIT, undefined)) this.#drain()
+  }
+
+  get alive (): boolean {
+    return !this.#closed
+  }
+
+  get log (): FastifyBaseLogger {
+    this.#log ??= this.#route.log.child({ reqId: this.request.id, wsId: this.id, wsRoute: this.#route.url })
+    return this.#log
+  }
+
+  post (message: unknown): boolean {
+    return this.#deliver(INFO, message)
+  }
+
+  sendAfter (ms: number, message: unknown): TimerRef {
+    return this.#startTimer(ms, message, false)
+  }
+
+  startTimer (ms: number, message: unknown): TimerRef {
+    return this.#startTimer(ms, message, true)
+  }
+
+  cancelTimer (ref: TimerRef): boolean {
+    const timer = this.#timers?.get(ref)
+    if (timer === undefined) return false
+    clearTimeout(timer)
+    this.#timers!.delete(ref)
+    return true
+  }
+
+  /** app.close(): close with 1001 now; terminate follows the callback in progress. */
+  [kShutdown] (): void {
+    this.#close(CloseCode.GOING_AWAY, '', { type: 'shutdown' })
+  }
+
+  // ---- the mailbox --------------------------------------------------------
+
+  #deliver (kind: number, payload: unknown): boolean {
+    if (this.#endReason !== undefined) return false
+    if (!this.#busy) {
+      this.#busy = true
+      if (this.#dispatch(kind, payload)) this.#drain()
+      return true
+    }
+    const queue = this.#queue
+    queue.push(kind, payload)
+    if (queue.length > 2 * this.#options.mailboxLimit && (this.#paused & PAUSED_BY_MAILBOX) === 0) {
+      this.#setPaused(PAUSED_BY_MAILBOX, true)
+    }
+    return true
+  }
+
+  /** Run queued items until the queue is empty or a callback goes async. */
+  #drain (): void {
+    const queue = this.#queue
+    while (queue.length !== 0) {
+      const kind = queue.shift() as number
+      const payload = queue.shift()
+      if ((this.#paused & PAUSED_BY_MAILBOX) !== 0 && queue.length <= this.#options.mailboxLimit) {
+        this.#setPaused(PAUSED_BY_MAILBOX, false)
+      }
+      if (!this.#dispatch(kind, payload)) return
+    }
+    this.#busy = false
+  }
+
+  /**
+   * The one place that calls websocketInit, handle and info: a throw becomes close 1011 and a
+   * `crash`, a promise makes the mailbox wait. Returns false while a callback is pending.
+   */
+  #dispatch (kind: number, payload: unknown): boolean {
+    if (kind === END) {
+      this.#terminate()
+      return true
+    }
+    const handler = this.#route.handler
+    let result: unknown
+    try {
+      if (kind === FRAME) {
+        result = handler.handle === undefined ? undefined : handler.handle(payload as InFrame, this.#state, this)
+      } else if (kind === INFO) {
+        result = handler.info === undefined ? undefined : handler.info(payload, this.#state, this)
+      } else {
+        result = handler.websocketInit === undefined ? undefined : handler.websocketInit(this.#state, this)
+      }
+    } catch (error) {
+      this.#crash(kind, error)
+      return true
+    }
+    if (result === undefined) return true
+    if (typeof (result as PromiseLike<unknown>).then === 'function') {
+      this.#pendingKind = kind
+      this.#onFulfilled ??= (settled) => {
+        if (settled !== undefined) this.#apply(this.#pendingKind, settled)
+        this.#drain()
+      }
+      this.#onRejected ??= (error) => {
+        this.#crash(this.#pendingKind, error)
+        this.#drain()
+      }
+      ;(result as PromiseLike<unknown>).then(this.#onFulfilled, this.#onRejected)
+      return false
+    }
+    this.#apply(kind, result)
+    return true
+  }
+
+  /** The command interpreter, in the order documented on `Commands`. */
+  #apply (kind: number, result: unknown): void {
+    const problem = resultProblem(result)
+    if (problem !== undefined) {
+      const error = new InvalidResultError(callbackNames[kind], problem)
+      this.log.error({ err: error }, `WebSocket ${callbackNames[kind]} returned an invalid result; closing with 1011`)
+      this.#close(CloseCode.INTERNAL_ERROR, '', { type: 'error', code: CloseCode.INTERNAL_ERROR, error })
+      return
+    }
+    const commands = result as Commands<unknown>
+    if ('state' in commands) this.#state = commands.state
+    if (commands.options !== undefined) this.#setOptions(commands.options)
+    if (commands.active !== undefined) this.#setPaused(PAUSED_BY_HANDLER, !commands.active)
+    if (commands.reply !== undefined) this.#write(commands.reply)
+    if (commands.stop === true) this.#close(CloseCode.NORMAL, '', { type: 'stop', code: CloseCode.NORMAL, reason: '' })
+    // `hibernate` is accepted; what it releases is measured and built in the benchmark issue.
+  }
+
+  #crash (kind: number, error: unknown): void {
+    this.log.error({ err: error }, `WebSocket ${callbackNames[kind]} threw; closing with 1011`)
+    this.#close(CloseCode.INTERNAL_ERROR, '', { type: 'crash', error })
+  }
+
+  // ---- writing and closing ------------------------------------------------
+
+  #write (reply: OutFrame | readonly OutFrame[]): void {
+    // Nothing is sent once the connection is ending: after a close frame, or to a closed peer.
+    if (this.#endReason !== undefined) return
+    const ws = this.#ws
+    const closeFrame = writeFrames(ws, reply)
+    if (frameOutChannel.hasSubscribers) frameOutChannel.publish({ ctx: this, frames: reply })
+    if (closeFrame !== undefined) {
+      const code = closeFrame.code ?? CloseCode.NORMAL
+      const reason = closeFrame.reason ?? ''
+      this.#close(code, reason, { type: 'stop', code, reason })
+      return
+    }
+    const buffered = ws.bufferedAmount
+    if (buffered > this.#options.maxBufferedBytes) {
+      const error = new OutboundOverflowError(buffered, this.#options.maxBufferedBytes)
+      this.#close(CloseCode.POLICY_VIOLATION, 'outbound buffer full', { type: 'error', code: CloseCode.POLICY_VIOLATION, error })
+    }
+  }
+
+  /** A close that this side decides: the close frame goes out now and queued items are dropped. */
+  #close (code: number, reason: string, terminateReason: TerminateReason): void {
+    if (this.#endReason !== undefined) return
+    this.#ws.close(code, reason)
+    this.#end(terminateReason, false)
+  }
+
+  /** Enter `closing`: terminate runs once the callback in progress (and, if kept, the queue) is done. */
+  #end (reason: TerminateReason, keepQueue: boolean): void {
+    if (this.#endReason !== undefined) return
+    this.#endReason = reason
+    clearTimeout(this.#idleTimer)
+    if (!keepQueue) this.#queue.length = 0
+    if (this.#busy) {
+      this.#queue.push(END, undefined)
+    } else {
+      this.#busy = true
+      this.#terminate()
+    }
+  }
+
+  #terminate (): void {
+    this.#closed = true
+    const reason = this.#endReason!
+    if (this.#timers !== undefined) {
+      for (const timer of this.#timers.values()) clearTimeout(timer)
+      this.#timers = undefined
+    }
+    if (closeChannel.hasSubscribers) closeChannel.publish({ ctx: this, reason })
+    const registry = this.#route.registry
+    const handler = this.#route.handler
+    if (handler.terminate === undefined) {
+      registry.remove(this)
+      return
+    }
+    const failed = (error: unknown): void => {
+      this.log.error({ err: error }, 'WebSocket terminate threw')
+      registry.remove(this)
+    }
+    try {
+      const settled = handler.terminate(reason, this.request, this.#state)
+      if (settled !== undefined && typeof settled.then === 'function') {
+        settled.then(() => registry.remove(this), failed)
+        return
+      }
+    } catch (error) {
+      failed(error)
+      return
+    }
+    registry.remove(this)
+  }
+
+  // ---- options, flow control and timers -----------------------------------
+
+  #setOptions (live: LiveOptions): void {
+    this.#options = { ...this.#options }
+    for (const [key, value] of Object.entries(live) as Array<[keyof LiveOptions, number | undefined]>) {
+      if (value !== undefined) this.#options[key] = value
+    }
+    if (live.idleTimeout !== undefined) this.#armIdleTimer()
+    if (live.maxFrameSize !== undefined) this.#applyReceiverLimits()
+  }
+
+  #applyReceiverLimits (): void {
+    const internals = this.#ws as unknown as WsInternals
+    const maxPayload = this.#options.maxFrameSize === Infinity ? 0 : this.#options.maxFrameSize
+    internals._receiver._maxPayload = maxPayload
+    internals._receiver._skipUTF8Validation = !this.#options.validateUtf8
+    // permessage-deflate checks the inflated size against its own copy of the limit
+    const deflate = internals._extensions['permessage-deflate']
+    if (deflate !== undefined) deflate._maxPayload = maxPayload
+  }
+
+  #setPaused (bit: number, on: boolean): void {
+    const before = this.#paused
+    this.#paused = on ? before | bit : before & ~bit
+    if (before === 0 && this.#paused !== 0) this.#ws.pause()
+    else if (before !== 0 && this.#paused === 0) this.#ws.resume()
+  }
+
+  /** Cowboy's idle timeout: only received bytes (socket data, even a partial frame) reset it. */
+  #armIdleTimer (): void {
+    clearTimeout(this.#idleTimer)
+    this.#idleTimer = undefined
+    const ms = this.#options.idleTimeout
+    if (ms === 0) return
+    const socket = (this.#ws as unknown as WsInternals)._socket
+    if (socket.listeners('data').indexOf(Connection.#onSocketData) === -1) socket.on('data', Connection.#onSocketData)
+    this.#idleTimer = setTimeout(Connection.#onIdle, ms, this).unref()
+  }
+
+  #startTimer (ms: number, message: unknown, wrap: boolean): TimerRef {
+    if (!(Number.isFinite(ms) && ms >= 0)) throw new InvalidTimerError(String(ms))
+    const ref = ++lastTimerRef
+    if (this.#closed) return ref
+    this.#timers ??= new Map()
+    this.#timers.set(ref, setTimeout(Connection.#onTimer, ms, this, ref, message, wrap))
+    return ref
+  }
+
+  // ---- listeners, shared by every connection (no closure per connection) ----
+
+  static #onTimer (connection: Connection, ref: TimerRef, message: unknown, wrap: boolean): void {
+    connection.#timers?.delete(ref)
+    connection.#deliver(INFO, wrap ? { type: 'timeout', ref, message } : message)
+  }
+
+  static #onIdle (connection: Connection): void {
+    connection.#close(CloseCode.NORMAL, '', { type: 'timeout' })
+  }
+
+  static #onSocketData (this: { [kConnection]?: Connection }): void {
+    this[kConnection]!.#idleTimer?.refresh()
+  }
+
+  static #received (ws: WebSocket, frame: InFrame): void {
+    const connection = (ws as unknown as WsInternals)[kConnection]!
+    if (frameInChannel.hasSubscribers) frameInChannel.publish({ ctx: connection, frame })
+    connection.#deliver(FRAME, frame)
+  }
+
+  static #onMessage (this: WebSocket, data: Buffer, isBinary: boolean): void {
+    Connection.#received(this, isBinary ? { type: 'binary', data } : { type: 'text', data: data.toString() })
+  }
+
+  static #onPing (this: WebSocket, data: Buffer): void {
+    Connection.#received(this, { type: 'ping', data })
+  }
+
+  static #onPong (this: WebSocket, data: Buffer): void {
+    Connection.#received(this, { type: 'pong', data })
+  }
+
+  static #onConclude (this: { [kConnection]?: Connection }, code: number, reason: Buffer): void {
+    const remote = { type: 'remote', code: code === CloseCode.NO_STATUS ? undefined : code, reason: reason.toString() } as const
+    this[kConnection]!.#end(remote, true)
+  }
+
+  static #onClose (this: WebSocket): void {
+    // Without a close frame before it (that ended the connection already), the socket just went away.
+    const connection = (this as unknown as WsInternals)[kConnection]!
+    connection.#end({ type: 'closed' }, true)
+  }
+
+  static #onError (this: WebSocket, error: Error): void {
+    // ws has already sent the close frame with this code; frames queued before it still run.
+    const connection = (this as unknown as WsInternals)[kConnection]!
+    connection.#end({ type: 'error', code: closeCodeOfWsError(error), error }, true)
+  }
+}

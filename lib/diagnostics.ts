@@ -1,0 +1,14 @@
+/**
+ * node:diagnostics_channel channels, so APM tools can watch connections without a logger.
+ * Publishing is guarded by `hasSubscribers`: unobserved, a channel costs one property read.
+ */
+import diagnostics from 'node:diagnostics_channel'
+
+/** `{ ctx }` when a connection is open (before `websocketInit`). */
+export const openChannel = diagnostics.channel('fastify-ws-handlers:open')
+/** `{ ctx, reason }` when a connection ends (before `terminate`). */
+export const closeChannel = diagnostics.channel('fastify-ws-handlers:close')
+/** `{ ctx, frame }` for each frame received, before `handle`. */
+export const frameInChannel = diagnostics.channel('fastify-ws-handlers:frame-in')
+/** `{ ctx, frames }` for each reply that is written. */
+export const frameOutChannel = diagnostics.channel('fastify-ws-handlers:frame-out')

@@ -1,0 +1,46 @@
+/**
+ * Every error users can catch or match, under one prefix. The list is mirrored in the README.
+ */
+import createError from '@fastify/error'
+
+/** Registration or route options that cannot work. */
+export const InvalidOptionError = createError<'FST_WS_INVALID_OPTION', [string, string]>(
+  'FST_WS_INVALID_OPTION', 'Invalid option "%s": %s')
+
+/** The client offered subprotocols, but none that the route speaks. Answered with HTTP 400. */
+export const ProtocolNotSupportedError = createError<'FST_WS_PROTOCOL_NOT_SUPPORTED', 400, [string, string]>(
+  'FST_WS_PROTOCOL_NOT_SUPPORTED', 'None of the offered subprotocols (%s) is supported; this route speaks: %s', 400)
+
+/** The route requires a subprotocol and the client offered none. Answered with HTTP 400. */
+export const ProtocolRequiredError = createError<'FST_WS_PROTOCOL_REQUIRED', 400, [string]>(
+  'FST_WS_PROTOCOL_REQUIRED', 'A Sec-WebSocket-Protocol header is required; this route speaks: %s', 400)
+
+/** `init` chose a subprotocol the client did not offer (a programming error). Answered with HTTP 500. */
+export const ProtocolNotOfferedError = createError<'FST_WS_PROTOCOL_NOT_OFFERED', 500, [string]>(
+  'FST_WS_PROTOCOL_NOT_OFFERED', 'init chose the subprotocol "%s", which the client did not offer', 500)
+
+/** The Origin of the upgrade request is not in `allowOrigins`. Answered with HTTP 403. */
+export const OriginNotAllowedError = createError<'FST_WS_ORIGIN_NOT_ALLOWED', 403, [string]>(
+  'FST_WS_ORIGIN_NOT_ALLOWED', 'Origin "%s" may not open this WebSocket route', 403)
+
+/** A plain HTTP request reached a WebSocket-only route. Answered with HTTP 426. */
+export const UpgradeRequiredError = createError<'FST_WS_UPGRADE_REQUIRED', 426>(
+  'FST_WS_UPGRADE_REQUIRED', 'This route only speaks WebSocket', 426)
+
+/** A callback returned something that is not a result. The connection closes with 1011. */
+export const InvalidResultError = createError<'FST_WS_INVALID_RESULT', [string, string]>(
+  'FST_WS_INVALID_RESULT', '%s returned an invalid result: %s')
+
+/** More than `maxBufferedBytes` waited to be written to a slow peer. The connection closes with 1008. */
+export const OutboundOverflowError = createError<'FST_WS_OUTBOUND_OVERFLOW', [number, number]>(
+  'FST_WS_OUTBOUND_OVERFLOW', '%d bytes wait to be sent, over maxBufferedBytes (%d)')
+
+/** `sendAfter` or `startTimer` got a delay that is not a finite number >= 0. Thrown in the callback (close 1011). */
+export const InvalidTimerError = createError<'FST_WS_INVALID_TIMER', [string]>(
+  'FST_WS_INVALID_TIMER', 'A timer delay must be a finite number of milliseconds >= 0, got %s')
+
+/** The `ws` route option was used where @fastify/websocket sees routes first. */
+export const RouteOptionOrderError = createError<'FST_WS_ROUTE_OPTION_ORDER', [string]>(
+  'FST_WS_ROUTE_OPTION_ORDER',
+  'Route %s uses the "ws" route option, but @fastify/websocket was registered before fastify-ws-handlers; ' +
+  'register fastify-ws-handlers first (it registers @fastify/websocket itself) or declare the route with app.ws()')

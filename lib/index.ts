@@ -1,0 +1,93 @@
+/**
+ * fastify-ws-handlers: Cowboy-style WebSocket handlers for Fastify.
+ *
+ * Registration validates the options, decorates `app.ws()` and `app.wsConnections`, turns
+ * routes with a `ws` option into WebSocket routes, registers @fastify/websocket when the app
+ * has not, and closes every connection with 1001 on app.close().
+ */
+import fastifyWebsocket from '@fastify/websocket'
+import type { FastifyInstance, FastifyPluginAsync, RouteOptions } from 'fastify'
+import fp from 'fastify-plugin'
+import { RouteOptionOrderError } from './errors.js'
+import { DEFAULTS, DEFAULT_CLOSE_TIMEOUT, assertPluginOptions, resolveConnectionOptions } from './options.js'
+import { Registry } from './registry.js'
+import type {
+  RouteWebSocketOptions, WebSocketConnections, WebSocketHandler, WebSocketHandlersOptions
+} from './types.js'
+import { makeWebSocketRoute, protocolSelector, upgradeRequired, type PluginDefaults } from './upgrade.js'
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    /** Declare a WebSocket route: `app.ws('/echo', handler, { idleTimeout: 30_000 })`. Plain GETs get 426. */
+    ws<State, Info>(url: string, handler: WebSocketHandler<State, Info>, options?: RouteWebSocketOptions): FastifyInstance
+    /** Open connections: look one up by id, post to it. */
+    wsConnections: WebSocketConnections
+  }
+  interface RouteShorthandOptions {
+    /** Makes this GET route a WebSocket route too; `handler` still answers plain GETs. */
+    ws?: WebSocketHandler<unknown, unknown>
+    /** Options of the WebSocket route (with `ws`). */
+    wsOptions?: RouteWebSocketOptions
+  }
+}
+
+const plugin: FastifyPluginAsync<WebSocketHandlersOptions> = async function wsHandlers (fastify, opts) {
+  assertPluginOptions(opts)
+  const { closeTimeout = DEFAULT_CLOSE_TIMEOUT, perMessageDeflate, ...routeDefaults } = opts
+  const registry = new Registry()
+  const defaults: PluginDefaults = {
+    connection: resolveConnectionOptions(DEFAULTS, opts),
+    route: routeDefaults,
+    registry
+  }
+  const websocketRegisteredByApp = fastify.hasDecorator('websocketServer')
+
+  fastify.decorate('wsConnections', registry)
+  fastify.decorate('ws', function ws<State, Info> (
+    this: FastifyInstance, url: string, handler: WebSocketHandler<State, Info>, options: RouteWebSocketOptions = {}
+  ) {
+    const routeOptions = { method: 'GET', url: this.prefix + url, handler: upgradeRequired } as RouteOptions
+    makeWebSocketRoute(this, routeOptions, handler as WebSocketHandler<unknown, unknown>, options, defaults)
+    return this.route({ ...routeOptions, url })
+  })
+
+  // Added before @fastify/websocket is registered, so that this hook sees routes first.
+  fastify.addHook('onRoute', function declareWebSocketRoute (routeOptions) {
+    const { ws, wsOptions = {} } = routeOptions
+    if (ws === undefined || routeOptions.method === 'HEAD') return
+    if (websocketRegisteredByApp) throw new RouteOptionOrderError(routeOptions.url)
+    makeWebSocketRoute(this, routeOptions, ws, wsOptions, defaults)
+  })
+
+  fastify.addHook('preClose', async function closeConnections () {
+    await registry.shutdown(closeTimeout)
+  })
+
+  if (!websocketRegisteredByApp) {
+    const options = {
+      closeTimeout, // ws 8.19+: how long to wait for the peer's close reply
+      maxPayload: defaults.connection.maxFrameSize === Infinity ? 0 : defaults.connection.maxFrameSize,
+      perMessageDeflate: perMessageDeflate ?? {}
+    }
+    await fastify.register(fastifyWebsocket, { options })
+  }
+  const serverOptions = fastify.websocketServer.options
+  serverOptions.handleProtocols = protocolSelector(serverOptions.handleProtocols)
+}
+
+/** The plugin. Register it once, before declaring WebSocket routes. */
+export const fastifyWsHandlers = fp(plugin, { fastify: '5.x', name: 'fastify-ws-handlers' })
+export default fastifyWsHandlers
+
+/** Identity helper: the state and info types flow through every callback. */
+export function defineHandler<State = undefined, Info = unknown> (
+  handler: WebSocketHandler<State, Info>
+): WebSocketHandler<State, Info> {
+  return handler
+}
+
+export { text, binary, ping, pong, close } from './frames.js'
+export { CloseCode } from './close-codes.js'
+export * from './errors.js'
+export * as diagnostics from './diagnostics.js'
+export type * from './types.js'

@@ -1,0 +1,126 @@
+/**
+ * Option defaults and checks, shared by registration (a coded error), route declaration and the
+ * options that `init` and live results carry (a bad one there is an invalid result, close 1011).
+ */
+import { InvalidOptionError } from './errors.js'
+import type { ConnectionOptions, RouteWebSocketOptions, WebSocketHandlersOptions } from './types.js'
+
+/** The resolved per-connection options: every key present. */
+export interface ResolvedConnectionOptions {
+  idleTimeout: number
+  maxFrameSize: number
+  maxBufferedBytes: number
+  mailboxLimit: number
+  compress: boolean
+  validateUtf8: boolean
+  keepHeaders: readonly string[]
+}
+
+export const DEFAULTS: ResolvedConnectionOptions = Object.freeze({
+  idleTimeout: 60_000, // Cowboy's idle_timeout
+  maxFrameSize: 1_000_000, // Cowboy 2.17+'s max_frame_size: decimal 1 MB, inclusive
+  maxBufferedBytes: 16 * 1024 * 1024, // as Bun's backpressureLimit
+  mailboxLimit: 1024,
+  compress: false,
+  validateUtf8: true,
+  keepHeaders: Object.freeze([])
+})
+
+export const DEFAULT_CLOSE_TIMEOUT = 5_000
+
+type Check = (value: unknown) => string | undefined
+
+const nonNegativeInteger: Check = (v) =>
+  Number.isSafeInteger(v) && (v as number) >= 0 ? undefined : `expected a whole number >= 0, got ${show(v)}`
+const positiveIntegerOrInfinity: Check = (v) =>
+  v === Infinity || (Number.isSafeInteger(v) && (v as number) >= 1) ? undefined : `expected a whole number >= 1 or Infinity, got ${show(v)}`
+const positiveInteger: Check = (v) =>
+  Number.isSafeInteger(v) && (v as number) >= 1 ? undefined : `expected a whole number >= 1, got ${show(v)}`
+const bool: Check = (v) => typeof v === 'boolean' ? undefined : `expected a boolean, got ${show(v)}`
+const strings: Check = (v) =>
+  Array.isArray(v) && v.every((s) => typeof s === 'string' && s.length > 0) ? undefined : `expected an array of non-empty strings, got ${show(v)}`
+const object: Check = (v) => v !== null && typeof v === 'object' ? undefined : `expected an object, got ${show(v)}`
+
+/** Options a result may change live. */
+export const liveChecks: Readonly<Record<string, Check>> = {
+  idleTimeout: nonNegativeInteger,
+  maxFrameSize: positiveIntegerOrInfinity,
+  maxBufferedBytes: positiveInteger,
+  mailboxLimit: positiveInteger
+}
+
+/** Options `init` may set for its connection. */
+export const connectionChecks: Readonly<Record<string, Check>> = {
+  ...liveChecks,
+  compress: bool,
+  validateUtf8: bool,
+  keepHeaders: strings
+}
+
+const routeChecks: Readonly<Record<string, Check>> = {
+  ...connectionChecks,
+  protocols: strings,
+  protocolRequired: bool,
+  allowOrigins: strings
+}
+
+const pluginChecks: Readonly<Record<string, Check>> = {
+  ...routeChecks,
+  closeTimeout: positiveInteger,
+  perMessageDeflate: object
+}
+
+/** The first problem with `options` against `checks`, as a sentence, or undefined. */
+export function optionsProblem (options: unknown, checks: Readonly<Record<string, Check>>): string | undefined {
+  if (options === null || typeof options !== 'object' || Array.isArray(options)) {
+    return `options must be an object, got ${show(options)}`
+  }
+  for (const [key, value] of Object.entries(options)) {
+    if (value === undefined) continue
+    const check = checks[key]
+    if (check === undefined) return `unknown option "${key}" (known: ${Object.keys(checks).join(', ')})`
+    const problem = check(value)
+    if (problem !== undefined) return `option "${key}": ${problem}`
+  }
+  return undefined
+}
+
+function assertOptions (options: unknown, checks: Readonly<Record<string, Check>>, where: string): void {
+  const problem = optionsProblem(options, checks)
+  if (problem !== undefined) throw new InvalidOptionError(where, problem)
+}
+
+export function assertPluginOptions (options: WebSocketHandlersOptions): void {
+  assertOptions(options, pluginChecks, 'plugin options')
+}
+
+export function assertRouteOptions (options: RouteWebSocketOptions, url: string): void {
+  assertOptions(options, routeChecks, `wsOptions of ${url}`)
+}
+
+/** Layer per-connection options (later wins), keeping only the per-connection keys. */
+export function resolveConnectionOptions (
+  base: ResolvedConnectionOptions, ...layers: Array<ConnectionOptions | undefined>
+): ResolvedConnectionOptions {
+  const resolved = { ...base }
+  for (const layer of layers) {
+    if (layer === undefined) continue
+    for (const key of Object.keys(DEFAULTS) as Array<keyof ResolvedConnectionOptions>) {
+      const value = layer[key]
+      if (value !== undefined) (resolved as Record<string, unknown>)[key] = value
+    }
+  }
+  return resolved
+}
+
+/** A short, safe description of any value for error messages. */
+export function show (value: unknown): string {
+  if (typeof value === 'string') return JSON.stringify(value.length > 40 ? value.slice(0, 40) + '…' : value)
+  if (typeof value === 'bigint') return `${value}n`
+  if (typeof value === 'function') return 'a function'
+  if (value === null || typeof value !== 'object') return String(value)
+  if (Array.isArray(value)) return `an array of ${value.length}`
+  if (typeof (value as { then?: unknown }).then === 'function') return 'a promise'
+  const keys = Object.keys(value)
+  return `{ ${keys.slice(0, 6).join(', ')}${keys.length > 6 ? ', …' : ''} }`
+}

@@ -1,0 +1,227 @@
+/**
+ * The public contract of fastify-ws-handlers, in the order of cowboy_websocket's
+ * `-type`/`-callback` block: frames, results (commands), terminate reasons, options,
+ * the per-connection context and the handler callbacks. No runtime code lives here.
+ */
+import type { FastifyBaseLogger, FastifyReply, FastifyRequest } from 'fastify'
+import type { PerMessageDeflateOptions } from 'ws'
+
+// ---------------------------------------------------------------------------
+// Frames
+// ---------------------------------------------------------------------------
+
+/** A whole text message (fragments are reassembled, UTF-8 already checked). */
+export interface TextFrame { readonly type: 'text', readonly data: string }
+/** A whole binary message. */
+export interface BinaryFrame { readonly type: 'binary', readonly data: Buffer }
+/** A ping from the peer. It has already been answered with a pong when `handle` sees it. */
+export interface PingFrame { readonly type: 'ping', readonly data: Buffer }
+/** A pong from the peer. */
+export interface PongFrame { readonly type: 'pong', readonly data: Buffer }
+
+/** What `handle` receives. Close frames are never delivered: they end the connection. */
+export type InFrame = TextFrame | BinaryFrame | PingFrame | PongFrame
+
+/** A close frame to send. `code` defaults to 1000; `reason` is at most 123 UTF-8 bytes. */
+export interface CloseFrame { readonly type: 'close', readonly code?: number, readonly reason?: string }
+
+/** A frame a callback can reply with; build them with `text`, `binary`, `ping`, `pong`, `close`. */
+export type OutFrame =
+  | TextFrame
+  | { readonly type: 'binary', readonly data: Buffer | Uint8Array }
+  | { readonly type: 'ping' | 'pong', readonly data?: Buffer | Uint8Array | string }
+  | CloseFrame
+
+// ---------------------------------------------------------------------------
+// Results: commands instead of socket calls
+// ---------------------------------------------------------------------------
+
+/** Options a callback may change while the connection lives (Cowboy's `set_options`). */
+export interface LiveOptions {
+  /** Milliseconds without received data before the connection is closed with 1000; 0 disables. */
+  idleTimeout?: number
+  /** Largest frame or reassembled message, in bytes, inclusive; `Infinity` disables. Over it: close 1009. */
+  maxFrameSize?: number
+  /** Outbound bytes that may wait in the socket before the connection is closed with 1008. */
+  maxBufferedBytes?: number
+  /** Mailbox items that may wait before the plugin stops reading from the socket. */
+  mailboxLimit?: number
+}
+
+/**
+ * What `websocketInit`, `handle` and `info` return. Every key is optional; `undefined` (or no
+ * return) means "no command, state unchanged". Keys are applied in this order: `state`,
+ * `options`, `active`, `reply`, `stop`, `hibernate`.
+ */
+export interface Commands<State> {
+  /** The state for the next callback. Without this key the state stays as it was. */
+  state?: State
+  /** Frames to send, in order; nothing after a close frame is sent. */
+  reply?: OutFrame | readonly OutFrame[]
+  /** Close with 1000 and end the connection (terminate reason `stop`). */
+  stop?: boolean
+  /** The connection is expected to stay idle: release what can be rebuilt on the next message. */
+  hibernate?: boolean
+  /** `false` stops reading from the socket (flow control); `true` resumes. */
+  active?: boolean
+  /** Change options of this connection from now on. */
+  options?: LiveOptions
+}
+
+/** The result of a callback: commands, or nothing. */
+export type Result<State> = Commands<State> | undefined | void
+
+/** What `init` returns to let the upgrade go ahead. */
+export interface InitCommands<State> {
+  /** The initial state, given to `websocketInit`. */
+  state?: State
+  /** The subprotocol to answer with; it must be one the client offered. */
+  protocol?: string
+  /** Options for this connection, over the route's and the plugin's. */
+  options?: ConnectionOptions
+}
+
+/** The result of `init`. To refuse, send a response through `reply` (the upgrade never happens). */
+export type InitResult<State> = InitCommands<State> | undefined | void
+
+// ---------------------------------------------------------------------------
+// Terminate reasons (DESIGN.md §5), one per way a connection can end
+// ---------------------------------------------------------------------------
+
+/** A callback returned `stop` (code 1000) or replied with a close frame (its code and reason). */
+export interface StopReason { readonly type: 'stop', readonly code: number, readonly reason: string }
+/** The peer sent a close frame. `code` is undefined when the frame had no code (1005). */
+export interface RemoteReason { readonly type: 'remote', readonly code: number | undefined, readonly reason: string }
+/** No data was received for `idleTimeout` ms; the plugin closed with 1000. */
+export interface TimeoutReason { readonly type: 'timeout' }
+/**
+ * The connection was closed for an error with this close code: 1002 protocol violation,
+ * 1007 invalid UTF-8, 1008 outbound buffer over `maxBufferedBytes`, 1009 frame over
+ * `maxFrameSize`, 1011 a callback returned a result of the wrong shape.
+ */
+export interface ErrorReason { readonly type: 'error', readonly code: number, readonly error: Error }
+/** A callback threw or rejected; the plugin closed with 1011. */
+export interface CrashReason { readonly type: 'crash', readonly error: unknown }
+/** The socket went away without a close frame. */
+export interface ClosedReason { readonly type: 'closed' }
+/** `app.close()` closed the connection with 1001. */
+export interface ShutdownReason { readonly type: 'shutdown' }
+
+export type TerminateReason =
+  | StopReason | RemoteReason | TimeoutReason | ErrorReason | CrashReason | ClosedReason | ShutdownReason
+
+// ---------------------------------------------------------------------------
+// Options
+// ---------------------------------------------------------------------------
+
+/** Per-connection options: plugin defaults, overridden by the route, overridden by `init`. */
+export interface ConnectionOptions extends LiveOptions {
+  /** Negotiate permessage-deflate when the client offers it. Default false. */
+  compress?: boolean
+  /** Check that text messages and close reasons are valid UTF-8 (close 1007). Default true. */
+  validateUtf8?: boolean
+  /** Request headers kept in the request snapshot that callbacks and `terminate` see. Default none. */
+  keepHeaders?: readonly string[]
+}
+
+/** Options of one WebSocket route. */
+export interface RouteWebSocketOptions extends ConnectionOptions {
+  /**
+   * Subprotocols this route speaks, in order of preference. The first one the client offers
+   * is answered in the 101; a client that offers others but none of these gets HTTP 400.
+   */
+  protocols?: readonly string[]
+  /** Refuse (HTTP 400) a client that sends no `Sec-WebSocket-Protocol` at all. Default false. */
+  protocolRequired?: boolean
+  /** Origins allowed to open this route; others get HTTP 403. Default: every origin. */
+  allowOrigins?: readonly string[]
+}
+
+/** Options given when registering the plugin: defaults for every route. */
+export interface WebSocketHandlersOptions extends RouteWebSocketOptions {
+  /** How long to wait for the peer's close reply before the socket is destroyed, in ms. Default 5000. */
+  closeTimeout?: number
+  /** permessage-deflate settings used where `compress` is on (ws's options). */
+  perMessageDeflate?: PerMessageDeflateOptions
+}
+
+// ---------------------------------------------------------------------------
+// The connection context
+// ---------------------------------------------------------------------------
+
+/** What callbacks and `terminate` know about the request after the upgrade: a frozen snapshot. */
+export interface RequestSnapshot {
+  readonly id: string
+  readonly method: string
+  readonly url: string
+  /** The route's URL pattern, with its prefix. */
+  readonly routeUrl: string
+  readonly params: unknown
+  readonly query: unknown
+  /** Only the headers named in `keepHeaders`. */
+  readonly headers: Readonly<Record<string, string | string[] | undefined>>
+  readonly ip: string
+  /** The negotiated subprotocol, or '' when none. */
+  readonly protocol: string
+}
+
+/** A timer reference from `sendAfter` or `startTimer`. */
+export type TimerRef = number
+
+/** What `startTimer` delivers to `info` (Erlang's `{timeout, Ref, Msg}`). */
+export interface TimeoutMessage<Info> { readonly type: 'timeout', readonly ref: TimerRef, readonly message: Info }
+
+/**
+ * One connection, as callbacks see it (the `ctx` argument). It is also the handle the app can
+ * keep to post messages later; after `terminate` posting returns false and does nothing.
+ */
+export interface WebSocketContext<Info = unknown> {
+  /** Unique within this process. */
+  readonly id: string
+  readonly request: RequestSnapshot
+  /** A child of the route's logger, bound to the request and connection ids. */
+  readonly log: FastifyBaseLogger
+  /** True until `terminate` has been called. */
+  readonly alive: boolean
+  /** Deliver `message` to `info`, after what is already in the mailbox. */
+  post(message: Info): boolean
+  /** Deliver `message` to `info` in `ms` milliseconds. */
+  sendAfter(ms: number, message: Info): TimerRef
+  /** Deliver `{ type: 'timeout', ref, message }` to `info` in `ms` milliseconds. */
+  startTimer(ms: number, message: Info): TimerRef
+  /** Cancel a pending timer; true when it had not fired yet. */
+  cancelTimer(ref: TimerRef): boolean
+}
+
+// ---------------------------------------------------------------------------
+// The handler: cowboy_websocket's callbacks
+// ---------------------------------------------------------------------------
+
+type MaybePromise<T> = T | Promise<T>
+
+/**
+ * A WebSocket route's handler object. Every callback is optional. Method syntax on purpose:
+ * a handler of any state type fits where a handler of `unknown` state is expected.
+ */
+export interface WebSocketHandler<State = undefined, Info = unknown> {
+  /** Before the upgrade, inside Fastify's hook chain: authenticate, pick a protocol, build the state, or refuse through `reply`. */
+  init?(request: FastifyRequest, reply: FastifyReply): MaybePromise<InitResult<State>>
+  /** Once, after the upgrade: start timers, subscribe, greet. */
+  websocketInit?(state: State, ctx: WebSocketContext<Info>): MaybePromise<Result<State>>
+  /** Every text, binary, ping and pong frame, one at a time, in order. */
+  handle?(frame: InFrame, state: State, ctx: WebSocketContext<Info>): MaybePromise<Result<State>>
+  /** Every message posted to the connection, in the same mailbox as frames. */
+  info?(message: Info | TimeoutMessage<Info>, state: State, ctx: WebSocketContext<Info>): MaybePromise<Result<State>>
+  /** Exactly once per upgraded connection, however it ended. Errors here are logged, never thrown. */
+  terminate?(reason: TerminateReason, request: RequestSnapshot, state: State): MaybePromise<void>
+}
+
+/** The app-wide view of open connections (decorated as `fastify.wsConnections`). */
+export interface WebSocketConnections {
+  /** Connections whose terminate has not settled yet. */
+  readonly size: number
+  /** The connection with this id, until its terminate has settled. */
+  get(id: string): WebSocketContext<unknown> | undefined
+  /** Post to a connection by id (Erlang's `Pid ! Msg`); false when it is gone or closing. */
+  post(id: string, message: unknown): boolean
+}
