@@ -79,13 +79,13 @@ export function upgradeRequired (_request: FastifyRequest, reply: FastifyReply):
 
 /** @fastify/websocket's `handleProtocols`: the protocol our preHandler chose, else the previous rule. */
 export function protocolSelector (
-  previous: ((protocols: Set<string>, request: RawRequest) => string | false) | undefined
+  previous: ((protocols: Set<string>, request: RawRequest) => string | false) | null | undefined
 ): (protocols: Set<string>, request: RawRequest) => string | false {
   return function selectProtocol (protocols, request) {
     const pending = request[kPendingUpgrade]
     if (pending !== undefined) return pending.protocol === '' ? false : pending.protocol
     // A route that is not ours: keep what the server did before (ws picks the first offer).
-    return previous === undefined ? protocols.values().next().value! : previous(protocols, request)
+    return typeof previous === 'function' ? previous(protocols, request) : protocols.values().next().value!
   }
 }
 
@@ -94,7 +94,7 @@ function upgradeHook (
 ): preHandlerAsyncHookHandler {
   const { protocols = [], protocolRequired = false, allowOrigins } = settings
   return async function runInit (request, reply) {
-    if (!request.ws) return // a plain HTTP GET on the same path goes on to the HTTP handler
+    if (!isUpgradeRequest(request)) return // a plain HTTP GET on the same path goes on to the HTTP handler
 
     const origin = request.headers.origin
     if (allowOrigins !== undefined && origin !== undefined && !allowOrigins.includes(origin)) {
@@ -133,6 +133,16 @@ function upgradeHook (
     // Compression is negotiated by ws from this header: without it, this connection is not compressed.
     if (!options.compress) delete raw.headers['sec-websocket-extensions']
   }
+}
+
+/**
+ * Cowboy's rule, read from the headers rather than from @fastify/websocket's `request.ws`, so
+ * that `app.inject()` with upgrade headers meets the same refusals as a real upgrade.
+ */
+function isUpgradeRequest (request: FastifyRequest): boolean {
+  const { connection, upgrade } = request.headers
+  return typeof upgrade === 'string' && upgrade.toLowerCase() === 'websocket' &&
+    typeof connection === 'string' && /(?:^|,)\s*upgrade\s*(?:,|$)/i.test(connection)
 }
 
 function initResultProblem (result: unknown): string | undefined {

@@ -65,7 +65,9 @@ export class Seen {
       })
     })
     ws.on('error', () => {}) // a refused or broken connection shows in `closed`
-    this.closed = once(ws, 'close').then(([code, reason]) => ({ code, reason: String(reason) }))
+    this.closed = new Promise((resolve) => {
+      ws.once('close', (code: number, reason: Buffer) => resolve({ code, reason: String(reason) }))
+    })
   }
 
   /** Resolves once `count` frames in all have arrived. */
