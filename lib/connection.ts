@@ -84,6 +84,8 @@ export class Connection implements WebSocketContext<unknown> {
   #state: unknown
   #options: ResolvedConnectionOptions
   readonly #queue: unknown[] = []
+  /** Frames that came while the handler said `active: false`; they run first on `active: true`. */
+  #held: InFrame[] | undefined
   /** A callback is running (or pending): new items wait in the queue. */
   #busy = true
   #pendingKind = INIT
@@ -197,6 +199,11 @@ export class Connection implements WebSocketContext<unknown> {
       this.#terminate()
       return true
     }
+    if (kind === FRAME && (this.#paused & PAUSED_BY_HANDLER) !== 0) {
+      // Already read from the socket (same TCP chunk) when the handler paused: it waits.
+      (this.#held ??= []).push(payload as InFrame)
+      return true
+    }
     const handler = this.#route.handler
     let result: unknown
     try {
@@ -212,7 +219,7 @@ export class Connection implements WebSocketContext<unknown> {
       return true
     }
     if (result === undefined) return true
-    if (typeof (result as PromiseLike<unknown>).then === 'function') {
+    if (result !== null && typeof (result as PromiseLike<unknown>).then === 'function') {
       this.#pendingKind = kind
       this.#onFulfilled ??= (settled) => {
         if (settled !== undefined) this.#apply(this.#pendingKind, settled)
@@ -241,7 +248,7 @@ export class Connection implements WebSocketContext<unknown> {
     const commands = result as Commands<unknown>
     if ('state' in commands) this.#state = commands.state
     if (commands.options !== undefined) this.#setOptions(commands.options)
-    if (commands.active !== undefined) this.#setPaused(PAUSED_BY_HANDLER, !commands.active)
+    if (commands.active !== undefined) this.#setActive(commands.active)
     if (commands.reply !== undefined) this.#write(commands.reply)
     if (commands.stop === true) this.#close(CloseCode.NORMAL, '', { type: 'stop', code: CloseCode.NORMAL, reason: '' })
     // `hibernate` is accepted; what it releases is measured and built in the benchmark issue.
@@ -344,6 +351,16 @@ export class Connection implements WebSocketContext<unknown> {
     // permessage-deflate checks the inflated size against its own copy of the limit
     const deflate = internals._extensions['permessage-deflate']
     if (deflate !== undefined) deflate._maxPayload = maxPayload
+  }
+
+  #setActive (active: boolean): void {
+    this.#setPaused(PAUSED_BY_HANDLER, !active)
+    const held = this.#held
+    if (!active || held === undefined) return
+    this.#held = undefined
+    const items: unknown[] = []
+    for (const frame of held) items.push(FRAME, frame)
+    this.#queue.unshift(...items) // we are inside a callback: the drain loop runs them next
   }
 
   #setPaused (bit: number, on: boolean): void {

@@ -98,17 +98,12 @@ export function assertRouteOptions (options: RouteWebSocketOptions, url: string)
   assertOptions(options, routeChecks, `wsOptions of ${url}`)
 }
 
-/** Layer per-connection options (later wins), keeping only the per-connection keys. */
-export function resolveConnectionOptions (
-  base: ResolvedConnectionOptions, ...layers: Array<ConnectionOptions | undefined>
-): ResolvedConnectionOptions {
+/** Per-connection options of `layer` over `base`, keeping only the per-connection keys. */
+export function resolveConnectionOptions (base: ResolvedConnectionOptions, layer: ConnectionOptions): ResolvedConnectionOptions {
   const resolved = { ...base }
-  for (const layer of layers) {
-    if (layer === undefined) continue
-    for (const key of Object.keys(DEFAULTS) as Array<keyof ResolvedConnectionOptions>) {
-      const value = layer[key]
-      if (value !== undefined) (resolved as Record<string, unknown>)[key] = value
-    }
+  for (const key of Object.keys(DEFAULTS) as Array<keyof ResolvedConnectionOptions>) {
+    const value = layer[key]
+    if (value !== undefined) (resolved as Record<string, unknown>)[key] = value
   }
   return resolved
 }

@@ -81,8 +81,11 @@ export interface InitCommands<State> {
   options?: ConnectionOptions
 }
 
-/** The result of `init`. To refuse, send a response through `reply` (the upgrade never happens). */
-export type InitResult<State> = InitCommands<State> | undefined | void
+/**
+ * The result of `init`. To refuse, send a response through `reply` (the upgrade never happens);
+ * returning that reply (`return reply.code(401).send()`) is allowed, as in a Fastify hook.
+ */
+export type InitResult<State> = InitCommands<State> | FastifyReply | undefined | void
 
 // ---------------------------------------------------------------------------
 // Terminate reasons (DESIGN.md §5), one per way a connection can end

@@ -162,8 +162,7 @@ function initResultProblem (result: unknown): string | undefined {
 /** `Sec-WebSocket-Protocol` tokens, in the client's order (the header may repeat). */
 function parseProtocols (header: string | string[] | undefined): string[] {
   if (header === undefined) return []
-  const joined = Array.isArray(header) ? header.join(',') : header
-  return joined.split(',').map((token) => token.trim()).filter((token) => token.length > 0)
+  return String(header).split(',').map((token) => token.trim()).filter((token) => token.length > 0)
 }
 
 function snapshotOf (request: FastifyRequest, pending: PendingUpgrade, routeUrl: string): RequestSnapshot {

@@ -200,3 +200,8 @@ export class RawClient {
 }
 
 export const sleep = async (ms: number): Promise<void> => await new Promise((resolve) => setTimeout(resolve, ms))
+
+/** Wait until `predicate` holds (polling), for conditions that no event announces. */
+export async function until (predicate: () => boolean): Promise<void> {
+  while (!predicate()) await sleep(5)
+}

@@ -88,7 +88,7 @@ function handlerFor (callback: Callback, outcome: Outcome, terminate: ReturnType
   return {
     init: () => ({ state: 'initial' }),
     websocketInit: (state: string) => callback === 'websocketInit' ? outcome() : { state },
-    handle: (frame: { type: string, data: unknown }, state: string, ctx: WebSocketContext) => {
+    handle: (frame: { type: string, data: unknown }, _state: string, ctx: WebSocketContext) => {
       if (frame.type === 'text' && frame.data === 'go') {
         if (callback === 'handle') return outcome()
         ctx.post('go')

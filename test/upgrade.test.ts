@@ -178,7 +178,7 @@ t.test('app and route hooks run before init and can refuse the upgrade', async (
     method: 'GET',
     url: '/hooked',
     preValidation: async () => { order.push('preValidation') },
-    preHandler: async () => { order.push('preHandler') },
+    preHandler: [async () => { order.push('preHandler') }],
     handler: async () => 'plain',
     ws: { init: () => { order.push('init') } }
   })
@@ -193,13 +193,15 @@ t.test('app and route hooks run before init and can refuse the upgrade', async (
 
 t.test('a plain GET on a ws route declared with the route option reaches the HTTP handler', async (t) => {
   const { app } = await buildApp(t)
-  app.route({ method: 'GET', url: '/both', handler: async () => ({ http: true }), ws: echo })
+  let preHandlerRuns = 0
+  app.route({ method: 'GET', url: '/both', preHandler: async () => { preHandlerRuns++ }, handler: async () => ({ http: true }), ws: echo })
   const response = await app.inject({ url: '/both' })
   t.equal(response.statusCode, 200)
   t.same(response.json(), { http: true })
   const { ws, seen } = await inject(app, '/both')
   ws.send('hello')
   t.same(await seen.frameCount(1), ['text:hello'])
+  t.equal(preHandlerRuns, 2, "the route's own preHandler ran for both")
   ws.close()
 })
 
@@ -265,6 +267,23 @@ t.test('with @fastify/websocket registered by the app first, app.ws works', asyn
   const plain = await connect(`${base}/plain`, ['x', 'y'])
   t.equal(plain.ws.protocol, 'x', "a plain @fastify/websocket route keeps ws's rule (the first offer)")
   t.same(await plain.seen.frameCount(1), ['text:plain route'])
+  plain.ws.close()
+  mine.ws.close()
+})
+
+t.test("the app's own handleProtocols still decides for its plain @fastify/websocket routes", async (t) => {
+  const app = Fastify()
+  t.teardown(() => app.close())
+  await app.register(fastifyWebsocket, { options: { handleProtocols: (protocols) => [...protocols].at(-1) ?? false } })
+  await app.register(wsHandlers)
+  app.get('/plain', { websocket: true }, (socket) => { socket.send('plain route') })
+  app.ws('/mine', echo, { protocols: ['x'] })
+  const base = await listen(app)
+  const plain = await connect(`${base}/plain`, ['x', 'y'])
+  t.equal(plain.ws.protocol, 'y', 'the last offer, as the app decided')
+  const mine = await connect(`${base}/mine`, ['x', 'y'])
+  t.equal(mine.ws.protocol, 'x')
+  t.same(await plain.seen.frameCount(1), ['text:plain route'])
   mine.ws.close()
   plain.ws.close()
 })
@@ -285,11 +304,16 @@ t.test('bad plugin and route options are refused with a coded error at declarati
   await t.rejects(async () => await app.register(wsHandlers, { idleTimeout: 'soon' } as never), {
     code: 'FST_WS_INVALID_OPTION', message: 'Invalid option "plugin options": option "idleTimeout": expected a whole number >= 0, got "soon"'
   })
-  const { app: other } = await buildApp(t)
+  await t.rejects(async () => await Fastify().register(wsHandlers, { perMessageDeflate: true } as never), {
+    message: /option "perMessageDeflate": expected an object, got true/
+  })
+  const { app: other } = await buildApp(t, { perMessageDeflate: { threshold: 0 } })
   t.throws(() => other.ws('/x', echo, { maxFrameSize: 0 }), {
     code: 'FST_WS_INVALID_OPTION', message: /wsOptions of \/x.*maxFrameSize.*>= 1 or Infinity, got 0/
   })
   t.throws(() => other.ws('/y', echo, { protocol: ['mqtt'] } as never), { message: /unknown option "protocol"/ })
   t.throws(() => other.ws('/z', echo, { protocols: 'mqtt' } as never), { message: /array of non-empty strings, got "mqtt"/ })
   t.throws(() => other.ws('/w', echo, null as never), { message: /options must be an object, got null/ })
+  t.throws(() => other.ws('/v', echo, { compress: 'yes' } as never), { message: /option "compress": expected a boolean, got "yes"/ })
+  t.doesNotThrow(() => other.ws('/u', echo, { idleTimeout: undefined }), 'an undefined option is the default')
 })

@@ -1,0 +1,96 @@
+import Fastify from 'fastify'
+import { expect, test } from 'tstyche'
+import wsHandlers, {
+  close, defineHandler, text, type InFrame, type RequestSnapshot, type TerminateReason, type TimeoutMessage,
+  type WebSocketContext, type WebSocketHandler
+} from '../../lib/index.js'
+
+test('defineHandler<State> types the state in every callback', () => {
+  defineHandler<{ count: number }>({
+    init: () => ({ state: { count: 0 } }),
+    websocketInit: (state) => {
+      expect(state).type.toBe<{ count: number }>()
+    },
+    handle: (frame, state, ctx) => {
+      expect(frame).type.toBe<InFrame>()
+      expect(state).type.toBe<{ count: number }>()
+      expect(ctx).type.toBe<WebSocketContext<unknown>>()
+      return { state: { count: state.count + 1 }, reply: text(String(state.count)) }
+    },
+    terminate: (reason, request, state) => {
+      expect(reason).type.toBe<TerminateReason>()
+      expect(request).type.toBe<RequestSnapshot>()
+      expect(state).type.toBe<{ count: number }>()
+    }
+  })
+})
+
+test('the state type is inferred from init without naming it', () => {
+  defineHandler({
+    init: () => ({ state: { user: 'ada', visits: 1 } }),
+    handle: (_frame, state) => {
+      expect(state).type.toBe<{ user: string, visits: number }>()
+    }
+  })
+})
+
+test('the Info type flows to info and to ctx.post; a `type` discriminant narrows past timeouts', () => {
+  type Info = { type: 'tick' } | { type: 'say', text: string }
+  defineHandler<undefined, Info>({
+    websocketInit: (_state, ctx) => {
+      ctx.post({ type: 'tick' })
+      expect(ctx.post).type.toBeCallableWith({ type: 'say', text: 'hi' })
+      expect(ctx.post).type.not.toBeCallableWith({ type: 'shout' })
+      ctx.startTimer(1000, { type: 'tick' })
+    },
+    info: (message) => {
+      expect(message).type.toBe<Info | TimeoutMessage<Info>>()
+      if (message.type === 'say') return { reply: text(message.text) }
+      if (message.type === 'timeout') expect(message.message).type.toBe<Info>()
+      return undefined
+    }
+  })
+})
+
+test('terminate reasons narrow by type', () => {
+  const reason = {} as TerminateReason
+  if (reason.type === 'remote') expect(reason.code).type.toBe<number | undefined>()
+  if (reason.type === 'stop') expect(reason.code).type.toBe<number>()
+  if (reason.type === 'error') expect(reason.error).type.toBe<Error>()
+})
+
+test('a result of the wrong shape does not compile', () => {
+  expect(defineHandler({ handle: () => ({ repl: text('x') }) })).type.toRaiseError()
+  expect(defineHandler({ handle: () => ({ reply: 'hello' }) })).type.toRaiseError()
+  expect(defineHandler({ handle: () => ({ stop: 'yes' }) })).type.toRaiseError()
+  expect(defineHandler<number>({ handle: () => ({ state: 'not a number' }) })).type.toRaiseError()
+  expect(defineHandler({ handle: () => ({ options: { compress: true } }) })).type.toRaiseError()
+  expect(close).type.not.toBeCallableWith('1000')
+})
+
+test('valid results compile, sync or async', () => {
+  defineHandler<number>({
+    handle: async () => ({ state: 1, reply: [text('a'), close(1000, 'bye')] }),
+    info: () => ({ stop: true, hibernate: true, active: false, options: { idleTimeout: 5000, maxFrameSize: Infinity } })
+  })
+})
+
+test('app.ws and the ws route option take handlers of any state type', async () => {
+  const app = Fastify()
+  await app.register(wsHandlers, { idleTimeout: 30_000, protocols: ['mqtt'] })
+  const handler: WebSocketHandler<{ n: number }, string> = { init: () => ({ state: { n: 1 } }) }
+  app.ws('/a', handler, { maxFrameSize: 1024 })
+  app.route({ method: 'GET', url: '/b', handler: async () => 'http', ws: handler, wsOptions: { protocols: ['mqtt'] } })
+  expect(app.ws).type.not.toBeCallableWith('/c', handler, { idleTimeot: 5 })
+  expect(app.wsConnections.post('id', 'message')).type.toBe<boolean>()
+  expect(app.wsConnections.get('id')).type.toBe<WebSocketContext<unknown> | undefined>()
+})
+
+test('init may refuse by returning the sent reply', () => {
+  defineHandler({
+    init: async (request, reply) => {
+      if (request.headers.authorization === undefined) return await reply.code(401).send()
+      return { state: 'ok', protocol: 'mqtt', options: { compress: true, keepHeaders: ['x-user'] } }
+    }
+  })
+})
