@@ -146,6 +146,6 @@ t.test('diagnostics channels report open, frames in and out, and close', async (
   ws.send('hi')
   await seen.frameCount(1)
   ws.close()
-  await until(() => app.wsConnections.size > 0)
+  await until(() => app.wsConnections.size === 0)
   t.same(seenEvents, ['open', 'frame-in:text', 'frame-out:reply', 'close:remote'])
 })

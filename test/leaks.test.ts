@@ -39,7 +39,7 @@ t.test('no timer, socket or listener outlives its connection', async (t) => {
     else ws.terminate() // the socket drops
     await seen.closed
   }
-  await until(() => terminated < rounds)
+  await until(() => terminated === rounds)
   await sleep(50)
 
   t.equal(terminated, rounds, 'terminate ran once per connection')

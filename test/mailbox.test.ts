@@ -71,7 +71,7 @@ t.test('a full mailbox stops reading from the socket until it drains, and nothin
   await sleep(300)
   t.ok(ws.bufferedAmount > 1024 * 1024, `the server stopped reading: ${ws.bufferedAmount} bytes still wait in the client`)
   release()
-  await until(() => handled < 300)
+  await until(() => handled === 300)
   connection!.post('count') // the info queues behind every frame: all 300 were handled first
   t.same(await seen.frameCount(1), ['text:handled 300'])
   ws.close()
@@ -129,7 +129,7 @@ t.test('the app posts to a connection by id, and ctx is a handle it can keep', a
   t.ok(kept[0]!.post('from a kept handle'))
   t.same(await seen.frameCount(3), [`text:${id}`, 'text:info:from http', 'text:info:from a kept handle'])
   ws.close()
-  await until(() => app.wsConnections.size > 0)
+  await until(() => app.wsConnections.size === 0)
   t.notOk(kept[0]!.alive)
   t.notOk(kept[0]!.post('too late'), 'posting to a closed connection returns false')
   t.notOk(app.wsConnections.post(id, 'too late'))
@@ -232,7 +232,7 @@ t.test("terminate's own throw or rejection is logged and never reaches the serve
     const { ws } = await inject(app, url)
     ws.close()
   }
-  await until(() => app.wsConnections.size > 0)
+  await until(() => app.wsConnections.size === 0)
   t.same(errors.map((e) => [e.msg, (e.err as { message: string }).message]), [
     ['WebSocket terminate threw', 'sync terminate failure'],
     ['WebSocket terminate threw', 'async terminate failure']
