@@ -30,6 +30,8 @@ interface PendingUpgrade {
   readonly state: unknown
   readonly options: ResolvedConnectionOptions
   readonly protocol: string
+  /** The response @fastify/websocket assigned to the socket; detached after the 101. */
+  readonly response: FastifyReply['raw']
 }
 
 const kPendingUpgrade = Symbol('fastify-ws-handlers.pending-upgrade')
@@ -66,6 +68,8 @@ export function makeWebSocketRoute (
     socket.removeAllListeners('error')
     // app.close() is ours to do (1001 + terminate); @fastify/websocket's would send a bare close.
     this.websocketServer.clients.delete(socket)
+    // The response stays assigned to the socket and pins request and reply: let them go.
+    pending.response.detachSocket((socket as unknown as { _socket: Parameters<FastifyReply['raw']['detachSocket']>[0] })._socket)
     const snapshot = snapshotOf(request, pending, url)
     // eslint-disable-next-line no-new -- the connection lives through the socket's listeners
     new Connection(route, socket, { state: pending.state, options: pending.options, request: snapshot })
@@ -129,7 +133,7 @@ function upgradeHook (
       }
     }
     const raw = request.raw as RawRequest
-    raw[kPendingUpgrade] = { state, options, protocol }
+    raw[kPendingUpgrade] = { state, options, protocol, response: reply.raw }
     // Compression is negotiated by ws from this header: without it, this connection is not compressed.
     if (!options.compress) delete raw.headers['sec-websocket-extensions']
   }
@@ -181,7 +185,7 @@ function snapshotOf (request: FastifyRequest, pending: PendingUpgrade, routeUrl:
     params: request.params,
     query: request.query,
     headers,
-    ip: request.ip,
+    ip: request.ip ?? '', // injectWS has no socket, hence no ip
     protocol: pending.protocol
   })
 }
