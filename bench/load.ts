@@ -1,0 +1,109 @@
+/**
+ * The load generator, in its own process: `node load.js '<json task>'`, started by run.ts.
+ * Tasks: `echo` (pipelined round trips, throughput and latency), `open` (hold N idle
+ * connections until told to close), `churn` (connect/close cycles). Results go back over IPC.
+ */
+import { once } from 'node:events'
+import WebSocket from 'ws'
+
+export type Task =
+  | { type: 'echo', url: string, connections: number, inFlight: number, size: number, binary: boolean, warmupMs: number, durationMs: number }
+  | { type: 'open', url: string, connections: number, compress: boolean }
+  | { type: 'churn', url: string, cycles: number, concurrency: number }
+
+export interface EchoResult { messagesPerSecond: number, p50Ms: number, p99Ms: number }
+export interface ChurnResult { cyclesPerSecond: number }
+
+const task = JSON.parse(process.argv[2]!) as Task
+
+async function open (url: string, compress = false): Promise<WebSocket> {
+  const ws = new WebSocket(url, { perMessageDeflate: compress ? { threshold: 0 } : false })
+  await once(ws, 'open')
+  return ws
+}
+
+/** Open `count` connections, `batch` at a time (a 10,000-connection burst overflows the accept queue). */
+async function openMany (url: string, count: number, compress: boolean, batch = 250): Promise<WebSocket[]> {
+  const sockets: WebSocket[] = []
+  while (sockets.length < count) {
+    const size = Math.min(batch, count - sockets.length)
+    sockets.push(...await Promise.all(Array.from({ length: size }, async () => await open(url, compress))))
+  }
+  return sockets
+}
+
+async function echo (t: Extract<Task, { type: 'echo' }>): Promise<EchoResult> {
+  const payload = t.binary ? Buffer.alloc(t.size, 7) : 'x'.repeat(t.size)
+  const sockets = await openMany(t.url, t.connections, false)
+  const latencies: number[] = []
+  let completed = 0
+  let measuring = false
+  let running = true
+  for (const ws of sockets) {
+    const sentAt: number[] = [] // echoes come back in order on one connection
+    ws.on('message', () => {
+      const started = sentAt.shift()!
+      if (measuring) {
+        completed++
+        latencies.push(performance.now() - started)
+      }
+      if (running) {
+        sentAt.push(performance.now())
+        ws.send(payload)
+      }
+    })
+    for (let i = 0; i < t.inFlight; i++) {
+      sentAt.push(performance.now())
+      ws.send(payload)
+    }
+  }
+  await new Promise((resolve) => setTimeout(resolve, t.warmupMs))
+  measuring = true
+  const started = performance.now()
+  await new Promise((resolve) => setTimeout(resolve, t.durationMs))
+  measuring = false
+  const elapsed = performance.now() - started
+  running = false
+  for (const ws of sockets) ws.terminate()
+  latencies.sort((a, b) => a - b)
+  const at = (q: number): number => latencies[Math.min(latencies.length - 1, Math.floor(q * latencies.length))] ?? NaN
+  return { messagesPerSecond: completed / (elapsed / 1000), p50Ms: at(0.5), p99Ms: at(0.99) }
+}
+
+async function hold (t: Extract<Task, { type: 'open' }>): Promise<void> {
+  const sockets = await openMany(t.url, t.connections, t.compress)
+  if (t.compress) {
+    // One 200-byte message each way, so that both zlib contexts exist (the worst case).
+    const message = JSON.stringify({ text: 'x'.repeat(180) })
+    await Promise.all(sockets.map(async (ws) => {
+      const echoed = once(ws, 'message')
+      ws.send(message)
+      await echoed
+    }))
+  }
+  process.send!({ ready: true })
+  await once(process, 'message')
+  await Promise.all(sockets.map(async (ws) => {
+    const closed = once(ws, 'close')
+    ws.close()
+    await closed
+  }))
+}
+
+async function churn (t: Extract<Task, { type: 'churn' }>): Promise<ChurnResult> {
+  let next = 0
+  const started = performance.now()
+  await Promise.all(Array.from({ length: t.concurrency }, async () => {
+    while (next++ < t.cycles) {
+      const ws = await open(t.url)
+      const closed = once(ws, 'close')
+      ws.close()
+      await closed
+    }
+  }))
+  return { cyclesPerSecond: t.cycles / ((performance.now() - started) / 1000) }
+}
+
+const result = task.type === 'echo' ? await echo(task) : task.type === 'churn' ? await churn(task) : await hold(task)
+process.send!({ result })
+process.disconnect()

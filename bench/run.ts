@@ -1,0 +1,185 @@
+/**
+ * `npm run bench`: every scenario against a raw ws server, raw @fastify/websocket and this
+ * plugin, in one run, alternating the order over rounds; the server and the load generator are
+ * separate processes pinned to different cores. Prints medians (min–max) and ratios.
+ * `npm run bench -- --quick` is a smoke run (one round, small sizes).
+ */
+import { execFileSync, fork, type ChildProcess } from 'node:child_process'
+import { once } from 'node:events'
+import os from 'node:os'
+import type { ChurnResult, EchoResult, Task } from './load.js'
+import type { Kind, MemoryFigures, Scenario } from './server.js'
+
+const quick = process.argv.includes('--quick')
+const rounds = quick ? 1 : 3
+const SERVER_CPU = 0
+const LOAD_CPU = 1
+
+interface Variant { label: string, kind: Kind, scenario: Scenario }
+const kinds: Kind[] = ['ws', 'fastify-websocket', 'plugin']
+const labels: Record<Kind, string> = { ws: 'raw ws', 'fastify-websocket': '@fastify/websocket', plugin: 'fastify-ws-handlers' }
+const variantsOf = (scenario: Scenario): Variant[] => kinds.map((kind) => ({ label: labels[kind], kind, scenario }))
+
+let canPin = true
+function pin (child: ChildProcess, cpu: number): void {
+  if (!canPin || os.availableParallelism() < 2) return
+  try {
+    execFileSync('taskset', ['-a', '-p', '-c', String(cpu), String(child.pid)], { stdio: 'ignore' })
+  } catch {
+    canPin = false
+    console.log('(taskset is not available: processes are not pinned)')
+  }
+}
+
+interface Server { url: string, memory: () => Promise<MemoryFigures>, stop: () => Promise<void> }
+
+async function startServer ({ kind, scenario }: Variant): Promise<Server> {
+  const child = fork(new URL('./server.js', import.meta.url), [kind, scenario], { execArgv: ['--expose-gc'] })
+  pin(child, SERVER_CPU)
+  const [{ port }] = await once(child, 'message') as [{ port: number }]
+  let nextId = 0
+  return {
+    url: `ws://127.0.0.1:${port}/`,
+    async memory () {
+      const id = ++nextId
+      child.send({ id, cmd: 'memory' })
+      for (;;) {
+        const [message] = await once(child, 'message') as [MemoryFigures & { id: number }]
+        if (message.id === id) return message
+      }
+    },
+    async stop () {
+      child.kill()
+      await once(child, 'exit')
+    }
+  }
+}
+
+function startLoad (task: Task): ChildProcess {
+  const child = fork(new URL('./load.js', import.meta.url), [JSON.stringify(task)])
+  pin(child, LOAD_CPU)
+  return child
+}
+
+async function runLoad<R> (task: Task): Promise<R> {
+  const child = startLoad(task)
+  const [{ result }] = await once(child, 'message') as [{ result: R }]
+  await once(child, 'exit')
+  return result
+}
+
+// ---- results: table → metric → variant label → samples ---------------------
+
+type Samples = Map<string, Map<string, number[]>>
+const tables = new Map<string, { variants: Variant[], samples: Samples, better: Map<string, 'higher' | 'lower'> }>()
+
+function record (table: string, variants: Variant[], metric: string, better: 'higher' | 'lower', label: string, value: number): void {
+  if (!tables.has(table)) tables.set(table, { variants, samples: new Map(), better: new Map() })
+  const entry = tables.get(table)!
+  entry.better.set(metric, better)
+  if (!entry.samples.has(metric)) entry.samples.set(metric, new Map())
+  const byVariant = entry.samples.get(metric)!
+  byVariant.set(label, [...(byVariant.get(label) ?? []), value])
+}
+
+const median = (xs: number[]): number => {
+  const s = [...xs].sort((a, b) => a - b)
+  return s.length % 2 === 1 ? s[(s.length - 1) / 2]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2
+}
+const fmt = (x: number): string => Math.abs(x) >= 100 ? Math.round(x).toLocaleString('en-US') : x.toFixed(2)
+
+function print (): void {
+  for (const [name, { variants, samples }] of tables) {
+    const [a, b, c] = variants.map((v) => v.label) as [string, string, string]
+    console.log(`\n### ${name}\n`)
+    console.log(`| metric | ${a} | ${b} | ${c} | ${c} ÷ ${b} | ${c} ÷ ${a} |`)
+    console.log('|---|---|---|---|---|---|')
+    for (const [metric, byVariant] of samples) {
+      const cells = [a, b, c].map((label) => {
+        const xs = byVariant.get(label) ?? []
+        return xs.length === 0 ? '–' : `${fmt(median(xs))} (${fmt(Math.min(...xs))}–${fmt(Math.max(...xs))})`
+      })
+      const ratio = (x: string, y: string): string => {
+        const xs = byVariant.get(x)
+        const ys = byVariant.get(y)
+        return xs === undefined || ys === undefined ? '–' : (median(xs) / median(ys)).toFixed(2)
+      }
+      console.log(`| ${metric} | ${cells.join(' | ')} | ${ratio(c, b)} | ${ratio(c, a)} |`)
+    }
+  }
+}
+
+/** Each round runs every variant once; the order rotates so no variant always goes first. */
+async function rounded (variants: Variant[], run: (variant: Variant) => Promise<void>): Promise<void> {
+  for (let round = 0; round < rounds; round++) {
+    for (let i = 0; i < variants.length; i++) await run(variants[(i + round) % variants.length]!)
+  }
+}
+
+// ---- scenarios ----------------------------------------------------------------
+
+async function echoScenario (table: string, scenario: Scenario, shape: Omit<Extract<Task, { type: 'echo' }>, 'type' | 'url'>): Promise<void> {
+  const variants = variantsOf(scenario)
+  await rounded(variants, async (variant) => {
+    const server = await startServer(variant)
+    const result = await runLoad<EchoResult>({ type: 'echo', url: server.url, ...shape })
+    await server.stop()
+    record(table, variants, 'messages/s', 'higher', variant.label, result.messagesPerSecond)
+    record(table, variants, 'p50 round trip (ms)', 'lower', variant.label, result.p50Ms)
+    record(table, variants, 'p99 round trip (ms)', 'lower', variant.label, result.p99Ms)
+  })
+}
+
+async function idleMemory (table: string, variants: Variant[], connections: number, compress: boolean): Promise<void> {
+  await rounded(variants, async (variant) => {
+    const server = await startServer(variant)
+    const before = await server.memory()
+    const load = startLoad({ type: 'open', url: server.url, connections, compress })
+    await once(load, 'message')
+    const after = await server.memory()
+    load.send('close')
+    await once(load, 'exit')
+    await server.stop()
+    if (after.connections !== connections) throw new Error(`${variant.label}: ${after.connections} of ${connections} connections open`)
+    record(table, variants, 'heap per connection (B)', 'lower', variant.label, (after.heapUsed - before.heapUsed) / connections)
+    record(table, variants, 'heap + external per connection (B)', 'lower', variant.label,
+      (after.heapUsed + after.external - before.heapUsed - before.external) / connections)
+    record(table, variants, 'RSS per connection (B)', 'lower', variant.label, (after.rss - before.rss) / connections)
+  })
+}
+
+async function churnScenario (table: string, cycles: number): Promise<void> {
+  const variants = variantsOf('echo')
+  await rounded(variants, async (variant) => {
+    const server = await startServer(variant)
+    await runLoad<ChurnResult>({ type: 'churn', url: server.url, cycles: Math.ceil(cycles / 10), concurrency: 20 }) // warm-up
+    const before = await server.memory()
+    const result = await runLoad<ChurnResult>({ type: 'churn', url: server.url, cycles, concurrency: 20 })
+    const after = await server.memory()
+    await server.stop()
+    record(table, variants, 'connect/close cycles per second', 'higher', variant.label, result.cyclesPerSecond)
+    record(table, variants, 'heap after ÷ heap before', 'lower', variant.label, after.heapUsed / before.heapUsed)
+  })
+}
+
+const started = Date.now()
+console.log(`# fastify-ws-handlers benchmark\n\n${os.cpus()[0]?.model ?? 'unknown CPU'}, ${os.availableParallelism()} cores, ` +
+  `Node ${process.version}, ${rounds} round(s)${quick ? ' (quick)' : ''}; medians (min–max)`)
+
+const echoShape = { connections: 50, inFlight: 10, size: 64, binary: false, warmupMs: quick ? 300 : 1000, durationMs: quick ? 1000 : 3000 }
+await echoScenario('Echo, 64 B text, 50 connections × 10 in flight', 'echo', echoShape)
+await echoScenario('Echo, 1 connection × 1 in flight (latency floor)', 'echo', { ...echoShape, connections: 1, inFlight: 1 })
+await echoScenario('Echo, 16 KiB binary, 50 connections × 10 in flight', 'echo', { ...echoShape, size: 16 * 1024, binary: true })
+await echoScenario('Async handler (awaits a resolved promise per message), 64 B, 50 × 10', 'async-echo', echoShape)
+for (const connections of quick ? [1000] : [5000, 10_000]) {
+  await idleMemory(`Idle memory, ${connections.toLocaleString('en-US')} open connections`, variantsOf('echo'), connections, false)
+}
+await idleMemory(`Idle memory, compressed (permessage-deflate), ${quick ? 500 : 2000} connections after one 200 B message each way`, [
+  { label: labels.ws, kind: 'ws', scenario: 'compressed' },
+  { label: 'plugin', kind: 'plugin', scenario: 'compressed' },
+  { label: 'plugin + hibernate', kind: 'plugin', scenario: 'compressed-hibernate' }
+], quick ? 500 : 2000, true)
+await churnScenario(`Churn, ${quick ? '1,000' : '10,000'} connect/close cycles (20 at a time)`, quick ? 1000 : 10_000)
+
+print()
+console.log(`\n(${((Date.now() - started) / 1000).toFixed(0)} s)`)
