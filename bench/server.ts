@@ -85,7 +85,8 @@ async function measure (): Promise<MemoryFigures> {
   return { heapUsed, rss, external, connections: connections() }
 }
 
-process.on('message', (message: { id: number, cmd: 'memory' }) => {
+process.on('message', (message: { id: number, cmd: 'memory' | 'exit' }) => {
+  if (message.cmd === 'exit') process.exit(0) // a clean exit writes --cpu-prof profiles
   measure().then((figures) => process.send!({ id: message.id, ...figures }), (error: unknown) => { throw error })
 })
 process.send!({ port })

@@ -89,9 +89,15 @@ export function writeFrames (ws: WebSocket, reply: OutFrame | readonly OutFrame[
   }
 }
 
+const asText = { binary: false }
+
 function writeFrame (ws: WebSocket, frame: OutFrame): CloseFrame | undefined {
   switch (frame.type) {
     case 'text':
+      // Encoded here: ws would write the string beside its header buffer, and a writev of mixed
+      // strings and buffers (writevGeneric) costs more than encoding a small string into the pool.
+      ws.send(Buffer.from(frame.data), asText)
+      return undefined
     case 'binary':
       ws.send(frame.data)
       return undefined

@@ -20,6 +20,7 @@ import type { FastifyBaseLogger } from 'fastify'
 import type WebSocket from 'ws'
 import { CloseCode, closeCodeOfWsError } from './close-codes.js'
 import { resultProblem, writeFrames } from './commands.js'
+import { releaseIdleResources } from './hibernate.js'
 import { closeChannel, frameInChannel, frameOutChannel, openChannel } from './diagnostics.js'
 import { InvalidResultError, InvalidTimerError, OutboundOverflowError } from './errors.js'
 import type { ResolvedConnectionOptions } from './options.js'
@@ -93,6 +94,8 @@ export class Connection implements WebSocketContext<unknown> {
   #endReason: TerminateReason | undefined
   #closed = false
   #idleTimer: NodeJS.Timeout | undefined
+  /** Set while `hibernate` waits for zlib to finish the reply before releasing it. */
+  #hibernateTimer: NodeJS.Timeout | undefined
   #timers: Map<TimerRef, NodeJS.Timeout> | undefined
   #log: FastifyBaseLogger | undefined
   #onFulfilled: ((result: unknown) => void) | undefined
@@ -251,7 +254,13 @@ export class Connection implements WebSocketContext<unknown> {
     if (commands.active !== undefined) this.#setActive(commands.active)
     if (commands.reply !== undefined) this.#write(commands.reply)
     if (commands.stop === true) this.#close(CloseCode.NORMAL, '', { type: 'stop', code: CloseCode.NORMAL, reason: '' })
-    // `hibernate` is accepted; what it releases is measured and built in the benchmark issue.
+    if (commands.hibernate === true) this.#hibernate()
+  }
+
+  /** Release what can be rebuilt on the next message (hibernate.ts), once the reply is compressed. */
+  #hibernate (): void {
+    if (this.#endReason !== undefined || this.#hibernateTimer !== undefined) return
+    if (!releaseIdleResources(this.#ws)) this.#hibernateTimer = setTimeout(Connection.#retryHibernate, 1, this, 1).unref()
   }
 
   #crash (kind: number, error: unknown): void {
@@ -292,6 +301,7 @@ export class Connection implements WebSocketContext<unknown> {
     if (this.#endReason !== undefined) return
     this.#endReason = reason
     clearTimeout(this.#idleTimer)
+    clearTimeout(this.#hibernateTimer)
     if (!keepQueue) this.#queue.length = 0
     if (this.#busy) {
       this.#queue.push(END, undefined)
@@ -395,6 +405,13 @@ export class Connection implements WebSocketContext<unknown> {
   static #onTimer (connection: Connection, ref: TimerRef, message: unknown, wrap: boolean): void {
     connection.#timers?.delete(ref)
     connection.#deliver(INFO, wrap ? { type: 'timeout', ref, message } : message)
+  }
+
+  static #retryHibernate (connection: Connection, attempt: number): void {
+    connection.#hibernateTimer = undefined
+    if (connection.#endReason !== undefined || releaseIdleResources(connection.#ws)) return
+    // Still busy: the connection is not idle after all. Give up after ~1 s of trying.
+    if (attempt < 10) connection.#hibernateTimer = setTimeout(Connection.#retryHibernate, 2 ** attempt, connection, attempt + 1).unref()
   }
 
   static #onIdle (connection: Connection): void {

@@ -1,0 +1,47 @@
+/**
+ * What `hibernate` releases, as measured (shared/reference/hibernate-measurements.md and
+ * `npm run bench`): an idle uncompressed connection holds nothing worth freeing, while
+ * permessage-deflate holds two zlib contexts, ≈240 KB RSS per connection. Both are rebuilt by
+ * ws on the next message, at a cost of tens of µs of CPU.
+ *
+ * - The deflater can always go: a fresh one writes a stream without back-references, which
+ *   any peer inflater decodes (only the compression ratio of the next message suffers).
+ * - The inflater can go only when `client_no_context_takeover` was negotiated; otherwise the
+ *   peer's next message may refer to the window it holds.
+ * - Neither may go while zlib works on it: ws crashes on a context closed mid-operation.
+ *
+ * These are ws 8.23 private fields (ws is pinned to 8.x; test/hibernate.test.ts covers them).
+ */
+import type WebSocket from 'ws'
+
+interface Closable { close(): void }
+interface Internals {
+  _extensions: Record<string, {
+    _deflate: Closable | null
+    _inflate: Closable | null
+    params: Record<string, unknown>
+  } | undefined>
+  _sender: { _state: number, _queue: unknown[] }
+  _receiver: { _state: number, _fragmented: number }
+}
+
+const SENDER_DEFAULT = 0 // ws/lib/sender.js: not deflating, not reading a Blob
+const RECEIVER_INFLATING = 5 // ws/lib/receiver.js
+
+/** Release what this connection can rebuild. False when zlib is busy: try again later. */
+export function releaseIdleResources (ws: WebSocket): boolean {
+  const { _extensions: extensions, _sender: sender, _receiver: receiver } = ws as unknown as Internals
+  const deflate = extensions['permessage-deflate']
+  if (deflate === undefined) return true
+  if (deflate._deflate !== null) {
+    if (sender._state !== SENDER_DEFAULT || sender._queue.length !== 0) return false
+    deflate._deflate.close()
+    deflate._deflate = null
+  }
+  if (deflate._inflate !== null && deflate.params.client_no_context_takeover === true) {
+    if (receiver._state === RECEIVER_INFLATING || receiver._fragmented !== 0) return false
+    deflate._inflate.close()
+    deflate._inflate = null
+  }
+  return true
+}

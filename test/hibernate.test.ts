@@ -1,0 +1,105 @@
+/**
+ * hibernate releases the zlib contexts of an idle compressed connection and the next message
+ * rebuilds them: echoes stay correct with and without context takeover.
+ */
+import { createRequire } from 'node:module'
+import t from 'tap'
+import { text } from '../lib/index.js'
+import { buildApp, connect, listen, sleep } from './helpers.js'
+
+// ws reaches zlib through require(): the same module object, so creations can be counted.
+const zlib = createRequire(import.meta.url)('node:zlib') as typeof import('node:zlib')
+
+function countZlib (t: { teardown(fn: () => void): void }): { deflaters: number, inflaters: number } {
+  const counts = { deflaters: 0, inflaters: 0 }
+  const { createDeflateRaw, createInflateRaw } = zlib
+  // Node defines these as non-writable but configurable properties.
+  const replace = (name: 'createDeflateRaw' | 'createInflateRaw', value: unknown): void => {
+    Object.defineProperty(zlib, name, { value, configurable: true, writable: false, enumerable: true })
+  }
+  replace('createDeflateRaw', (options: object) => { counts.deflaters++; return createDeflateRaw(options) })
+  replace('createInflateRaw', (options: object) => { counts.inflaters++; return createInflateRaw(options) })
+  t.teardown(() => {
+    replace('createDeflateRaw', createDeflateRaw)
+    replace('createInflateRaw', createInflateRaw)
+  })
+  return counts
+}
+
+const hibernatingEcho = {
+  handle: (frame: { type: string, data: unknown }) => frame.type === 'text' ? { reply: text(String(frame.data)), hibernate: true } : undefined
+}
+
+async function echoRounds (url: string, clientNoContextTakeover: boolean, rounds: number): Promise<string[]> {
+  const { ws, seen } = await connect(url, undefined, { perMessageDeflate: { threshold: 0, clientNoContextTakeover } })
+  const sent: string[] = []
+  for (let i = 0; i < rounds; i++) {
+    // Repeated content: with context takeover the second half refers back to the first.
+    const message = `message ${i % 3} `.repeat(40)
+    sent.push(`text:${message}`)
+    ws.send(message)
+    await seen.frameCount(i + 1)
+    await sleep(30) // idle long enough for the release
+  }
+  ws.close()
+  t.same(seen.frames, sent, 'every echo came back intact')
+  return seen.frames
+}
+
+t.test('with client_no_context_takeover, hibernate releases both contexts; each message rebuilds them', async (t) => {
+  const counts = countZlib(t)
+  const { app } = await buildApp(t, { perMessageDeflate: { clientNoContextTakeover: true, threshold: 0 } })
+  app.ws('/h', hibernatingEcho, { compress: true })
+  const base = await listen(app)
+  counts.deflaters = counts.inflaters = 0
+  await echoRounds(`${base}/h`, true, 8)
+  // client side: 1 deflater, 1 inflater; server side: one of each per message
+  t.equal(counts.deflaters, 1 + 8, 'the server deflater was rebuilt for every reply')
+  t.equal(counts.inflaters, 1 + 8, 'the server inflater was rebuilt for every message')
+})
+
+t.test('with context takeover the inflater is kept (the window is needed) and only the deflater goes', async (t) => {
+  const counts = countZlib(t)
+  const { app } = await buildApp(t, { perMessageDeflate: { threshold: 0 } })
+  const terminated: string[] = []
+  app.ws('/h', { ...hibernatingEcho, terminate: (reason) => { terminated.push(reason.type) } }, { compress: true })
+  const base = await listen(app)
+  counts.deflaters = counts.inflaters = 0
+  await echoRounds(`${base}/h`, false, 8)
+  t.equal(counts.deflaters, 1 + 8)
+  t.equal(counts.inflaters, 1 + 1, 'the server inflater was never dropped')
+  await sleep(20)
+  t.same(terminated, ['remote'], 'no 1007 from a lost window')
+})
+
+t.test('without hibernate the contexts live as long as the connection', async (t) => {
+  const counts = countZlib(t)
+  const { app } = await buildApp(t, { perMessageDeflate: { clientNoContextTakeover: true, threshold: 0 } })
+  app.ws('/h', { handle: (frame) => frame.type === 'text' ? { reply: text(frame.data) } : undefined }, { compress: true })
+  const base = await listen(app)
+  counts.deflaters = counts.inflaters = 0
+  await echoRounds(`${base}/h`, true, 4)
+  t.same(counts, { deflaters: 2, inflaters: 2 })
+})
+
+t.test('hibernate while messages keep coming waits for zlib and never breaks a message', async (t) => {
+  const { app } = await buildApp(t, { perMessageDeflate: { clientNoContextTakeover: true, threshold: 0 } })
+  app.ws('/busy', hibernatingEcho, { compress: true })
+  const base = await listen(app)
+  const { ws, seen } = await connect(`${base}/busy`, undefined, { perMessageDeflate: { threshold: 0, clientNoContextTakeover: true } })
+  const sent = Array.from({ length: 300 }, (_, i) => `burst ${i} `.repeat(20))
+  for (const message of sent) ws.send(message)
+  t.same(await seen.frameCount(300), sent.map((m) => `text:${m}`))
+  ws.close()
+})
+
+t.test('hibernate on an uncompressed connection is accepted and changes nothing', async (t) => {
+  const { app } = await buildApp(t)
+  app.ws('/plain', hibernatingEcho)
+  const base = await listen(app)
+  const { ws, seen } = await connect(`${base}/plain`)
+  ws.send('a')
+  ws.send('b')
+  t.same(await seen.frameCount(2), ['text:a', 'text:b'])
+  ws.close()
+})
