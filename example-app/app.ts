@@ -2,18 +2,33 @@
 import Fastify, { type FastifyServerOptions } from 'fastify'
 import wsHandlers, { defineHandler, text } from '../lib/index.js'
 import { tokenUser, unauthorized } from './auth.js'
+import { embeddedBroker, externalBroker, type Broker } from './broker.js'
 import { counter } from './counter.js'
 import { echo } from './echo.js'
 import { hello } from './hello.js'
+import { mqttGateway, type GatewayStats } from './mqtt.js'
 
-export async function buildExampleApp (options: FastifyServerOptions = {}) {
+export interface ExampleOptions {
+  /** Where /mqtt sends its bytes; by default MQTT_BROKER_URL, else an embedded aedes broker. */
+  broker?: Broker
+}
+
+export async function buildExampleApp (options: FastifyServerOptions = {}, example: ExampleOptions = {}) {
   const app = Fastify(options)
   await app.register(wsHandlers, { idleTimeout: 60_000 })
+  const brokerUrl = process.env.MQTT_BROKER_URL
+  const broker = example.broker ?? (brokerUrl === undefined ? await embeddedBroker() : externalBroker(brokerUrl))
+  const mqttStats: GatewayStats = { brokerPauses: 0, clientPauses: 0, brokerLosses: 0 }
+  app.addHook('onClose', async () => { await broker.close() })
+  app.log.info(`/mqtt bridges to the ${broker.description}`)
 
   app.get('/health', async () => ({ ok: true, connections: app.wsConnections.size }))
   app.ws('/echo', echo)
   app.ws('/hello', hello)
   app.ws('/counter', counter)
+  // MQTT over WebSocket (Cowboy's subprotocol example): `v12.stomp, mqtt` is upgraded with mqtt,
+  // `v12.stomp` alone gets 400, and so does a client offering no subprotocol (MQTT requires one).
+  app.ws('/mqtt', mqttGateway(broker, mqttStats), { protocols: ['mqtt', 'mqttv3.1'], protocolRequired: true })
   // An inbox: authenticated before the upgrade, then it relays what the app posts to it.
   app.ws('/private', defineHandler<string, string>({
     init (request, reply) {
@@ -30,5 +45,5 @@ export async function buildExampleApp (options: FastifyServerOptions = {}) {
     const delivered = app.wsConnections.post(id, String(request.body))
     return await reply.code(delivered ? 202 : 404).send({ delivered })
   })
-  return app
+  return { app, mqttStats, broker }
 }

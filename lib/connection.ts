@@ -132,6 +132,10 @@ export class Connection implements WebSocketContext<unknown> {
     return !this.#closed
   }
 
+  get bufferedAmount (): number {
+    return this.#ws.bufferedAmount
+  }
+
   get log (): FastifyBaseLogger {
     this.#log ??= this.#route.log.child({ reqId: this.request.id, wsId: this.id, wsRoute: this.#route.url })
     return this.#log

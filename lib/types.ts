@@ -186,6 +186,8 @@ export interface WebSocketContext<Info = unknown> {
   readonly log: FastifyBaseLogger
   /** True until `terminate` has been called. */
   readonly alive: boolean
+  /** Bytes written but not yet sent to a slow peer (for flow control; over `maxBufferedBytes` closes 1008). */
+  readonly bufferedAmount: number
   /** Deliver `message` to `info`, after what is already in the mailbox. */
   post(message: Info): boolean
   /** Deliver `message` to `info` in `ms` milliseconds. */

@@ -6,7 +6,7 @@ import { buildExampleApp } from '../example-app/app.js'
 import { connect, inject, listen } from './helpers.js'
 
 t.test('the example app: health, echo, hello, counter, private, posting from HTTP', async (t) => {
-  const app = await buildExampleApp()
+  const { app } = await buildExampleApp()
   t.teardown(() => app.close())
   t.same((await app.inject('/health')).json(), { ok: true, connections: 0 })
 
