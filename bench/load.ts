@@ -11,7 +11,7 @@ export type Task =
   | { type: 'open', url: string, connections: number, compress: boolean }
   | { type: 'churn', url: string, cycles: number, concurrency: number }
 
-export interface EchoResult { messagesPerSecond: number, p50Ms: number, p99Ms: number }
+export interface EchoResult { messagesPerSecond: number, p50Ms: number, p99Ms: number, totalMessages: number }
 export interface ChurnResult { cyclesPerSecond: number }
 
 const task = JSON.parse(process.argv[2]!) as Task
@@ -37,11 +37,13 @@ async function echo (t: Extract<Task, { type: 'echo' }>): Promise<EchoResult> {
   const sockets = await openMany(t.url, t.connections, false)
   const latencies: number[] = []
   let completed = 0
+  let total = 0
   let measuring = false
   let running = true
   for (const ws of sockets) {
     const sentAt: number[] = [] // echoes come back in order on one connection
     ws.on('message', () => {
+      total++
       const started = sentAt.shift()!
       if (measuring) {
         completed++
@@ -67,7 +69,7 @@ async function echo (t: Extract<Task, { type: 'echo' }>): Promise<EchoResult> {
   for (const ws of sockets) ws.terminate()
   latencies.sort((a, b) => a - b)
   const at = (q: number): number => latencies[Math.min(latencies.length - 1, Math.floor(q * latencies.length))] ?? NaN
-  return { messagesPerSecond: completed / (elapsed / 1000), p50Ms: at(0.5), p99Ms: at(0.99) }
+  return { messagesPerSecond: completed / (elapsed / 1000), p50Ms: at(0.5), p99Ms: at(0.99), totalMessages: total }
 }
 
 async function hold (t: Extract<Task, { type: 'open' }>): Promise<void> {

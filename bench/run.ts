@@ -8,9 +8,11 @@ import { execFileSync, fork, type ChildProcess } from 'node:child_process'
 import { once } from 'node:events'
 import os from 'node:os'
 import type { ChurnResult, EchoResult, Task } from './load.js'
-import type { Kind, MemoryFigures, Scenario } from './server.js'
+import type { CpuFigures, Kind, MemoryFigures, Scenario } from './server.js'
 
 const quick = process.argv.includes('--quick')
+/** `--only=<text>`: run the scenarios whose title contains it. */
+const only = process.argv.find((arg) => arg.startsWith('--only='))?.slice('--only='.length)
 const rounds = quick ? 1 : 3
 const SERVER_CPU = 0
 const LOAD_CPU = 1
@@ -31,23 +33,25 @@ function pin (child: ChildProcess, cpu: number): void {
   }
 }
 
-interface Server { url: string, memory: () => Promise<MemoryFigures>, stop: () => Promise<void> }
+interface Server { url: string, memory: () => Promise<MemoryFigures>, cpu: () => Promise<number>, stop: () => Promise<void> }
 
 async function startServer ({ kind, scenario }: Variant): Promise<Server> {
   const child = fork(new URL('./server.js', import.meta.url), [kind, scenario], { execArgv: ['--expose-gc'] })
   pin(child, SERVER_CPU)
   const [{ port }] = await once(child, 'message') as [{ port: number }]
   let nextId = 0
+  async function ask<T> (cmd: 'memory' | 'cpu'): Promise<T> {
+    const id = ++nextId
+    child.send({ id, cmd })
+    for (;;) {
+      const [message] = await once(child, 'message') as [T & { id: number }]
+      if (message.id === id) return message
+    }
+  }
   return {
     url: `ws://127.0.0.1:${port}/`,
-    async memory () {
-      const id = ++nextId
-      child.send({ id, cmd: 'memory' })
-      for (;;) {
-        const [message] = await once(child, 'message') as [MemoryFigures & { id: number }]
-        if (message.id === id) return message
-      }
-    },
+    memory: async () => await ask<MemoryFigures>('memory'),
+    cpu: async () => (await ask<CpuFigures>('cpu')).cpuMicros,
     async stop () {
       child.kill()
       await once(child, 'exit')
@@ -116,14 +120,21 @@ async function rounded (variants: Variant[], run: (variant: Variant) => Promise<
   }
 }
 
+const skipped = (table: string): boolean => only !== undefined && !table.includes(only)
+
 // ---- scenarios ----------------------------------------------------------------
 
 async function echoScenario (table: string, scenario: Scenario, shape: Omit<Extract<Task, { type: 'echo' }>, 'type' | 'url'>): Promise<void> {
+  if (skipped(table)) return
   const variants = variantsOf(scenario)
   await rounded(variants, async (variant) => {
     const server = await startServer(variant)
+    const cpuBefore = await server.cpu()
     const result = await runLoad<EchoResult>({ type: 'echo', url: server.url, ...shape })
+    const cpuAfter = await server.cpu()
     await server.stop()
+    // Server CPU over the whole load run (warm-up included) per message echoed in it.
+    record(table, variants, 'server CPU per message (µs)', 'lower', variant.label, (cpuAfter - cpuBefore) / result.totalMessages)
     record(table, variants, 'messages/s', 'higher', variant.label, result.messagesPerSecond)
     record(table, variants, 'p50 round trip (ms)', 'lower', variant.label, result.p50Ms)
     record(table, variants, 'p99 round trip (ms)', 'lower', variant.label, result.p99Ms)
@@ -131,6 +142,7 @@ async function echoScenario (table: string, scenario: Scenario, shape: Omit<Extr
 }
 
 async function idleMemory (table: string, variants: Variant[], connections: number, compress: boolean): Promise<void> {
+  if (skipped(table)) return
   await rounded(variants, async (variant) => {
     const server = await startServer(variant)
     const before = await server.memory()
@@ -149,6 +161,7 @@ async function idleMemory (table: string, variants: Variant[], connections: numb
 }
 
 async function churnScenario (table: string, cycles: number): Promise<void> {
+  if (skipped(table)) return
   const variants = variantsOf('echo')
   await rounded(variants, async (variant) => {
     const server = await startServer(variant)

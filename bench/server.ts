@@ -14,6 +14,7 @@ export type Kind = 'ws' | 'fastify-websocket' | 'plugin'
 export type Scenario = 'echo' | 'async-echo' | 'compressed' | 'compressed-hibernate'
 
 export interface MemoryFigures { heapUsed: number, rss: number, external: number, connections: number }
+export interface CpuFigures { cpuMicros: number }
 
 const [kind, scenario] = process.argv.slice(2) as [Kind, Scenario]
 const compressed = scenario === 'compressed' || scenario === 'compressed-hibernate'
@@ -85,8 +86,13 @@ async function measure (): Promise<MemoryFigures> {
   return { heapUsed, rss, external, connections: connections() }
 }
 
-process.on('message', (message: { id: number, cmd: 'memory' | 'exit' }) => {
+process.on('message', (message: { id: number, cmd: 'memory' | 'cpu' | 'exit' }) => {
   if (message.cmd === 'exit') process.exit(0) // a clean exit writes --cpu-prof profiles
+  if (message.cmd === 'cpu') {
+    const { user, system } = process.cpuUsage()
+    process.send!({ id: message.id, cpuMicros: user + system })
+    return
+  }
   measure().then((figures) => process.send!({ id: message.id, ...figures }), (error: unknown) => { throw error })
 })
 process.send!({ port })

@@ -84,7 +84,8 @@ export class Connection implements WebSocketContext<unknown> {
   readonly #ws: WebSocket
   #state: unknown
   #options: ResolvedConnectionOptions
-  readonly #queue: unknown[] = []
+  /** Items waiting while a callback runs; allocated on first use (most connections are idle). */
+  #queue: unknown[] | undefined
   /** Frames that came while the handler said `active: false`; they run first on `active: true`. */
   #held: InFrame[] | undefined
   /** A callback is running (or pending): new items wait in the queue. */
@@ -175,7 +176,7 @@ export class Connection implements WebSocketContext<unknown> {
       if (this.#dispatch(kind, payload)) this.#drain()
       return true
     }
-    const queue = this.#queue
+    const queue = this.#queue ??= []
     queue.push(kind, payload)
     if (queue.length > 2 * this.#options.mailboxLimit && (this.#paused & PAUSED_BY_MAILBOX) === 0) {
       this.#setPaused(PAUSED_BY_MAILBOX, true)
@@ -185,8 +186,8 @@ export class Connection implements WebSocketContext<unknown> {
 
   /** Run queued items until the queue is empty or a callback goes async. */
   #drain (): void {
-    const queue = this.#queue
-    while (queue.length !== 0) {
+    // Re-read each turn: a callback may create the queue (a post, or a close queuing END).
+    for (let queue = this.#queue; queue !== undefined && queue.length !== 0; queue = this.#queue) {
       const kind = queue.shift() as number
       const payload = queue.shift()
       if ((this.#paused & PAUSED_BY_MAILBOX) !== 0 && queue.length <= this.#options.mailboxLimit) {
@@ -306,9 +307,9 @@ export class Connection implements WebSocketContext<unknown> {
     this.#endReason = reason
     clearTimeout(this.#idleTimer)
     clearTimeout(this.#hibernateTimer)
-    if (!keepQueue) this.#queue.length = 0
     if (this.#busy) {
-      this.#queue.push(END, undefined)
+      if (!keepQueue && this.#queue !== undefined) this.#queue.length = 0
+      ;(this.#queue ??= []).push(END, undefined)
     } else {
       this.#busy = true
       this.#terminate()
@@ -374,7 +375,7 @@ export class Connection implements WebSocketContext<unknown> {
     this.#held = undefined
     const items: unknown[] = []
     for (const frame of held) items.push(FRAME, frame)
-    this.#queue.unshift(...items) // we are inside a callback: the drain loop runs them next
+    ;(this.#queue ??= []).unshift(...items) // we are inside a callback: the drain loop runs them next
   }
 
   #setPaused (bit: number, on: boolean): void {

@@ -67,7 +67,9 @@ export function makeWebSocketRoute (
     // @fastify/websocket's error listener closes over request and reply; ours closes over nothing.
     socket.removeAllListeners('error')
     // app.close() is ours to do (1001 + terminate); @fastify/websocket's would send a bare close.
+    // ws's own 'close' listener only keeps that set up to date: a closure per connection, saved.
     this.websocketServer.clients.delete(socket)
+    socket.removeAllListeners('close')
     // The response stays assigned to the socket and pins request and reply: let them go.
     pending.response.detachSocket((socket as unknown as { _socket: Parameters<FastifyReply['raw']['detachSocket']>[0] })._socket)
     const snapshot = snapshotOf(request, pending, url)
