@@ -187,11 +187,14 @@ await echoScenario('Async handler (awaits a resolved promise per message), 64 B,
 for (const connections of quick ? [1000] : [5000, 10_000]) {
   await idleMemory(`Idle memory, ${connections.toLocaleString('en-US')} open connections`, variantsOf('echo'), connections, false)
 }
-await idleMemory(`Idle memory, compressed (permessage-deflate), ${quick ? 500 : 2000} connections after one 200 B message each way`, [
+const compressedVariants = (): Variant[] => [
   { label: labels.ws, kind: 'ws', scenario: 'compressed' },
   { label: 'plugin', kind: 'plugin', scenario: 'compressed' },
   { label: 'plugin + hibernate', kind: 'plugin', scenario: 'compressed-hibernate' }
-], quick ? 500 : 2000, true)
+]
+const compressedConnections = quick ? 500 : 2000
+const compressedTitle = `Idle memory, compressed (permessage-deflate), ${compressedConnections.toLocaleString('en-US')} connections after one 200 B message each way`
+await idleMemory(compressedTitle, compressedVariants(), compressedConnections, true)
 await churnScenario(`Churn, ${quick ? '1,000' : '10,000'} connect/close cycles (20 at a time)`, quick ? 1000 : 10_000)
 
 print()

@@ -412,11 +412,12 @@ export class Connection implements WebSocketContext<unknown> {
     connection.#deliver(INFO, wrap ? { type: 'timeout', ref, message } : message)
   }
 
-  static #retryHibernate (connection: Connection, attempt: number): void {
+  static #retryHibernate (connection: Connection, delay: number): void {
     connection.#hibernateTimer = undefined
     if (connection.#endReason !== undefined || releaseIdleResources(connection.#ws)) return
-    // Still busy: the connection is not idle after all. Give up after ~1 s of trying.
-    if (attempt < 10) connection.#hibernateTimer = setTimeout(Connection.#retryHibernate, 2 ** attempt, connection, attempt + 1).unref()
+    // Still busy: ws's zlib queue runs 10 jobs at a time, so under load this can take a while.
+    const next = Math.min(delay * 2, 1024)
+    connection.#hibernateTimer = setTimeout(Connection.#retryHibernate, next, connection, next).unref()
   }
 
   static #onIdle (connection: Connection): void {

@@ -33,13 +33,15 @@ export function releaseIdleResources (ws: WebSocket): boolean {
   const { _extensions: extensions, _sender: sender, _receiver: receiver } = ws as unknown as Internals
   const deflate = extensions['permessage-deflate']
   if (deflate === undefined) return true
+  // Busy even before a context exists: ws queues zlib jobs (10 at a time), and a queued job
+  // creates its context when it runs. Releasing now would miss it.
+  if (sender._state !== SENDER_DEFAULT || sender._queue.length !== 0) return false
+  if (receiver._state === RECEIVER_INFLATING || receiver._fragmented !== 0) return false
   if (deflate._deflate !== null) {
-    if (sender._state !== SENDER_DEFAULT || sender._queue.length !== 0) return false
     deflate._deflate.close()
     deflate._deflate = null
   }
   if (deflate._inflate !== null && deflate.params.client_no_context_takeover === true) {
-    if (receiver._state === RECEIVER_INFLATING || receiver._fragmented !== 0) return false
     deflate._inflate.close()
     deflate._inflate = null
   }

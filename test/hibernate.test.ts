@@ -93,6 +93,25 @@ t.test('hibernate while messages keep coming waits for zlib and never breaks a m
   ws.close()
 })
 
+t.test('under load (zlib jobs queued behind ws\'s limit of 10) every connection still releases its contexts', async (t) => {
+  const counts = countZlib(t)
+  const { app } = await buildApp(t, { perMessageDeflate: { clientNoContextTakeover: true, threshold: 0 } })
+  app.ws('/many', hibernatingEcho, { compress: true })
+  const base = await listen(app)
+  const clients = await Promise.all(Array.from({ length: 40 }, async () =>
+    await connect(`${base}/many`, undefined, { perMessageDeflate: { threshold: 0, clientNoContextTakeover: true } })))
+  counts.deflaters = counts.inflaters = 0
+  for (const round of [1, 2]) {
+    for (const { ws } of clients) ws.send(`round ${round} `.repeat(30)) // all at once: the zlib queue fills
+    await Promise.all(clients.map(async ({ seen }) => await seen.frameCount(round)))
+    await sleep(300)
+  }
+  // client side: 40 deflaters and 40 inflaters, once; server side: one of each per message
+  t.equal(counts.deflaters, 40 + 80, 'every server deflater was released and rebuilt')
+  t.equal(counts.inflaters, 40 + 80, 'every server inflater was released and rebuilt')
+  for (const { ws } of clients) ws.close()
+})
+
 t.test('hibernate on an uncompressed connection is accepted and changes nothing', async (t) => {
   const { app } = await buildApp(t)
   app.ws('/plain', hibernatingEcho)
