@@ -7,7 +7,7 @@ import { once } from 'node:events'
 import WebSocket from 'ws'
 
 export type Task =
-  | { type: 'echo', url: string, connections: number, inFlight: number, size: number, binary: boolean, warmupMs: number, durationMs: number }
+  | { type: 'echo', url: string, connections: number, inFlight: number, size: number, binary: boolean, warmupMs: number, durationMs: number, compress?: boolean, gapMs?: number }
   | { type: 'open', url: string, connections: number, compress: boolean }
   | { type: 'churn', url: string, cycles: number, concurrency: number }
 
@@ -34,7 +34,7 @@ async function openMany (url: string, count: number, compress: boolean, batch = 
 
 async function echo (t: Extract<Task, { type: 'echo' }>): Promise<EchoResult> {
   const payload = t.binary ? Buffer.alloc(t.size, 7) : 'x'.repeat(t.size)
-  const sockets = await openMany(t.url, t.connections, false)
+  const sockets = await openMany(t.url, t.connections, t.compress ?? false)
   const latencies: number[] = []
   let completed = 0
   let total = 0
@@ -49,10 +49,14 @@ async function echo (t: Extract<Task, { type: 'echo' }>): Promise<EchoResult> {
         completed++
         latencies.push(performance.now() - started)
       }
-      if (running) {
+      if (!running) return
+      const next = (): void => {
         sentAt.push(performance.now())
         ws.send(payload)
       }
+      // A gap leaves the connection idle between messages (long enough for hibernate to act).
+      if (t.gapMs === undefined) next()
+      else setTimeout(next, t.gapMs)
     })
     for (let i = 0; i < t.inFlight; i++) {
       sentAt.push(performance.now())

@@ -124,9 +124,14 @@ const skipped = (table: string): boolean => only !== undefined && !table.include
 
 // ---- scenarios ----------------------------------------------------------------
 
-async function echoScenario (table: string, scenario: Scenario, shape: Omit<Extract<Task, { type: 'echo' }>, 'type' | 'url'>): Promise<void> {
+type EchoShape = Omit<Extract<Task, { type: 'echo' }>, 'type' | 'url'>
+
+async function echoScenario (table: string, scenario: Scenario, shape: EchoShape): Promise<void> {
+  await echoVariants(table, variantsOf(scenario), shape)
+}
+
+async function echoVariants (table: string, variants: Variant[], shape: EchoShape): Promise<void> {
   if (skipped(table)) return
-  const variants = variantsOf(scenario)
   await rounded(variants, async (variant) => {
     const server = await startServer(variant)
     const cpuBefore = await server.cpu()
@@ -199,6 +204,10 @@ const compressedVariants = (): Variant[] => [
 const compressedConnections = quick ? 500 : 2000
 const compressedTitle = `Idle memory, compressed (permessage-deflate), ${compressedConnections.toLocaleString('en-US')} connections after one 200 B message each way`
 await idleMemory(compressedTitle, compressedVariants(), compressedConnections, true)
+// The price of hibernate: with 5 ms of idle after each echo, every message finds both zlib
+// contexts released and rebuilds them.
+await echoVariants('Compressed echo, 200 B, 1 connection, 5 ms idle between messages: waking from hibernate every time',
+  compressedVariants(), { ...echoShape, connections: 1, inFlight: 1, size: 200, compress: true, gapMs: 5 })
 await churnScenario(`Churn, ${quick ? '1,000' : '10,000'} connect/close cycles (20 at a time)`, quick ? 1000 : 10_000)
 
 print()
