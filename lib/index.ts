@@ -46,6 +46,7 @@ const plugin: FastifyPluginAsync<WebSocketHandlersOptions> = async function wsHa
   fastify.decorate('ws', function ws<State, Info> (
     this: FastifyInstance, url: string, handler: WebSocketHandler<State, Info>, options: RouteWebSocketOptions = {}
   ) {
+    // The route context wants the URL with its prefix, as onRoute hooks see it; route() adds it itself.
     const routeOptions = { method: 'GET', url: this.prefix + url, handler: upgradeRequired } as RouteOptions
     makeWebSocketRoute(this, routeOptions, handler as WebSocketHandler<unknown, unknown>, options, defaults)
     return this.route({ ...routeOptions, url })
