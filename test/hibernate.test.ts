@@ -4,6 +4,8 @@
  */
 import { createRequire } from 'node:module'
 import t from 'tap'
+import type WebSocket from 'ws'
+import { releaseIdleResources } from '../lib/hibernate.js'
 import { text } from '../lib/index.js'
 import { buildApp, connect, listen, sleep } from './helpers.js'
 
@@ -121,4 +123,40 @@ t.test('hibernate on an uncompressed connection is accepted and changes nothing'
   ws.send('b')
   t.same(await seen.frameCount(2), ['text:a', 'text:b'])
   ws.close()
+})
+
+t.test('the release guards, one by one (ws 8.23 internals)', async (t) => {
+  function fakeWs ({ sender = 0, queued = 0, receiver = 0, fragmented = 0, takeover = false, compressed = true } = {}) {
+    const closed: string[] = []
+    const extension = {
+      _deflate: { close: () => closed.push('deflate') } as { close: () => void } | null,
+      _inflate: { close: () => closed.push('inflate') } as { close: () => void } | null,
+      params: takeover ? {} : { client_no_context_takeover: true }
+    }
+    const ws = {
+      _extensions: compressed ? { 'permessage-deflate': extension } : {},
+      _sender: { _state: sender, _queue: new Array(queued).fill(null) },
+      _receiver: { _state: receiver, _fragmented: fragmented }
+    } as unknown as WebSocket
+    return { ws, closed, extension }
+  }
+  t.ok(releaseIdleResources(fakeWs({ compressed: false }).ws), 'nothing to release without compression')
+  const idle = fakeWs()
+  t.ok(releaseIdleResources(idle.ws))
+  t.same(idle.closed, ['deflate', 'inflate'], 'both contexts go when idle without client context takeover')
+  t.same([idle.extension._deflate, idle.extension._inflate], [null, null], 'ws rebuilds them on the next message')
+  t.ok(releaseIdleResources(idle.ws), 'releasing twice is harmless')
+  const takeover = fakeWs({ takeover: true })
+  t.ok(releaseIdleResources(takeover.ws))
+  t.same(takeover.closed, ['deflate'], 'with context takeover the inflater stays')
+  for (const [busy, label] of [
+    [{ sender: 1 }, 'the sender is deflating'],
+    [{ queued: 1 }, 'a message waits in the sender queue'],
+    [{ receiver: 5 }, 'the receiver is inflating'],
+    [{ fragmented: 1 }, 'a fragmented message is half received']
+  ] as const) {
+    const case_ = fakeWs(busy)
+    t.notOk(releaseIdleResources(case_.ws), `not yet while ${label}`)
+    t.same(case_.closed, [], `nothing was closed while ${label}`)
+  }
 })
