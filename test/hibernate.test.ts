@@ -7,20 +7,34 @@ import t from 'tap'
 import type WebSocket from 'ws'
 import { releaseIdleResources } from '../lib/hibernate.js'
 import { text } from '../lib/index.js'
-import { buildApp, connect, listen, sleep } from './helpers.js'
+import { buildApp, connect, listen, sleep, until } from './helpers.js'
 
 // ws reaches zlib through require(): the same module object, so creations can be counted.
 const zlib = createRequire(import.meta.url)('node:zlib') as typeof import('node:zlib')
 
-function countZlib (t: { teardown(fn: () => void): void }): { deflaters: number, inflaters: number } {
-  const counts = { deflaters: 0, inflaters: 0 }
+interface ZlibCounts {
+  deflaters: number
+  inflaters: number
+  /** Contexts created since the counting began and not closed yet. */
+  live: () => number
+}
+
+function countZlib (t: { teardown(fn: () => void): void }): ZlibCounts {
+  const created: Array<{ destroyed: boolean }> = []
+  const counts: ZlibCounts = { deflaters: 0, inflaters: 0, live: () => created.filter((z) => !z.destroyed).length }
   const { createDeflateRaw, createInflateRaw } = zlib
   // Node defines these as non-writable but configurable properties.
   const replace = (name: 'createDeflateRaw' | 'createInflateRaw', value: unknown): void => {
     Object.defineProperty(zlib, name, { value, configurable: true, writable: false, enumerable: true })
   }
-  replace('createDeflateRaw', (options: object) => { counts.deflaters++; return createDeflateRaw(options) })
-  replace('createInflateRaw', (options: object) => { counts.inflaters++; return createInflateRaw(options) })
+  replace('createDeflateRaw', (options: object) => {
+    counts.deflaters++
+    return created[created.push(createDeflateRaw(options)) - 1]
+  })
+  replace('createInflateRaw', (options: object) => {
+    counts.inflaters++
+    return created[created.push(createInflateRaw(options)) - 1]
+  })
   t.teardown(() => {
     replace('createDeflateRaw', createDeflateRaw)
     replace('createInflateRaw', createInflateRaw)
@@ -32,7 +46,8 @@ const hibernatingEcho = {
   handle: (frame: { type: string, data: unknown }) => frame.type === 'text' ? { reply: text(String(frame.data)), hibernate: true } : undefined
 }
 
-async function echoRounds (url: string, clientNoContextTakeover: boolean, rounds: number): Promise<string[]> {
+/** Echo `rounds` messages; after each, wait until only `live` zlib contexts remain (hibernated). */
+async function echoRounds (url: string, clientNoContextTakeover: boolean, rounds: number, idle: () => boolean = () => true): Promise<string[]> {
   const { ws, seen } = await connect(url, undefined, { perMessageDeflate: { threshold: 0, clientNoContextTakeover } })
   const sent: string[] = []
   for (let i = 0; i < rounds; i++) {
@@ -41,7 +56,7 @@ async function echoRounds (url: string, clientNoContextTakeover: boolean, rounds
     sent.push(`text:${message}`)
     ws.send(message)
     await seen.frameCount(i + 1)
-    await sleep(30) // idle long enough for the release
+    await until(idle) // the server has released what it can
   }
   ws.close()
   t.same(seen.frames, sent, 'every echo came back intact')
@@ -54,7 +69,7 @@ t.test('with client_no_context_takeover, hibernate releases both contexts; each 
   app.ws('/h', hibernatingEcho, { compress: true })
   const base = await listen(app)
   counts.deflaters = counts.inflaters = 0
-  await echoRounds(`${base}/h`, true, 8)
+  await echoRounds(`${base}/h`, true, 8, () => counts.live() === 2) // the client's own two
   // client side: 1 deflater, 1 inflater; server side: one of each per message
   t.equal(counts.deflaters, 1 + 8, 'the server deflater was rebuilt for every reply')
   t.equal(counts.inflaters, 1 + 8, 'the server inflater was rebuilt for every message')
@@ -67,7 +82,7 @@ t.test('with context takeover the inflater is kept (the window is needed) and on
   app.ws('/h', { ...hibernatingEcho, terminate: (reason) => { terminated.push(reason.type) } }, { compress: true })
   const base = await listen(app)
   counts.deflaters = counts.inflaters = 0
-  await echoRounds(`${base}/h`, false, 8)
+  await echoRounds(`${base}/h`, false, 8, () => counts.live() === 3) // the client's two, the server's inflater
   t.equal(counts.deflaters, 1 + 8)
   t.equal(counts.inflaters, 1 + 1, 'the server inflater was never dropped')
   await sleep(20)
@@ -81,7 +96,7 @@ t.test('without hibernate the contexts live as long as the connection', async (t
   const base = await listen(app)
   counts.deflaters = counts.inflaters = 0
   await echoRounds(`${base}/h`, true, 4)
-  t.same(counts, { deflaters: 2, inflaters: 2 })
+  t.same([counts.deflaters, counts.inflaters, counts.live()], [2, 2, 4], 'one of each per side, all alive')
 })
 
 t.test('hibernate while messages keep coming waits for zlib and never breaks a message', async (t) => {
@@ -106,7 +121,7 @@ t.test('under load (zlib jobs queued behind ws\'s limit of 10) every connection 
   for (const round of [1, 2]) {
     for (const { ws } of clients) ws.send(`round ${round} `.repeat(30)) // all at once: the zlib queue fills
     await Promise.all(clients.map(async ({ seen }) => await seen.frameCount(round)))
-    await sleep(300)
+    await until(() => counts.live() === 80) // the clients' 40 + 40; every server context released
   }
   // client side: 40 deflaters and 40 inflaters, once; server side: one of each per message
   t.equal(counts.deflaters, 40 + 80, 'every server deflater was released and rebuilt')
