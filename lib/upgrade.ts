@@ -64,12 +64,14 @@ export function makeWebSocketRoute (
     const raw = request.raw as RawRequest
     const pending = raw[kPendingUpgrade]!
     raw[kPendingUpgrade] = undefined
-    // @fastify/websocket's error listener closes over request and reply; ours closes over nothing.
-    socket.removeAllListeners('error')
+    // @fastify/websocket's error listener (added last, after the 'connection' event) closes over
+    // request and reply; ours closes over nothing. Listeners the app added are kept.
+    const errorListeners = socket.listeners('error')
+    socket.removeListener('error', errorListeners[errorListeners.length - 1] as () => void)
     // app.close() is ours to do (1001 + terminate); @fastify/websocket's would send a bare close.
-    // ws's own 'close' listener only keeps that set up to date: a closure per connection, saved.
-    this.websocketServer.clients.delete(socket)
-    socket.removeAllListeners('close')
+    // ws's 'close' listener (added first) only keeps that set up to date: a closure per connection.
+    const wss = this.websocketServer
+    if (wss.clients?.delete(socket) === true) socket.removeListener('close', socket.listeners('close')[0] as () => void)
     // The response stays assigned to the socket and pins request and reply: let them go.
     pending.response.detachSocket((socket as unknown as { _socket: Parameters<FastifyReply['raw']['detachSocket']>[0] })._socket)
     const snapshot = snapshotOf(request, pending, url)

@@ -6,7 +6,7 @@ import fastifyWebsocket from '@fastify/websocket'
 import Fastify from 'fastify'
 import t from 'tap'
 import wsHandlers, { defineHandler, text, type RequestSnapshot } from '../lib/index.js'
-import { buildApp, connect, inject, listen, terminateRecorder } from './helpers.js'
+import { RawClient, buildApp, connect, inject, listen, terminateRecorder, until } from './helpers.js'
 
 const upgradeHeaders = {
   connection: 'upgrade',
@@ -296,6 +296,26 @@ t.test('with @fastify/websocket registered by the app first, the ws route option
   t.throws(() => app.route({ method: 'GET', url: '/late', handler: async () => 'x', ws: echo }), {
     code: 'FST_WS_ROUTE_OPTION_ORDER', message: /Route \/late uses the "ws" route option/
   })
+})
+
+t.test("listeners the app adds in websocketServer's connection event are kept", async (t) => {
+  const { app } = await buildApp(t)
+  const seen: string[] = []
+  app.websocketServer.on('connection', (socket) => {
+    socket.on('close', () => seen.push('app close listener'))
+    socket.on('error', () => seen.push('app error listener'))
+  })
+  const recorder = terminateRecorder()
+  app.ws('/observed', { terminate: recorder.terminate })
+  const base = await listen(app)
+  const { ws } = await connect(`${base}/observed`)
+  ws.close()
+  await recorder.first
+  const raw = await RawClient.open(base, '/observed')
+  raw.send(RawClient.frame(0x1, 'unmasked', { masked: false })) // a protocol error: 'error' then 'close'
+  await raw.ended
+  await until(() => seen.length === 3)
+  t.same(seen.sort(), ['app close listener', 'app close listener', 'app error listener'])
 })
 
 t.test('bad plugin and route options are refused with a coded error at declaration', async (t) => {
