@@ -7,6 +7,10 @@ import createError from '@fastify/error'
 export const InvalidOptionError = createError<'FST_WS_INVALID_OPTION', [string, string]>(
   'FST_WS_INVALID_OPTION', 'Invalid option "%s": %s')
 
+/** `app.ws()` or the `ws` route option got something that is not a handler object. */
+export const InvalidHandlerError = createError<'FST_WS_INVALID_HANDLER', [string, string]>(
+  'FST_WS_INVALID_HANDLER', 'The WebSocket handler of %s is invalid: %s')
+
 /** The client offered subprotocols, but none that the route speaks. Answered with HTTP 400. */
 export const ProtocolNotSupportedError = createError<'FST_WS_PROTOCOL_NOT_SUPPORTED', 400, [string, string]>(
   'FST_WS_PROTOCOL_NOT_SUPPORTED', 'None of the offered subprotocols (%s) is supported; this route speaks: %s', 400)

@@ -55,9 +55,9 @@ const plugin: FastifyPluginAsync<WebSocketHandlersOptions> = async function wsHa
   // Added before @fastify/websocket is registered, so that this hook sees routes first.
   fastify.addHook('onRoute', function declareWebSocketRoute (routeOptions) {
     const { ws, wsOptions = {} } = routeOptions
-    if (ws === undefined || routeOptions.method === 'HEAD') return
+    if (!('ws' in routeOptions) || routeOptions.method === 'HEAD') return
     if (websocketRegisteredByApp) throw new RouteOptionOrderError(routeOptions.url)
-    makeWebSocketRoute(this, routeOptions, ws, wsOptions, defaults)
+    makeWebSocketRoute(this, routeOptions, ws!, wsOptions, defaults)
   })
 
   fastify.addHook('preClose', async function closeConnections () {

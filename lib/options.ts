@@ -2,7 +2,7 @@
  * Option defaults and checks, shared by registration (a coded error), route declaration and the
  * options that `init` and live results carry (a bad one there is an invalid result, close 1011).
  */
-import { InvalidOptionError } from './errors.js'
+import { InvalidHandlerError, InvalidOptionError } from './errors.js'
 import type { ConnectionOptions, RouteWebSocketOptions, WebSocketHandlersOptions } from './types.js'
 
 /** The resolved per-connection options: every key present. */
@@ -96,6 +96,26 @@ export function assertPluginOptions (options: WebSocketHandlersOptions): void {
 
 export function assertRouteOptions (options: RouteWebSocketOptions, url: string): void {
   assertOptions(options, routeChecks, `wsOptions of ${url}`)
+}
+
+const CALLBACKS = ['init', 'websocketInit', 'handle', 'info', 'terminate']
+
+/** A handler is an object whose callbacks (own or inherited) are functions; typos are refused. */
+export function assertHandler (handler: unknown, url: string): void {
+  const expected = `some of ${CALLBACKS.join(', ')}`
+  if (handler === null || typeof handler !== 'object') {
+    const hint = typeof handler === 'function' ? ' (a @fastify/websocket handler?)' : ''
+    throw new InvalidHandlerError(url, `expected an object with ${expected}, got ${show(handler)}${hint}`)
+  }
+  for (const key of Object.keys(handler)) {
+    if (!CALLBACKS.includes(key)) throw new InvalidHandlerError(url, `unknown callback "${key}", expected ${expected}`)
+  }
+  for (const name of CALLBACKS) {
+    const callback = (handler as Record<string, unknown>)[name]
+    if (callback !== undefined && typeof callback !== 'function') {
+      throw new InvalidHandlerError(url, `"${name}" must be a function, got ${show(callback)}`)
+    }
+  }
 }
 
 /** Per-connection options of `layer` over `base`, keeping only the per-connection keys. */

@@ -13,7 +13,7 @@ import {
   ProtocolRequiredError, UpgradeRequiredError
 } from './errors.js'
 import {
-  assertRouteOptions, connectionChecks, optionsProblem, resolveConnectionOptions, show,
+  assertHandler, assertRouteOptions, connectionChecks, optionsProblem, resolveConnectionOptions, show,
   type ResolvedConnectionOptions
 } from './options.js'
 import type { InitCommands, RequestSnapshot, RouteWebSocketOptions, WebSocketHandler } from './types.js'
@@ -49,6 +49,7 @@ export function makeWebSocketRoute (
   wsOptions: RouteWebSocketOptions, defaults: PluginDefaults
 ): void {
   const url = routeOptions.url
+  assertHandler(handler, url)
   assertRouteOptions(wsOptions, url)
   const settings: RouteWebSocketOptions = { ...defaults.route, ...definedOnly(wsOptions) }
   const route: RouteContext = { url, handler, log: instance.log, registry: defaults.registry }

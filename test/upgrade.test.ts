@@ -298,6 +298,20 @@ t.test('with @fastify/websocket registered by the app first, the ws route option
   })
 })
 
+t.test('a handler that is not a handler object is refused at declaration with a coded error', async (t) => {
+  const { app } = await buildApp(t)
+  t.throws(() => app.ws('/fn', ((socket: unknown) => socket) as never), {
+    code: 'FST_WS_INVALID_HANDLER',
+    message: 'The WebSocket handler of /fn is invalid: expected an object with some of init, websocketInit, handle, info, terminate, got a function (a @fastify/websocket handler?)'
+  })
+  t.throws(() => app.ws('/typo', { handel: () => undefined } as never), {
+    message: 'The WebSocket handler of /typo is invalid: unknown callback "handel", expected some of init, websocketInit, handle, info, terminate'
+  })
+  t.throws(() => app.ws('/bad', { handle: 'echo' } as never), { message: /"handle" must be a function, got "echo"/ })
+  t.throws(() => app.route({ method: 'GET', url: '/null', handler: async () => 'x', ws: null as never }), { code: 'FST_WS_INVALID_HANDLER' })
+  t.doesNotThrow(() => app.ws('/class', new (class { handle (): undefined { return undefined } })()), 'methods of a class instance count')
+})
+
 t.test("listeners the app adds in websocketServer's connection event are kept", async (t) => {
   const { app } = await buildApp(t)
   const seen: string[] = []
