@@ -298,6 +298,8 @@ export class Connection implements WebSocketContext<unknown> {
   #close (code: number, reason: string, terminateReason: TerminateReason): void {
     if (this.#endReason !== undefined) return
     this.#ws.close(code, reason)
+    // Read again (frames are dropped from now on) so that the peer's close reply ends the socket.
+    if (this.#paused !== 0) this.#ws.resume()
     this.#end(terminateReason, false)
   }
 

@@ -75,6 +75,23 @@ t.test('idleTimeout can be changed live, and 0 turns it off', async (t) => {
   t.same((await recorder.first).reason, { type: 'timeout' })
 })
 
+t.test('a close while reading is paused still reads the close reply: the socket does not linger', async (t) => {
+  const { app } = await buildApp(t, { closeTimeout: 5000 })
+  app.ws('/paused', {
+    handle: (_frame, _state, ctx) => {
+      ctx.sendAfter(20, 'stop')
+      return { active: false }
+    },
+    info: () => ({ stop: true })
+  })
+  const base = await listen(app)
+  const { ws, seen } = await connect(`${base}/paused`)
+  ws.send('pause, then stop')
+  const started = Date.now()
+  t.same(await seen.closed, { code: 1000, reason: '' })
+  t.ok(Date.now() - started < 1000, `closed in ${Date.now() - started} ms, not after the 5 s close timeout`)
+})
+
 t.test('app.close() closes every connection with 1001 and terminate sees shutdown first', async (t) => {
   const app = Fastify()
   await app.register(wsHandlers)
