@@ -7,6 +7,7 @@ import type WebSocket from 'ws'
 import { MAX_CLOSE_REASON_BYTES, isSendableCloseCode } from './close-codes.js'
 import { liveChecks, optionsProblem, show } from './options.js'
 import type { CloseFrame, OutFrame } from './types.js'
+import { internalsOf } from './ws-internals.js'
 
 const RESULT_KEYS = 'state, reply, stop, hibernate, active, options'
 const resultKeys = new Set(RESULT_KEYS.split(', '))
@@ -67,8 +68,6 @@ function byteLength (data: string | Uint8Array): number {
   return typeof data === 'string' ? Buffer.byteLength(data) : data.byteLength
 }
 
-interface CorkableSocket { cork(): void, uncork(): void }
-
 /**
  * Write checked frames in order, corked so that several frames leave in one write. Stops at a
  * close frame and returns it without sending it: closing belongs to the connection.
@@ -76,7 +75,7 @@ interface CorkableSocket { cork(): void, uncork(): void }
 export function writeFrames (ws: WebSocket, reply: OutFrame | readonly OutFrame[]): CloseFrame | undefined {
   if (!Array.isArray(reply)) return writeFrame(ws, reply as OutFrame)
   const frames = reply as readonly OutFrame[]
-  const socket = (ws as unknown as { _socket: CorkableSocket })._socket
+  const socket = internalsOf(ws)._socket
   socket.cork()
   try {
     for (const frame of frames) {

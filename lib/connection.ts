@@ -24,6 +24,7 @@ import { releaseIdleResources } from './hibernate.js'
 import { closeChannel, frameInChannel, frameOutChannel, openChannel } from './diagnostics.js'
 import { InvalidResultError, InvalidTimerError, OutboundOverflowError } from './errors.js'
 import type { ResolvedConnectionOptions } from './options.js'
+import { internalsOf } from './ws-internals.js'
 import type {
   Commands, InFrame, LiveOptions, OutFrame, RequestSnapshot, TerminateReason, TimerRef,
   WebSocketContext, WebSocketHandler
@@ -54,13 +55,8 @@ export interface Upgrade {
 export const kShutdown = Symbol('fastify-ws-handlers.shutdown')
 const kConnection = Symbol('fastify-ws-handlers.connection')
 
-/** ws's private fields that per-connection limits need (ws is pinned to 8.x; tests cover them). */
-interface WsInternals {
-  _socket: NodeJS.EventEmitter & { [kConnection]?: Connection }
-  _receiver: NodeJS.EventEmitter & { _maxPayload: number, _skipUTF8Validation: boolean, [kConnection]?: Connection }
-  _extensions: Record<string, { _maxPayload: number } | undefined>
-  [kConnection]?: Connection
-}
+/** The connection's slot on ws objects, so that shared listeners find their connection. */
+interface Slot { [kConnection]?: Connection }
 
 // Mailbox item kinds. Items are stored as (kind, payload) pairs: no wrapper object per message.
 const INIT = 0
@@ -110,10 +106,10 @@ export class Connection implements WebSocketContext<unknown> {
     this.#state = upgrade.state
     this.#options = upgrade.options
 
-    const internals = ws as unknown as WsInternals
-    internals[kConnection] = this
-    internals._socket[kConnection] = this
-    internals._receiver[kConnection] = this
+    const internals = internalsOf(ws)
+    ;(ws as Slot)[kConnection] = this
+    ;(internals._socket as Slot)[kConnection] = this
+    ;(internals._receiver as Slot)[kConnection] = this
     ws.on('message', Connection.#onMessage)
     ws.on('ping', Connection.#onPing)
     ws.on('pong', Connection.#onPong)
@@ -361,7 +357,7 @@ export class Connection implements WebSocketContext<unknown> {
   }
 
   #applyReceiverLimits (): void {
-    const internals = this.#ws as unknown as WsInternals
+    const internals = internalsOf(this.#ws)
     const maxPayload = this.#options.maxFrameSize === Infinity ? 0 : this.#options.maxFrameSize
     internals._receiver._maxPayload = maxPayload
     internals._receiver._skipUTF8Validation = !this.#options.validateUtf8
@@ -393,7 +389,7 @@ export class Connection implements WebSocketContext<unknown> {
     this.#idleTimer = undefined
     const ms = this.#options.idleTimeout
     if (ms === 0) return
-    const socket = (this.#ws as unknown as WsInternals)._socket
+    const socket = internalsOf(this.#ws)._socket
     if (socket.listeners('data').indexOf(Connection.#onSocketData) === -1) socket.on('data', Connection.#onSocketData)
     this.#idleTimer = setTimeout(Connection.#onIdle, ms, this).unref()
   }
@@ -426,12 +422,12 @@ export class Connection implements WebSocketContext<unknown> {
     connection.#close(CloseCode.NORMAL, '', { type: 'timeout' })
   }
 
-  static #onSocketData (this: { [kConnection]?: Connection }): void {
+  static #onSocketData (this: Slot): void {
     this[kConnection]!.#idleTimer?.refresh()
   }
 
   static #received (ws: WebSocket, frame: InFrame): void {
-    const connection = (ws as unknown as WsInternals)[kConnection]!
+    const connection = (ws as Slot)[kConnection]!
     if (frameInChannel.hasSubscribers) frameInChannel.publish({ ctx: connection, frame })
     connection.#deliver(FRAME, frame)
   }
@@ -448,20 +444,20 @@ export class Connection implements WebSocketContext<unknown> {
     Connection.#received(this, { type: 'pong', data })
   }
 
-  static #onConclude (this: { [kConnection]?: Connection }, code: number, reason: Buffer): void {
+  static #onConclude (this: Slot, code: number, reason: Buffer): void {
     const remote = { type: 'remote', code: code === CloseCode.NO_STATUS ? undefined : code, reason: reason.toString() } as const
     this[kConnection]!.#end(remote, true)
   }
 
   static #onClose (this: WebSocket): void {
     // Without a close frame before it (that ended the connection already), the socket just went away.
-    const connection = (this as unknown as WsInternals)[kConnection]!
+    const connection = (this as Slot)[kConnection]!
     connection.#end({ type: 'closed' }, true)
   }
 
   static #onError (this: WebSocket, error: Error): void {
     // ws has already sent the close frame with this code; frames queued before it still run.
-    const connection = (this as unknown as WsInternals)[kConnection]!
+    const connection = (this as Slot)[kConnection]!
     connection.#end({ type: 'error', code: closeCodeOfWsError(error), error }, true)
   }
 }

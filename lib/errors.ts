@@ -43,6 +43,10 @@ export const OutboundOverflowError = createError<'FST_WS_OUTBOUND_OVERFLOW', [nu
 export const InvalidTimerError = createError<'FST_WS_INVALID_TIMER', [string]>(
   'FST_WS_INVALID_TIMER', 'A timer delay must be a finite number of milliseconds >= 0, got %s')
 
+/** The installed ws keeps its internals elsewhere than the version this plugin was built for. */
+export const WsInternalsError = createError<'FST_WS_WS_INTERNALS', [string]>(
+  'FST_WS_WS_INTERNALS', 'This version of ws is not supported by fastify-ws-handlers (%s); use ws 8.23.x')
+
 /** The `ws` route option was used where @fastify/websocket sees routes first. */
 export const RouteOptionOrderError = createError<'FST_WS_ROUTE_OPTION_ORDER', [string]>(
   'FST_WS_ROUTE_OPTION_ORDER',

@@ -10,27 +10,17 @@
  *   peer's next message may refer to the window it holds.
  * - Neither may go while zlib works on it: ws crashes on a context closed mid-operation.
  *
- * These are ws 8.23 private fields (ws is pinned to 8.x; test/hibernate.test.ts covers them).
+ * These are ws private fields (ws-internals.ts); test/hibernate.test.ts covers them.
  */
 import type WebSocket from 'ws'
-
-interface Closable { close(): void }
-interface Internals {
-  _extensions: Record<string, {
-    _deflate: Closable | null
-    _inflate: Closable | null
-    params: Record<string, unknown>
-  } | undefined>
-  _sender: { _state: number, _queue: unknown[] }
-  _receiver: { _state: number, _fragmented: number }
-}
+import { internalsOf } from './ws-internals.js'
 
 const SENDER_DEFAULT = 0 // ws/lib/sender.js: not deflating, not reading a Blob
 const RECEIVER_INFLATING = 5 // ws/lib/receiver.js
 
 /** Release what this connection can rebuild. False when zlib is busy: try again later. */
 export function releaseIdleResources (ws: WebSocket): boolean {
-  const { _extensions: extensions, _sender: sender, _receiver: receiver } = ws as unknown as Internals
+  const { _extensions: extensions, _sender: sender, _receiver: receiver } = internalsOf(ws)
   const deflate = extensions['permessage-deflate']
   if (deflate === undefined) return true
   // Busy even before a context exists: ws queues zlib jobs (10 at a time), and a queued job

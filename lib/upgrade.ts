@@ -17,6 +17,7 @@ import {
   type ResolvedConnectionOptions
 } from './options.js'
 import type { InitCommands, RequestSnapshot, RouteWebSocketOptions, WebSocketHandler } from './types.js'
+import { assertWsInternals, internalsOf } from './ws-internals.js'
 
 /** What the plugin's registration decided for every route. */
 export interface PluginDefaults {
@@ -62,6 +63,7 @@ export function makeWebSocketRoute (
   ;(routeOptions as RouteOptions & { wsHandler: unknown }).wsHandler = function startConnection (
     this: FastifyInstance, socket: WebSocket, request: FastifyRequest
   ): void {
+    assertWsInternals(socket) // once per process: throws (and @fastify/websocket closes the socket) if ws changed
     const raw = request.raw as RawRequest
     const pending = raw[kPendingUpgrade]!
     raw[kPendingUpgrade] = undefined
@@ -74,7 +76,7 @@ export function makeWebSocketRoute (
     const wss = this.websocketServer
     if (wss.clients?.delete(socket) === true) socket.removeListener('close', socket.listeners('close')[0] as () => void)
     // The response stays assigned to the socket and pins request and reply: let them go.
-    pending.response.detachSocket((socket as unknown as { _socket: Parameters<FastifyReply['raw']['detachSocket']>[0] })._socket)
+    pending.response.detachSocket(internalsOf(socket)._socket)
     const snapshot = snapshotOf(request, pending, url)
     // eslint-disable-next-line no-new -- the connection lives through the socket's listeners
     new Connection(route, socket, { state: pending.state, options: pending.options, request: snapshot })
