@@ -2,9 +2,9 @@
  * Before the 101: init, subprotocols, refusals, hooks, the HTTP side of the same path,
  * encapsulation, and registration beside an app's own @fastify/websocket.
  */
-import fastifyWebsocket from '@fastify/websocket'
+import fastifyWebsocket, { type WebsocketPluginOptions } from '@fastify/websocket'
 import Fastify from 'fastify'
-import t from 'tap'
+import t, { type Test } from 'tap'
 import wsHandlers, { defineHandler, text, type RequestSnapshot } from '../lib/index.js'
 import { RawClient, buildApp, connect, inject, listen, terminateRecorder, until } from './helpers.js'
 
@@ -252,12 +252,18 @@ t.test('routes work inside encapsulated contexts with prefixes, hooks and decora
   t.match(request, { routeUrl: '/api/room/:name', url: '/api/room/blue', params: { name: 'blue' } } satisfies Partial<RequestSnapshot>)
 })
 
-t.test('with @fastify/websocket registered by the app first, app.ws works', async (t) => {
+/** An app that registered @fastify/websocket itself, before this plugin, with a plain route beside ours. */
+async function appWithOwnWebsocket (t: Test, options: WebsocketPluginOptions = {}) {
   const app = Fastify()
   t.teardown(() => app.close())
-  await app.register(fastifyWebsocket)
+  await app.register(fastifyWebsocket, options)
   await app.register(wsHandlers)
   app.get('/plain', { websocket: true }, (socket) => { socket.send('plain route') })
+  return { app } // not the instance itself: awaiting a Fastify instance readies it
+}
+
+t.test('with @fastify/websocket registered by the app first, app.ws works', async (t) => {
+  const { app } = await appWithOwnWebsocket(t)
   app.ws('/mine', echo, { protocols: ['mqtt'] })
   const base = await listen(app)
   const mine = await connect(`${base}/mine`, ['x', 'mqtt'])
@@ -272,11 +278,7 @@ t.test('with @fastify/websocket registered by the app first, app.ws works', asyn
 })
 
 t.test("the app's own handleProtocols still decides for its plain @fastify/websocket routes", async (t) => {
-  const app = Fastify()
-  t.teardown(() => app.close())
-  await app.register(fastifyWebsocket, { options: { handleProtocols: (protocols) => [...protocols].at(-1) ?? false } })
-  await app.register(wsHandlers)
-  app.get('/plain', { websocket: true }, (socket) => { socket.send('plain route') })
+  const { app } = await appWithOwnWebsocket(t, { options: { handleProtocols: (protocols) => [...protocols].at(-1) ?? false } })
   app.ws('/mine', echo, { protocols: ['x'] })
   const base = await listen(app)
   const plain = await connect(`${base}/plain`, ['x', 'y'])
@@ -289,10 +291,7 @@ t.test("the app's own handleProtocols still decides for its plain @fastify/webso
 })
 
 t.test('with @fastify/websocket registered by the app first, the ws route option is a clear error', async (t) => {
-  const app = Fastify()
-  t.teardown(() => app.close())
-  await app.register(fastifyWebsocket)
-  await app.register(wsHandlers)
+  const { app } = await appWithOwnWebsocket(t)
   t.throws(() => app.route({ method: 'GET', url: '/late', handler: async () => 'x', ws: echo }), {
     code: 'FST_WS_ROUTE_OPTION_ORDER', message: /Route \/late uses the "ws" route option/
   })
