@@ -44,7 +44,7 @@ export interface LiveOptions {
   maxFrameSize?: number
   /** Outbound bytes that may wait in the socket before the connection is closed with 1008. */
   maxBufferedBytes?: number
-  /** Mailbox items that may wait before the plugin stops reading from the socket. */
+  /** Mailbox items that may wait before the plugin stops reading from the socket (it reads again at half). */
   mailboxLimit?: number
 }
 
@@ -136,7 +136,10 @@ export interface RouteWebSocketOptions extends ConnectionOptions {
   protocols?: readonly string[]
   /** Refuse (HTTP 400) a client that sends no `Sec-WebSocket-Protocol` at all. Default false. */
   protocolRequired?: boolean
-  /** Origins allowed to open this route; others get HTTP 403. Default: every origin. */
+  /**
+   * Origins allowed to open this route; a browser from another origin gets HTTP 403. Clients
+   * that send no Origin header (not browsers) are let in. Default: every origin.
+   */
   allowOrigins?: readonly string[]
 }
 
