@@ -5,33 +5,22 @@
  */
 import type WebSocket from 'ws'
 import { MAX_CLOSE_REASON_BYTES, isSendableCloseCode } from './close-codes.js'
-import { liveChecks, optionsProblem, show } from './options.js'
+import { anything, liveChecks, mustBe, optionsProblem, shapeChecker, show, type Check } from './options.js'
 import type { CloseFrame, OutFrame } from './types.js'
 import { internalsOf } from './ws-internals.js'
 
-const RESULT_KEYS = 'state, reply, stop, hibernate, active, options'
-const resultKeys = new Set(RESULT_KEYS.split(', '))
 const MAX_CONTROL_PAYLOAD = 125
+const isBoolean = (value: unknown): boolean => typeof value === 'boolean'
 
-/** Why `result` is not a valid result, as a sentence naming what was expected; undefined when it is. */
-export function resultProblem (result: unknown): string | undefined {
-  if (result === null || typeof result !== 'object' || Array.isArray(result)) {
-    return `got ${show(result)}, expected undefined or an object with some of: ${RESULT_KEYS}`
-  }
-  for (const key in result) {
-    if (!resultKeys.has(key)) return `unknown key "${key}", expected some of: ${RESULT_KEYS}`
-  }
-  const { reply, stop, hibernate, active, options } = result as Record<string, unknown>
-  if (reply !== undefined) {
-    const problem = Array.isArray(reply) ? framesProblem(reply) : frameProblem(reply)
-    if (problem !== undefined) return problem
-  }
-  if (stop !== undefined && typeof stop !== 'boolean') return `"stop" must be a boolean, got ${show(stop)}`
-  if (hibernate !== undefined && typeof hibernate !== 'boolean') return `"hibernate" must be a boolean, got ${show(hibernate)}`
-  if (active !== undefined && typeof active !== 'boolean') return `"active" must be a boolean, got ${show(active)}`
-  if (options !== undefined) return optionsProblem(options, liveChecks)
-  return undefined
-}
+/** Why a callback's result is not a valid result, as a sentence naming what was expected; undefined when it is. */
+export const resultProblem: Check = shapeChecker({
+  state: anything,
+  reply: (reply) => Array.isArray(reply) ? framesProblem(reply) : frameProblem(reply),
+  stop: mustBe('stop', 'a boolean', isBoolean),
+  hibernate: mustBe('hibernate', 'a boolean', isBoolean),
+  active: mustBe('active', 'a boolean', isBoolean),
+  options: (options) => optionsProblem(options, liveChecks)
+})
 
 function framesProblem (frames: readonly unknown[]): string | undefined {
   for (let i = 0; i < frames.length; i++) {

@@ -28,7 +28,7 @@ export const DEFAULTS: ResolvedConnectionOptions = Object.freeze({
 
 export const DEFAULT_CLOSE_TIMEOUT = 5_000
 
-type Check = (value: unknown) => string | undefined
+export type Check = (value: unknown) => string | undefined
 
 const nonNegativeInteger: Check = (v) =>
   Number.isSafeInteger(v) && (v as number) >= 0 ? undefined : `expected a whole number >= 0, got ${show(v)}`
@@ -84,6 +84,36 @@ export function optionsProblem (options: unknown, checks: Readonly<Record<string
   }
   return undefined
 }
+
+/**
+ * A check for what a callback returns (`init`'s result, a command result): undefined, or an
+ * object whose keys are among `checks` and whose fields pass them. Built once, run per result.
+ */
+export function shapeChecker (checks: Readonly<Record<string, Check>>): Check {
+  const byKey: Record<string, Check | undefined> = Object.assign(Object.create(null), checks)
+  const expected = Object.keys(checks).join(', ')
+  return (value) => {
+    if (value === null || typeof value !== 'object' || Array.isArray(value)) {
+      return `got ${show(value)}, expected undefined or an object with some of: ${expected}`
+    }
+    // One pass: an unknown key is reported before any field's problem.
+    let fieldProblem: string | undefined
+    for (const key in value) {
+      const check = byKey[key]
+      if (check === undefined) return `unknown key "${key}", expected some of: ${expected}`
+      const field = (value as Record<string, unknown>)[key]
+      if (fieldProblem === undefined && field !== undefined) fieldProblem = check(field)
+    }
+    return fieldProblem
+  }
+}
+
+/** A field check for results: `"name" must be <what>, got …`. */
+export function mustBe (name: string, what: string, test: (value: unknown) => boolean): Check {
+  return (value) => test(value) ? undefined : `"${name}" must be ${what}, got ${show(value)}`
+}
+
+export const anything: Check = () => undefined
 
 function assertOptions (options: unknown, checks: Readonly<Record<string, Check>>, where: string): void {
   const problem = optionsProblem(options, checks)

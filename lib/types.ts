@@ -145,9 +145,17 @@ export interface RouteWebSocketOptions extends ConnectionOptions {
 
 /** Options given when registering the plugin: defaults for every route. */
 export interface WebSocketHandlersOptions extends RouteWebSocketOptions {
-  /** How long to wait for the peer's close reply before the socket is destroyed, in ms. Default 5000. */
+  /**
+   * How long to wait for the peer's close reply before the socket is destroyed, in ms (and how
+   * long app.close() waits for terminates). Default 5000. Given to ws only when this plugin
+   * registers @fastify/websocket; an app that registered it keeps its own setting.
+   */
   closeTimeout?: number
-  /** permessage-deflate settings used where `compress` is on (ws's options). */
+  /**
+   * permessage-deflate settings used where `compress` is on (ws's options); add
+   * `clientNoContextTakeover: true` where handlers hibernate. Given to ws only when this plugin
+   * registers @fastify/websocket.
+   */
   perMessageDeflate?: PerMessageDeflateOptions
 }
 

@@ -13,8 +13,8 @@ import {
   ProtocolRequiredError, UpgradeRequiredError
 } from './errors.js'
 import {
-  assertHandler, assertRouteOptions, connectionChecks, optionsProblem, resolveConnectionOptions, show,
-  type ResolvedConnectionOptions
+  anything, assertHandler, assertRouteOptions, connectionChecks, mustBe, optionsProblem, resolveConnectionOptions,
+  shapeChecker, type ResolvedConnectionOptions
 } from './options.js'
 import type { InitCommands, RequestSnapshot, RouteWebSocketOptions, WebSocketHandler } from './types.js'
 import { assertWsInternals, internalsOf } from './ws-internals.js'
@@ -156,19 +156,11 @@ function isUpgradeRequest (request: FastifyRequest): boolean {
     typeof connection === 'string' && /(?:^|,)\s*upgrade\s*(?:,|$)/i.test(connection)
 }
 
-function initResultProblem (result: unknown): string | undefined {
-  if (result === null || typeof result !== 'object' || Array.isArray(result)) {
-    return `got ${show(result)}, expected undefined or an object with some of: state, protocol, options`
-  }
-  for (const key of Object.keys(result)) {
-    if (key !== 'state' && key !== 'protocol' && key !== 'options') {
-      return `unknown key "${key}", expected some of: state, protocol, options`
-    }
-  }
-  const { protocol, options } = result as Record<string, unknown>
-  if (protocol !== undefined && typeof protocol !== 'string') return `"protocol" must be a string, got ${show(protocol)}`
-  return options === undefined ? undefined : optionsProblem(options, connectionChecks)
-}
+const initResultProblem = shapeChecker({
+  state: anything,
+  protocol: mustBe('protocol', 'a string', (value) => typeof value === 'string'),
+  options: (options) => optionsProblem(options, connectionChecks)
+})
 
 /** `Sec-WebSocket-Protocol` tokens, in the client's order (the header may repeat). */
 function parseProtocols (header: string | string[] | undefined): string[] {

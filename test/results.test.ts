@@ -69,6 +69,22 @@ t.test('every frame builder puts its frame on the wire, in order', async (t) => 
   ])
 })
 
+t.test('a field that is undefined counts as absent, in results and in init', async (t) => {
+  const { app } = await buildApp(t)
+  const recorder = terminateRecorder()
+  app.ws('/undefined-fields', {
+    init: () => ({ state: 'from init', protocol: undefined, options: undefined }),
+    handle: (_frame, state) => ({ state: `${String(state)}, kept`, reply: undefined, stop: undefined, options: undefined }),
+    terminate: recorder.terminate
+  })
+  const { ws } = await inject(app, '/undefined-fields')
+  ws.send('x')
+  ws.send('y')
+  ws.close() // frames before the peer's close still run before terminate
+  t.equal((await recorder.first).state, 'from init, kept, kept')
+  t.match((await recorder.first).reason, { type: 'remote' }, 'nothing was refused')
+})
+
 t.test('close() with no code closes with 1000', async (t) => {
   const { app } = await buildApp(t)
   const recorder = terminateRecorder()
