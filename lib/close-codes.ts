@@ -1,6 +1,7 @@
 /**
- * Close codes (RFC 6455 §7.4) and the one table that maps ws's protocol errors to them.
+ * Close codes (RFC 6455 §7.4), and the close code of ws's protocol errors.
  */
+import { sentCloseCodeOf } from './ws-internals.js'
 
 export const CloseCode = {
   NORMAL: 1000,
@@ -23,16 +24,10 @@ export function isSendableCloseCode (code: unknown): code is number {
 /** Longest close reason in bytes: a control payload is 125 bytes, 2 of them the code. */
 export const MAX_CLOSE_REASON_BYTES = 123
 
-/** ws error codes whose close code is not 1002 (protocol error); see ws/lib/receiver.js. */
-const closeCodeByWsError: Readonly<Record<string, number>> = {
-  WS_ERR_INVALID_UTF8: CloseCode.INVALID_PAYLOAD,
-  WS_ERR_UNSUPPORTED_MESSAGE_LENGTH: CloseCode.MESSAGE_TOO_BIG,
-  WS_ERR_TOO_MANY_BUFFERED_PARTS: CloseCode.POLICY_VIOLATION
-}
-
-/** The close code ws sent for one of its errors. Corrupt deflate data (zlib's `Z_…`) is 1007 in ws. */
-export function closeCodeOfWsError (error: Error & { code?: unknown }): number {
-  const code = typeof error.code === 'string' ? error.code : ''
-  if (code.startsWith('Z_')) return CloseCode.INVALID_PAYLOAD
-  return closeCodeByWsError[code] ?? CloseCode.PROTOCOL_ERROR
+/**
+ * The close code ws sent for one of its errors: ws puts it on the error (a private symbol, see
+ * ws-internals.ts), so terminate reports exactly what went on the wire. Without it, 1002.
+ */
+export function closeCodeOfWsError (error: Error): number {
+  return sentCloseCodeOf(error) ?? CloseCode.PROTOCOL_ERROR
 }

@@ -36,6 +36,8 @@ export interface RouteContext {
   readonly handler: WebSocketHandler<unknown, unknown>
   readonly log: FastifyBaseLogger
   readonly registry: ConnectionRegistry
+  /** ms to wait for the peer's close reply before the socket is destroyed. */
+  readonly closeTimeout: number
 }
 
 /** Where connections announce themselves; see registry.ts. */
@@ -80,8 +82,14 @@ export class Connection implements WebSocketContext<unknown> {
   readonly #ws: WebSocket
   #state: unknown
   #options: ResolvedConnectionOptions
-  /** Items waiting while a callback runs; allocated on first use (most connections are idle). */
+  /**
+   * Items waiting while a callback runs, as (kind, payload) pairs from `#head` on: dequeueing
+   * moves the head (O(1)); allocated on first use (most connections are idle).
+   */
   #queue: unknown[] | undefined
+  #head = 0
+  /** A post was refused since the mailbox was last below its limit (logged once per episode). */
+  #refusing = false
   /** Frames that came while the handler said `active: false`; they run first on `active: true`. */
   #held: InFrame[] | undefined
   /** A callback is running (or pending): new items wait in the queue. */
@@ -90,7 +98,11 @@ export class Connection implements WebSocketContext<unknown> {
   #paused = 0
   #endReason: TerminateReason | undefined
   #closed = false
+  /** One timer for the idle timeout and the heartbeat: it fires every `#tickMs` of silence. */
   #idleTimer: NodeJS.Timeout | undefined
+  #tickMs = 0
+  /** Milliseconds of silence (no received data) counted by the timer so far. */
+  #silentMs = 0
   /** Set while `hibernate` waits for zlib to finish the reply before releasing it. */
   #hibernateTimer: NodeJS.Timeout | undefined
   #timers: Map<TimerRef, NodeJS.Timeout> | undefined
@@ -107,6 +119,7 @@ export class Connection implements WebSocketContext<unknown> {
     this.#options = upgrade.options
 
     const internals = internalsOf(ws)
+    internals._closeTimeout = route.closeTimeout
     ;(ws as Slot)[kConnection] = this
     ;(internals._socket as Slot)[kConnection] = this
     ;(internals._receiver as Slot)[kConnection] = this
@@ -138,7 +151,16 @@ export class Connection implements WebSocketContext<unknown> {
     return this.#log
   }
 
+  /** Refused (false) once the connection is ending or `mailboxLimit` items wait: the app's producers are bounded too. */
   post (message: unknown): boolean {
+    if (this.#endReason !== undefined) return false
+    if (this.#busy && this.#queued() >= this.#options.mailboxLimit) {
+      if (!this.#refusing) {
+        this.#refusing = true
+        this.log.warn({ code: 'FST_WS_MAILBOX_FULL', mailboxLimit: this.#options.mailboxLimit }, 'WebSocket mailbox full: posts are refused until it drains')
+      }
+      return false
+    }
     return this.#deliver(INFO, message)
   }
 
@@ -174,20 +196,37 @@ export class Connection implements WebSocketContext<unknown> {
     }
     const queue = this.#queue ??= []
     queue.push(kind, payload)
-    if (queue.length > 2 * this.#options.mailboxLimit && (this.#paused & PAUSED_BY_MAILBOX) === 0) {
+    if (this.#queued() > this.#options.mailboxLimit && (this.#paused & PAUSED_BY_MAILBOX) === 0) {
       this.#setPaused(PAUSED_BY_MAILBOX, true)
     }
     return true
   }
 
+  /** Items waiting in the mailbox. */
+  #queued (): number {
+    return this.#queue === undefined ? 0 : (this.#queue.length - this.#head) >> 1
+  }
+
   /** Run queued items until the queue is empty or a callback goes async. */
   #drain (): void {
     // Re-read each turn: a callback may create the queue (a post, or a close queuing END).
-    for (let queue = this.#queue; queue !== undefined && queue.length !== 0; queue = this.#queue) {
-      const kind = queue.shift() as number
-      const payload = queue.shift()
-      if ((this.#paused & PAUSED_BY_MAILBOX) !== 0 && queue.length <= this.#options.mailboxLimit) {
-        this.#setPaused(PAUSED_BY_MAILBOX, false)
+    for (let queue = this.#queue; queue !== undefined && queue.length !== this.#head; queue = this.#queue) {
+      const head = this.#head
+      const kind = queue[head] as number
+      const payload = queue[head + 1]
+      queue[head + 1] = undefined // let the payload go
+      if (head + 2 === queue.length) {
+        queue.length = 0
+        this.#head = 0
+      } else if (head >= 2048 && head * 2 >= queue.length) {
+        queue.splice(0, head + 2) // compact now and then: still O(1) per item, amortised
+        this.#head = 0
+      } else {
+        this.#head = head + 2
+      }
+      if (this.#queued() <= this.#options.mailboxLimit >> 1) {
+        this.#refusing = false
+        if ((this.#paused & PAUSED_BY_MAILBOX) !== 0) this.#setPaused(PAUSED_BY_MAILBOX, false)
       }
       if (!this.#dispatch(kind, payload)) return
     }
@@ -203,8 +242,9 @@ export class Connection implements WebSocketContext<unknown> {
       this.#terminate()
       return true
     }
-    if (kind === FRAME && (this.#paused & PAUSED_BY_HANDLER) !== 0) {
-      // Already read from the socket (same TCP chunk) when the handler paused: it waits.
+    if (kind === FRAME && (this.#paused & PAUSED_BY_HANDLER) !== 0 && this.#endReason === undefined) {
+      // Already read from the socket (same TCP chunk) when the handler paused: it waits (unless
+      // the peer has ended the connection: then what was read still runs, as queued frames do).
       (this.#held ??= []).push(payload as InFrame)
       return true
     }
@@ -250,7 +290,7 @@ export class Connection implements WebSocketContext<unknown> {
       return
     }
     const commands = result as Commands<unknown>
-    if ('state' in commands) this.#state = commands.state
+    if (commands.state !== undefined) this.#state = commands.state
     if (commands.options !== undefined) this.#setOptions(commands.options)
     if (commands.active !== undefined) this.#setActive(commands.active)
     if (commands.reply !== undefined) this.#write(commands.reply)
@@ -275,18 +315,20 @@ export class Connection implements WebSocketContext<unknown> {
     // Nothing is sent once the connection is ending: after a close frame, or to a closed peer.
     if (this.#endReason !== undefined) return
     const ws = this.#ws
+    // A slow reader is one that has not taken what was sent before: the backlog before this
+    // write counts, so that one legitimate large reply is not mistaken for it.
+    const backlog = ws.bufferedAmount
+    if (backlog > this.#options.maxBufferedBytes) {
+      const error = new OutboundOverflowError(backlog, this.#options.maxBufferedBytes)
+      this.#close(CloseCode.POLICY_VIOLATION, 'outbound buffer full', { type: 'error', code: CloseCode.POLICY_VIOLATION, error })
+      return
+    }
     const closeFrame = writeFrames(ws, reply)
     if (frameOutChannel.hasSubscribers) frameOutChannel.publish({ ctx: this, frames: reply })
     if (closeFrame !== undefined) {
       const code = closeFrame.code ?? CloseCode.NORMAL
       const reason = closeFrame.reason ?? ''
       this.#close(code, reason, { type: 'stop', code, reason })
-      return
-    }
-    const buffered = ws.bufferedAmount
-    if (buffered > this.#options.maxBufferedBytes) {
-      const error = new OutboundOverflowError(buffered, this.#options.maxBufferedBytes)
-      this.#close(CloseCode.POLICY_VIOLATION, 'outbound buffer full', { type: 'error', code: CloseCode.POLICY_VIOLATION, error })
     }
   }
 
@@ -305,12 +347,18 @@ export class Connection implements WebSocketContext<unknown> {
     this.#endReason = reason
     clearTimeout(this.#idleTimer)
     clearTimeout(this.#hibernateTimer)
-    if (this.#busy) {
-      if (!keepQueue && this.#queue !== undefined) this.#queue.length = 0
-      ;(this.#queue ??= []).push(END, undefined)
+    const queue = this.#queue ??= []
+    if (!keepQueue) {
+      queue.length = 0
+      this.#head = 0
     } else {
+      // Frames read before the handler paused reading are not lost when the peer ends: they run first.
+      this.#releaseHeld()
+    }
+    queue.push(END, undefined)
+    if (!this.#busy) {
       this.#busy = true
-      this.#terminate()
+      this.#drain()
     }
   }
 
@@ -352,7 +400,7 @@ export class Connection implements WebSocketContext<unknown> {
     for (const [key, value] of Object.entries(live) as Array<[keyof LiveOptions, number | undefined]>) {
       if (value !== undefined) this.#options[key] = value
     }
-    if (live.idleTimeout !== undefined) this.#armIdleTimer()
+    if (live.idleTimeout !== undefined || live.pingInterval !== undefined) this.#armIdleTimer()
     if (live.maxFrameSize !== undefined) this.#applyReceiverLimits()
   }
 
@@ -368,12 +416,17 @@ export class Connection implements WebSocketContext<unknown> {
 
   #setActive (active: boolean): void {
     this.#setPaused(PAUSED_BY_HANDLER, !active)
+    if (active) this.#releaseHeld() // we are inside a callback: the drain loop runs them next
+  }
+
+  /** Held frames go back to the head of the mailbox: they were read before what waits there. */
+  #releaseHeld (): void {
     const held = this.#held
-    if (!active || held === undefined) return
+    if (held === undefined) return
     this.#held = undefined
     const items: unknown[] = []
     for (const frame of held) items.push(FRAME, frame)
-    ;(this.#queue ??= []).unshift(...items) // we are inside a callback: the drain loop runs them next
+    ;(this.#queue ??= []).splice(this.#head, 0, ...items)
   }
 
   #setPaused (bit: number, on: boolean): void {
@@ -383,15 +436,49 @@ export class Connection implements WebSocketContext<unknown> {
     else if (before !== 0 && this.#paused === 0) this.#ws.resume()
   }
 
-  /** Cowboy's idle timeout: only received bytes (socket data, even a partial frame) reset it. */
+  /**
+   * Cowboy's idle timeout, and our heartbeat, on one timer: only received bytes (socket data,
+   * even a partial frame or a pong) count as life. After `pingInterval` ms of silence the server
+   * pings (again every `pingInterval`); after `idleTimeout` ms of silence it closes.
+   */
   #armIdleTimer (): void {
     clearTimeout(this.#idleTimer)
     this.#idleTimer = undefined
-    const ms = this.#options.idleTimeout
-    if (ms === 0) return
+    this.#silentMs = 0
+    const { idleTimeout, pingInterval } = this.#options
+    const pinging = pingInterval > 0 && (idleTimeout === 0 || pingInterval < idleTimeout)
+    this.#tickMs = pinging ? pingInterval : idleTimeout
+    if (this.#tickMs === 0) return
     const socket = internalsOf(this.#ws)._socket
     if (socket.listeners('data').indexOf(Connection.#onSocketData) === -1) socket.on('data', Connection.#onSocketData)
-    this.#idleTimer = setTimeout(Connection.#onIdle, ms, this).unref()
+    this.#idleTimer = setTimeout(Connection.#onSilence, this.#tickMs, this).unref()
+  }
+
+  static #onSilence (connection: Connection): void {
+    const { idleTimeout, pingInterval } = connection.#options
+    const silent = connection.#silentMs += connection.#tickMs
+    if (idleTimeout !== 0 && silent >= idleTimeout) {
+      connection.#close(CloseCode.NORMAL, '', { type: 'timeout' })
+      return
+    }
+    connection.#ws.ping()
+    // The last stretch may be shorter than pingInterval, so that the idle timeout stays exact.
+    const next = idleTimeout === 0 ? pingInterval : Math.min(pingInterval, idleTimeout - silent)
+    if (next === connection.#tickMs) {
+      connection.#idleTimer!.refresh()
+    } else {
+      connection.#tickMs = next
+      connection.#idleTimer = setTimeout(Connection.#onSilence, next, connection).unref()
+    }
+  }
+
+  static #onSocketData (this: Slot): void {
+    const connection = this[kConnection]!
+    if (connection.#silentMs === 0) {
+      connection.#idleTimer?.refresh()
+    } else if (connection.#endReason === undefined) {
+      connection.#armIdleTimer() // data after a ping: back to the full period
+    }
   }
 
   #startTimer (ms: number, message: unknown, wrap: boolean): TimerRef {
@@ -416,14 +503,6 @@ export class Connection implements WebSocketContext<unknown> {
     // Still busy: ws's zlib queue runs 10 jobs at a time, so under load this can take a while.
     const next = Math.min(delay * 2, 1024)
     connection.#hibernateTimer = setTimeout(Connection.#retryHibernate, next, connection, next).unref()
-  }
-
-  static #onIdle (connection: Connection): void {
-    connection.#close(CloseCode.NORMAL, '', { type: 'timeout' })
-  }
-
-  static #onSocketData (this: Slot): void {
-    this[kConnection]!.#idleTimer?.refresh()
   }
 
   static #received (ws: WebSocket, frame: InFrame): void {

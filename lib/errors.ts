@@ -23,6 +23,14 @@ export const ProtocolRequiredError = createError<'FST_WS_PROTOCOL_REQUIRED', 400
 export const ProtocolNotOfferedError = createError<'FST_WS_PROTOCOL_NOT_OFFERED', 500, [string]>(
   'FST_WS_PROTOCOL_NOT_OFFERED', 'init chose the subprotocol "%s", which the client did not offer', 500)
 
+/** The handshake breaks a rule ws enforces (key, version, subprotocol syntax). Answered with HTTP 400, before `init`. */
+export const InvalidHandshakeError = createError<'FST_WS_INVALID_HANDSHAKE', 400, [string]>(
+  'FST_WS_INVALID_HANDSHAKE', 'Invalid WebSocket handshake: %s', 400)
+
+/** An upgrade reached the route while app.close() was closing connections. Answered with HTTP 503. */
+export const ShuttingDownError = createError<'FST_WS_SHUTTING_DOWN', 503>(
+  'FST_WS_SHUTTING_DOWN', 'The server is shutting down', 503)
+
 /** The Origin of the upgrade request is not in `allowOrigins`. Answered with HTTP 403. */
 export const OriginNotAllowedError = createError<'FST_WS_ORIGIN_NOT_ALLOWED', 403, [string]>(
   'FST_WS_ORIGIN_NOT_ALLOWED', 'Origin "%s" may not open this WebSocket route', 403)
@@ -43,9 +51,9 @@ export const OutboundOverflowError = createError<'FST_WS_OUTBOUND_OVERFLOW', [nu
 export const InvalidTimerError = createError<'FST_WS_INVALID_TIMER', [string]>(
   'FST_WS_INVALID_TIMER', 'A timer delay must be a finite number of milliseconds >= 0, got %s')
 
-/** The installed ws keeps its internals elsewhere than the version this plugin was built for. */
-export const WsInternalsError = createError<'FST_WS_WS_INTERNALS', [string]>(
-  'FST_WS_WS_INTERNALS', 'This version of ws is not supported by fastify-ws-handlers (%s); use ws 8.23.x')
+/** The ws that @fastify/websocket uses does not behave as this plugin relies on (checked at registration). */
+export const WsInternalsError = createError<'FST_WS_WS_INTERNALS', [string, string, string]>(
+  'FST_WS_WS_INTERNALS', 'ws %s (used by @fastify/websocket) is not supported by fastify-ws-handlers: %s; the tests cover ws %s')
 
 /** The `ws` route option was used where @fastify/websocket sees routes first. */
 export const RouteOptionOrderError = createError<'FST_WS_ROUTE_OPTION_ORDER', [string]>(

@@ -13,10 +13,7 @@
  * These are ws private fields (ws-internals.ts); test/hibernate.test.ts covers them.
  */
 import type WebSocket from 'ws'
-import { internalsOf } from './ws-internals.js'
-
-const SENDER_DEFAULT = 0 // ws/lib/sender.js: not deflating, not reading a Blob
-const RECEIVER_INFLATING = 5 // ws/lib/receiver.js
+import { RECEIVER_INFLATING, SENDER_DEFAULT, internalsOf } from './ws-internals.js'
 
 /** Release what this connection can rebuild. False when zlib is busy: try again later. */
 export function releaseIdleResources (ws: WebSocket): boolean {

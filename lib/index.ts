@@ -5,6 +5,8 @@
  * routes with a `ws` option into WebSocket routes, registers @fastify/websocket when the app
  * has not, and closes every connection with 1001 on app.close().
  */
+import type { Socket } from 'node:net'
+import type { Duplex } from 'node:stream'
 import fastifyWebsocket from '@fastify/websocket'
 import type { FastifyInstance, FastifyPluginAsync, RouteOptions } from 'fastify'
 import fp from 'fastify-plugin'
@@ -14,7 +16,8 @@ import { Registry } from './registry.js'
 import type {
   RouteWebSocketOptions, WebSocketConnections, WebSocketHandler, WebSocketHandlersOptions
 } from './types.js'
-import { makeWebSocketRoute, protocolSelector, upgradeRequired, type PluginDefaults } from './upgrade.js'
+import { governServer, makeWebSocketRoute, runInitLast, upgradeRequired, type PluginDefaults } from './upgrade.js'
+import { checkWs } from './ws-internals.js'
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -33,12 +36,14 @@ declare module 'fastify' {
 
 const plugin: FastifyPluginAsync<WebSocketHandlersOptions> = async function wsHandlers (fastify, opts) {
   assertPluginOptions(opts)
+  await checkWs() // the ws that @fastify/websocket resolves still does what this plugin relies on
   const { closeTimeout = DEFAULT_CLOSE_TIMEOUT, perMessageDeflate, ...routeDefaults } = opts
   const registry = new Registry()
   const defaults: PluginDefaults = {
     connection: resolveConnectionOptions(DEFAULTS, opts),
     route: routeDefaults,
-    registry
+    registry,
+    closeTimeout
   }
   const websocketRegisteredByApp = fastify.hasDecorator('websocketServer')
 
@@ -61,19 +66,26 @@ const plugin: FastifyPluginAsync<WebSocketHandlersOptions> = async function wsHa
   })
 
   fastify.addHook('preClose', async function closeConnections () {
+    // From now on Fastify answers every request with 503; an upgrade's socket is not the HTTP
+    // server's to end, and would hold server.close() forever: end it once the 503 is written.
+    fastify.server.on('upgrade', endRefusedUpgrade)
     await registry.shutdown(closeTimeout)
   })
 
   if (!websocketRegisteredByApp) {
-    const options = {
-      closeTimeout, // ws 8.19+: how long to wait for the peer's close reply
-      maxPayload: defaults.connection.maxFrameSize === Infinity ? 0 : defaults.connection.maxFrameSize,
-      perMessageDeflate: perMessageDeflate ?? {}
-    }
-    await fastify.register(fastifyWebsocket, { options })
+    // Server-wide settings stay ws's defaults, so that the app's own @fastify/websocket routes
+    // behave as without this plugin; ours get their limits per connection. Deflate is on so
+    // that routes with `compress` can negotiate it; governServer keeps it off everywhere else.
+    await fastify.register(fastifyWebsocket, { options: { perMessageDeflate: perMessageDeflate ?? {} } })
   }
-  const serverOptions = fastify.websocketServer.options
-  serverOptions.handleProtocols = protocolSelector(serverOptions.handleProtocols)
+  governServer(fastify.websocketServer, !websocketRegisteredByApp)
+  // After @fastify/websocket's own onRoute hook: init goes in front of its handler.
+  fastify.addHook('onRoute', runInitLast)
+}
+
+function endRefusedUpgrade (_request: unknown, socket: Duplex): void {
+  if (typeof (socket as Socket).destroySoon === 'function') (socket as Socket).destroySoon()
+  else socket.end()
 }
 
 /** The plugin. Register it once, before declaring WebSocket routes. */

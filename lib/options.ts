@@ -8,6 +8,7 @@ import type { ConnectionOptions, RouteWebSocketOptions, WebSocketHandlersOptions
 /** The resolved per-connection options: every key present. */
 export interface ResolvedConnectionOptions {
   idleTimeout: number
+  pingInterval: number
   maxFrameSize: number
   maxBufferedBytes: number
   mailboxLimit: number
@@ -18,6 +19,7 @@ export interface ResolvedConnectionOptions {
 
 export const DEFAULTS: ResolvedConnectionOptions = Object.freeze({
   idleTimeout: 60_000, // Cowboy's idle_timeout
+  pingInterval: 30_000, // a listening browser answers at 30 s of silence; a dead peer is closed at 60 s
   maxFrameSize: 1_000_000, // Cowboy 2.17+'s max_frame_size: decimal 1 MB, inclusive
   maxBufferedBytes: 16 * 1024 * 1024, // as Bun's backpressureLimit
   mailboxLimit: 1024,
@@ -44,6 +46,7 @@ const object: Check = (v) => v !== null && typeof v === 'object' ? undefined : `
 /** Options a result may change live. */
 export const liveChecks: Readonly<Record<string, Check>> = {
   idleTimeout: nonNegativeInteger,
+  pingInterval: nonNegativeInteger,
   maxFrameSize: positiveIntegerOrInfinity,
   maxBufferedBytes: positiveInteger,
   mailboxLimit: positiveInteger

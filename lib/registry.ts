@@ -8,6 +8,12 @@ import type { WebSocketConnections } from './types.js'
 export class Registry implements ConnectionRegistry, WebSocketConnections {
   readonly #live = new Map<string, Connection>()
   #onEmpty: (() => void) | undefined
+  #closing = false
+
+  /** app.close() has begun: new upgrades are refused, late ones closed with 1001. */
+  get closing (): boolean {
+    return this.#closing
+  }
 
   get size (): number {
     return this.#live.size
@@ -15,6 +21,8 @@ export class Registry implements ConnectionRegistry, WebSocketConnections {
 
   add (connection: Connection): void {
     this.#live.set(connection.id, connection)
+    // An upgrade that was past its checks when app.close() began: it opens, then closes with 1001.
+    if (this.#closing) queueMicrotask(() => connection[kShutdown]())
   }
 
   remove (connection: Connection): void {
@@ -32,6 +40,7 @@ export class Registry implements ConnectionRegistry, WebSocketConnections {
 
   /** Close every connection with 1001 and wait, at most `timeoutMs`, for their terminates. */
   async shutdown (timeoutMs: number): Promise<void> {
+    this.#closing = true
     for (const connection of this.#live.values()) connection[kShutdown]()
     if (this.#live.size === 0) return
     await new Promise<void>((resolve) => {

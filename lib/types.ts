@@ -40,11 +40,21 @@ export type OutFrame =
 export interface LiveOptions {
   /** Milliseconds without received data before the connection is closed with 1000; 0 disables. */
   idleTimeout?: number
+  /**
+   * Milliseconds of silence (nothing received) after which the server pings, and again every
+   * `pingInterval` while silence lasts; the peer's pong counts as received data. Default 30000,
+   * so a browser that only listens stays connected and a dead peer meets the idle timeout.
+   * 0, or a value >= `idleTimeout`, sends no pings.
+   */
+  pingInterval?: number
   /** Largest frame or reassembled message, in bytes, inclusive; `Infinity` disables. Over it: close 1009. */
   maxFrameSize?: number
   /** Outbound bytes that may wait in the socket before the connection is closed with 1008. */
   maxBufferedBytes?: number
-  /** Mailbox items that may wait before the plugin stops reading from the socket (it reads again at half). */
+  /**
+   * Mailbox items that may wait. Past it the plugin stops reading from the socket (it reads again
+   * at half), and `post` (and publishing) to the connection is refused (returns false).
+   */
   mailboxLimit?: number
 }
 
@@ -54,7 +64,10 @@ export interface LiveOptions {
  * `options`, `active`, `reply`, `stop`, `hibernate`.
  */
 export interface Commands<State> {
-  /** The state for the next callback. Without this key the state stays as it was. */
+  /**
+   * The state for the next callback. Without this key, or with `undefined` (as every key here:
+   * `undefined` means absent), the state stays as it was; use `null` to clear it.
+   */
   state?: State
   /** Frames to send, in order; nothing after a close frame is sent. */
   reply?: OutFrame | readonly OutFrame[]
@@ -199,7 +212,11 @@ export interface WebSocketContext<Info = unknown> {
   readonly alive: boolean
   /** Bytes written but not yet sent to a slow peer (for flow control; over `maxBufferedBytes` closes 1008). */
   readonly bufferedAmount: number
-  /** Deliver `message` to `info`, after what is already in the mailbox. */
+  /**
+   * Deliver `message` to `info`, after what is already in the mailbox. False (nothing queued)
+   * once the connection is ending, or while `mailboxLimit` items wait: the poster decides whether
+   * to retry, drop or close.
+   */
   post(message: Info): boolean
   /** Deliver `message` to `info` in `ms` milliseconds. */
   sendAfter(ms: number, message: Info): TimerRef

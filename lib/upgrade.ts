@@ -1,32 +1,32 @@
 /**
- * Before the 101: the route-level preHandler that runs `init`, negotiates the subprotocol and
- * refuses with an HTTP answer; after it: the @fastify/websocket handler that starts a Connection
- * without keeping Fastify's request and reply alive.
+ * Before the 101: the step in front of the route's handler that checks the handshake, runs
+ * `init`, negotiates the subprotocol and refuses with an HTTP answer; after it: the
+ * @fastify/websocket handler that starts a Connection without keeping Fastify's request and
+ * reply alive.
  */
-import type {
-  FastifyInstance, FastifyReply, FastifyRequest, RouteOptions, preHandlerAsyncHookHandler
-} from 'fastify'
-import type WebSocket from 'ws'
+import type { FastifyInstance, FastifyReply, FastifyRequest, RouteOptions } from 'fastify'
+import type { WebSocket, WebSocketServer } from 'ws'
 import { Connection, type ConnectionRegistry, type RouteContext } from './connection.js'
 import {
-  InvalidResultError, OriginNotAllowedError, ProtocolNotOfferedError, ProtocolNotSupportedError,
-  ProtocolRequiredError, UpgradeRequiredError
+  InvalidHandshakeError, InvalidResultError, OriginNotAllowedError, ProtocolNotOfferedError, ProtocolNotSupportedError,
+  ProtocolRequiredError, ShuttingDownError, UpgradeRequiredError
 } from './errors.js'
 import {
   anything, assertHandler, assertRouteOptions, connectionChecks, mustBe, optionsProblem, resolveConnectionOptions,
   shapeChecker, type ResolvedConnectionOptions
 } from './options.js'
 import type { InitCommands, RequestSnapshot, RouteWebSocketOptions, WebSocketHandler } from './types.js'
-import { assertWsInternals, internalsOf } from './ws-internals.js'
+import { internalsOf, parseSubprotocols } from './ws-internals.js'
 
 /** What the plugin's registration decided for every route. */
 export interface PluginDefaults {
   readonly connection: ResolvedConnectionOptions
   readonly route: RouteWebSocketOptions
-  readonly registry: ConnectionRegistry
+  readonly registry: ConnectionRegistry & { readonly closing: boolean }
+  readonly closeTimeout: number
 }
 
-/** What `init` decided, carried on the raw request from the preHandler to the 101. */
+/** What `init` decided, carried on the raw request from the step before the handler to the 101. */
 interface PendingUpgrade {
   readonly state: unknown
   readonly options: ResolvedConnectionOptions
@@ -41,9 +41,14 @@ type AnyHandler = WebSocketHandler<unknown, unknown>
 
 const noHeaders: RequestSnapshot['headers'] = Object.freeze({})
 
+const kRunInit = Symbol('fastify-ws-handlers.run-init')
+type WebSocketRouteOptions = RouteOptions & { wsHandler?: unknown, [kRunInit]?: UpgradeStep }
+type UpgradeStep = (request: FastifyRequest, reply: FastifyReply) => Promise<void>
+
 /**
- * Turn Fastify route options into a WebSocket route, in place: the preHandler that runs `init`
- * and the `wsHandler` that @fastify/websocket calls after the 101.
+ * Turn Fastify route options into a WebSocket route, in place: the `wsHandler` that
+ * @fastify/websocket calls after the 101, and the step (handshake checks and `init`) that
+ * `runInitLast` puts in front of the route's handler.
  */
 export function makeWebSocketRoute (
   instance: FastifyInstance, routeOptions: RouteOptions, handler: AnyHandler,
@@ -53,28 +58,18 @@ export function makeWebSocketRoute (
   assertHandler(handler, url)
   assertRouteOptions(wsOptions, url)
   const settings: RouteWebSocketOptions = { ...defaults.route, ...definedOnly(wsOptions) }
-  const route: RouteContext = { url, handler, log: instance.log, registry: defaults.registry }
+  const route: RouteContext = { url, handler, log: instance.log, registry: defaults.registry, closeTimeout: defaults.closeTimeout }
   const connectionOptions = resolveConnectionOptions(defaults.connection, wsOptions)
-  const preHandler = routeOptions.preHandler
-  routeOptions.preHandler = [
-    ...(preHandler === undefined ? [] : Array.isArray(preHandler) ? preHandler : [preHandler]),
-    upgradeHook(handler, settings, connectionOptions)
-  ]
-  ;(routeOptions as RouteOptions & { wsHandler: unknown }).wsHandler = function startConnection (
-    this: FastifyInstance, socket: WebSocket, request: FastifyRequest
-  ): void {
-    assertWsInternals(socket) // once per process: throws (and @fastify/websocket closes the socket) if ws changed
+  const options = routeOptions as WebSocketRouteOptions
+  options[kRunInit] = upgradeStep(handler, settings, connectionOptions, defaults.registry)
+  options.wsHandler = function startConnection (this: FastifyInstance, socket: WebSocket, request: FastifyRequest): void {
     const raw = request.raw as RawRequest
     const pending = raw[kPendingUpgrade]!
     raw[kPendingUpgrade] = undefined
-    // @fastify/websocket's error listener (added last, after the 'connection' event) closes over
+    // @fastify/websocket's error listener (added last, just before this handler) closes over
     // request and reply; ours closes over nothing. Listeners the app added are kept.
     const errorListeners = socket.listeners('error')
     socket.removeListener('error', errorListeners[errorListeners.length - 1] as () => void)
-    // app.close() is ours to do (1001 + terminate); @fastify/websocket's would send a bare close.
-    // ws's 'close' listener (added first) only keeps that set up to date: a closure per connection.
-    const wss = this.websocketServer
-    if (wss.clients?.delete(socket) === true) socket.removeListener('close', socket.listeners('close')[0] as () => void)
     // The response stays assigned to the socket and pins request and reply: let them go.
     pending.response.detachSocket(internalsOf(socket)._socket)
     const snapshot = snapshotOf(request, pending, url)
@@ -83,35 +78,61 @@ export function makeWebSocketRoute (
   }
 }
 
-/** The HTTP handler of a WebSocket-only route: 426, as Cowboy answers. */
-export function upgradeRequired (_request: FastifyRequest, reply: FastifyReply): FastifyReply {
-  return reply.header('upgrade', 'websocket').send(new UpgradeRequiredError())
-}
-
-/** @fastify/websocket's `handleProtocols`: the protocol our preHandler chose, else the previous rule. */
-export function protocolSelector (
-  previous: ((protocols: Set<string>, request: RawRequest) => string | false) | null | undefined
-): (protocols: Set<string>, request: RawRequest) => string | false {
-  return function selectProtocol (protocols, request) {
-    const pending = request[kPendingUpgrade]
-    if (pending !== undefined) return pending.protocol === '' ? false : pending.protocol
-    // A route that is not ours: keep what the server did before (ws picks the first offer).
-    return typeof previous === 'function' ? previous(protocols, request) : protocols.values().next().value!
+/**
+ * An onRoute hook added after every other plugin's: `init` runs in front of the route's handler,
+ * so after every hook of every plugin (a preHandler that a rate limiter appends in its own
+ * onRoute hook included), never on a request that a hook then refuses.
+ */
+export function runInitLast (routeOptions: RouteOptions): void {
+  const step = (routeOptions as WebSocketRouteOptions)[kRunInit]
+  if (step === undefined || routeOptions.method === 'HEAD') return
+  const handler = routeOptions.handler
+  routeOptions.handler = function webSocketRoute (this: FastifyInstance, request, reply) {
+    if (!isUpgradeRequest(request)) return handler.call(this, request, reply) // plain GETs as they were
+    return step(request, reply).then(() => reply.sent ? reply : handler.call(this, request, reply))
   }
 }
 
-function upgradeHook (
-  handler: AnyHandler, settings: RouteWebSocketOptions, connectionOptions: ResolvedConnectionOptions
-): preHandlerAsyncHookHandler {
+/** The HTTP handler of a WebSocket-only route: 426, as Cowboy answers (RFC 7230 §6.7 wants both headers). */
+export function upgradeRequired (_request: FastifyRequest, reply: FastifyReply): FastifyReply {
+  return reply.header('upgrade', 'websocket').header('connection', 'upgrade').send(new UpgradeRequiredError())
+}
+
+/**
+ * @fastify/websocket's ws server decides the subprotocol and the extensions of every upgrade,
+ * ours and the app's. Ours get what `init` decided; the app's own routes keep what the server
+ * did before (and, when this plugin created the server, ws's default: no compression).
+ */
+export function governServer (wss: WebSocketServer, ownServer: boolean): void {
+  const previousProtocols = wss.options.handleProtocols
+  wss.options.handleProtocols = function selectProtocol (protocols: Set<string>, request: RawRequest): string | false {
+    const pending = request[kPendingUpgrade]
+    if (pending !== undefined) return pending.protocol === '' ? false : pending.protocol
+    // A route that is not ours: keep what the server did before (ws picks the first offer).
+    return typeof previousProtocols === 'function' ? previousProtocols(protocols, request) : protocols.values().next().value!
+  }
+  const shouldHandle = wss.shouldHandle
+  // Public and overridable (ws's docs); ws calls it before it negotiates extensions.
+  wss.shouldHandle = function negotiateCompression (request: RawRequest): boolean | Promise<boolean> {
+    const pending = request[kPendingUpgrade]
+    if (pending === undefined ? ownServer : !pending.options.compress) delete request.headers['sec-websocket-extensions']
+    return shouldHandle.call(this, request)
+  }
+}
+
+function upgradeStep (
+  handler: AnyHandler, settings: RouteWebSocketOptions, connectionOptions: ResolvedConnectionOptions, registry: { readonly closing: boolean }
+): UpgradeStep {
   const { protocols = [], protocolRequired = false, allowOrigins } = settings
   return async function runInit (request, reply) {
-    if (!isUpgradeRequest(request)) return // a plain HTTP GET on the same path goes on to the HTTP handler
-
+    // ws would refuse these after init with a bare 400: refuse them first, with a code.
+    const problem = handshakeProblem(request.headers)
+    if (problem !== undefined) throw new InvalidHandshakeError(problem)
     const origin = request.headers.origin
     if (allowOrigins !== undefined && origin !== undefined && !allowOrigins.includes(origin)) {
       throw new OriginNotAllowedError(origin)
     }
-    const offered = parseProtocols(request.headers['sec-websocket-protocol'])
+    const offered = offeredProtocols(request.headers['sec-websocket-protocol'])
     let protocol = ''
     if (protocols.length > 0) {
       if (offered.length === 0) {
@@ -126,7 +147,7 @@ function upgradeHook (
     let options = connectionOptions
     if (handler.init !== undefined) {
       const result = await handler.init(request, reply)
-      if (reply.sent) return reply // init refused with its own HTTP response
+      if (reply.sent) return // init refused with its own HTTP response
       if (result !== undefined) {
         const problem = initResultProblem(result)
         if (problem !== undefined) throw new InvalidResultError('init', problem)
@@ -139,11 +160,29 @@ function upgradeHook (
         state = commands.state
       }
     }
+    if (registry.closing) throw new ShuttingDownError() // app.close() began while init ran
     const raw = request.raw as RawRequest
     raw[kPendingUpgrade] = { state, options, protocol, response: reply.raw }
-    // Compression is negotiated by ws from this header: without it, this connection is not compressed.
-    if (!options.compress) delete raw.headers['sec-websocket-extensions']
   }
+}
+
+const keyPattern = /^[+/0-9A-Za-z]{22}==$/ // ws's own rule
+
+/** What ws would refuse in this handshake (websocket-server.js, handleUpgrade), or undefined. */
+function handshakeProblem (headers: FastifyRequest['headers']): string | undefined {
+  const key = headers['sec-websocket-key']
+  if (typeof key !== 'string' || !keyPattern.test(key)) return 'missing or invalid Sec-WebSocket-Key header'
+  const version = Number(headers['sec-websocket-version'])
+  if (version !== 13 && version !== 8) return 'missing or invalid Sec-WebSocket-Version header (13 or 8)'
+  const protocol = headers['sec-websocket-protocol']
+  if (protocol !== undefined) {
+    try {
+      parseSubprotocols(String(protocol))
+    } catch (error) {
+      return `invalid Sec-WebSocket-Protocol header: ${(error as Error).message}`
+    }
+  }
+  return undefined
 }
 
 /**
@@ -162,10 +201,9 @@ const initResultProblem = shapeChecker({
   options: (options) => optionsProblem(options, connectionChecks)
 })
 
-/** `Sec-WebSocket-Protocol` tokens, in the client's order (the header may repeat). */
-function parseProtocols (header: string | string[] | undefined): string[] {
-  if (header === undefined) return []
-  return String(header).split(',').map((token) => token.trim()).filter((token) => token.length > 0)
+/** `Sec-WebSocket-Protocol` tokens, in the client's order (already checked by ws's rule). */
+function offeredProtocols (header: string | string[] | undefined): string[] {
+  return header === undefined ? [] : [...parseSubprotocols(String(header))]
 }
 
 function snapshotOf (request: FastifyRequest, pending: PendingUpgrade, routeUrl: string): RequestSnapshot {

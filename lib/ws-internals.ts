@@ -1,10 +1,33 @@
 /**
- * Every private field of ws (8.23) that this plugin touches, in one place, with the reason.
- * ws offers no public way to do these per connection; the tests cover each use, and the first
- * connection checks that the fields are where they are expected, so that a ws release that
- * moves them fails loudly (FST_WS_WS_INTERNALS) instead of quietly dropping a duty.
+ * Every private part of ws that this plugin relies on, in one place, with the reason, and the
+ * check that proves they still behave as expected before the plugin accepts a connection.
+ *
+ * ws offers no public way to do these per connection:
+ * - `_receiver._maxPayload`, `_skipUTF8Validation`, and permessage-deflate's `_maxPayload`:
+ *   per-connection `maxFrameSize` and `validateUtf8` (ws has them per server only);
+ * - the receiver's `'conclude'` event: the peer's close frame as soon as it is parsed (ws's
+ *   `'close'` waits for the TCP teardown), so `terminate` gets the peer's code promptly;
+ * - the `'status-code'` symbol on ws's errors: the close code ws sent, so that `terminate`
+ *   reports what went on the wire;
+ * - `_sender._state`/`_queue`, `_receiver._state`/`_fragmented` and permessage-deflate's
+ *   `_deflate`/`_inflate`/`params`: `hibernate` releases zlib contexts only when no zlib job
+ *   runs or waits (hibernate.ts);
+ * - `_closeTimeout`: how long this connection waits for the peer's close reply (ws has it per
+ *   server only; the app's own routes keep the server's);
+ * - `_socket`: corked for multi-frame replies, read for the idle timer, detached from the HTTP
+ *   response after the 101.
+ *
+ * Public APIs are used where they do the job: `subprotocol.parse` (ws's own header rule),
+ * `handleUpgrade`, `ping`, `pause`/`resume`.
+ *
+ * `checkWs()` runs once per process at registration: it drives a real server-side ws, from
+ * the copy that @fastify/websocket resolves, through each of these on an in-memory socket, and
+ * refuses to start (FST_WS_WS_INTERNALS, naming the ws version) when any of it fails.
  */
-import type { EventEmitter } from 'node:events'
+import { once, type EventEmitter } from 'node:events'
+import { createRequire } from 'node:module'
+import { Duplex } from 'node:stream'
+import { constants as zlib, deflateRawSync } from 'node:zlib'
 import type { Socket } from 'node:net'
 import type WebSocket from 'ws'
 import { WsInternalsError } from './errors.js'
@@ -22,23 +45,43 @@ export interface PermessageDeflateInternals {
 }
 
 export interface WsInternals {
-  /** The TCP socket: corked for multi-frame replies, read for the idle timer, detached from the HTTP response. */
+  _closeTimeout: number
   _socket: Socket
-  /** The frame parser: per-connection limits, 'conclude' (the peer's close frame), whether zlib is busy. */
   _receiver: EventEmitter & { _maxPayload: number, _skipUTF8Validation: boolean, _state: number, _fragmented: number }
-  /** The frame writer: whether zlib is busy or a message waits. */
   _sender: { _state: number, _queue: unknown[] }
   _extensions: { 'permessage-deflate'?: PermessageDeflateInternals }
 }
 
+/** ws/lib/sender.js: not deflating, not reading a Blob. */
+export const SENDER_DEFAULT = 0
+/** ws/lib/receiver.js: waiting for zlib to inflate a message. */
+export const RECEIVER_INFLATING = 5
+
+/** The ws versions the test suite runs on. */
+export const TESTED_WS = '8.23.x'
+const TESTED_WS_PREFIX = '8.23.'
+
 export function internalsOf (ws: WebSocket): WsInternals {
   return ws as unknown as WsInternals
+}
+
+let statusCodeSymbol: symbol | undefined
+
+/** The close code ws sent for this error (its private `status-code` symbol), if any. */
+export function sentCloseCodeOf (error: Error): number | undefined {
+  if (statusCodeSymbol === undefined) {
+    statusCodeSymbol = Object.getOwnPropertySymbols(error).find((symbol) => symbol.description === 'status-code')
+    if (statusCodeSymbol === undefined) return undefined
+  }
+  const code = (error as unknown as Record<symbol, unknown>)[statusCodeSymbol]
+  return typeof code === 'number' ? code : undefined
 }
 
 /** What is not where this plugin expects it, or undefined. */
 export function wsInternalsProblem (ws: WebSocket): string | undefined {
   const { _socket: socket, _receiver: receiver, _sender: sender, _extensions: extensions } = internalsOf(ws)
   const missing: string[] = []
+  if (typeof internalsOf(ws)._closeTimeout !== 'number') missing.push('_closeTimeout')
   if (typeof socket?.cork !== 'function') missing.push('_socket')
   if (typeof receiver?.on !== 'function') missing.push('_receiver')
   else {
@@ -49,15 +92,177 @@ export function wsInternalsProblem (ws: WebSocket): string | undefined {
   }
   if (typeof sender?._state !== 'number' || !Array.isArray(sender._queue)) missing.push('_sender._state/_queue')
   if (extensions === null || typeof extensions !== 'object') missing.push('_extensions')
-  return missing.length === 0 ? undefined : `ws ${missing.join(', ')} not found`
+  return missing.length === 0 ? undefined : `${missing.join(', ')} not found`
 }
 
-let checked = false
+/** The ws module and version that @fastify/websocket resolves: its sockets come from there. */
+export function resolveWs (): { ws: typeof import('ws'), version: string } {
+  const fromHere = createRequire(import.meta.url)
+  const fromFastifyWebsocket = createRequire(fromHere.resolve('@fastify/websocket'))
+  return {
+    ws: fromFastifyWebsocket('ws') as typeof import('ws'),
+    version: (fromFastifyWebsocket('ws/package.json') as { version: string }).version
+  }
+}
 
-/** Once per process, on the first connection. */
-export function assertWsInternals (ws: WebSocket): void {
-  if (checked) return
-  const problem = wsInternalsProblem(ws)
-  if (problem !== undefined) throw new WsInternalsError(problem)
-  checked = true
+let subprotocolParser: ((header: string) => Set<string>) | undefined
+
+/** ws's own `Sec-WebSocket-Protocol` rule (exported by ws, not typed by @types/ws); throws a SyntaxError. */
+export function parseSubprotocols (header: string): Set<string> {
+  subprotocolParser ??= (resolveWs().ws as unknown as { subprotocol: { parse: (header: string) => Set<string> } }).subprotocol.parse
+  return subprotocolParser(header)
+}
+
+let checked: Promise<void> | undefined
+
+/** Once per process: the ws that @fastify/websocket uses still does what this plugin relies on. */
+export async function checkWs (resolve = resolveWs): Promise<void> {
+  checked ??= (async () => {
+    const { ws, version } = resolve()
+    const fail = (problem: string): never => {
+      throw new WsInternalsError(version, problem, TESTED_WS)
+    }
+    if (!version.startsWith(TESTED_WS_PREFIX)) fail(`version ${version} is outside the tested range`)
+    const problem = await behaviourProblem(ws).catch((error: Error) => error.message)
+    if (problem !== undefined) fail(problem)
+  })()
+  try {
+    await checked
+  } catch (error) {
+    checked = undefined // a later registration checks again (and fails again, loudly)
+    throw error
+  }
+}
+
+// ---- the behaviour check, on an in-memory socket pair ----------------------
+
+/** One end of an in-memory socket: what is written to it comes out of its peer. */
+class MemorySocket extends Duplex {
+  peer: MemorySocket | undefined
+  override _read (): void {}
+  override _write (chunk: Buffer, _encoding: string, done: () => void): void {
+    this.peer!.push(chunk)
+    done()
+  }
+
+  override _final (done: () => void): void {
+    this.peer!.push(null)
+    done()
+  }
+
+  setTimeout (): this { return this }
+  setNoDelay (): this { return this }
+}
+
+/** The promise's value, or undefined if it takes longer than a second (an event that never comes). */
+async function within<T> (promise: Promise<T>): Promise<T | []> {
+  let timer: NodeJS.Timeout | undefined
+  const late = new Promise<[]>((resolve) => { timer = setTimeout(resolve, 1000, []) })
+  try {
+    return await Promise.race([promise, late])
+  } finally {
+    clearTimeout(timer)
+  }
+}
+
+/** A masked client frame, with RSV1 for a compressed one. */
+function clientFrame (opcode: number, payload: Buffer, rsv1 = false): Buffer {
+  if (payload.length > 125) throw new Error('self-check frames are small')
+  const mask = Buffer.from([1, 2, 3, 4])
+  const masked = Buffer.from(payload.map((byte, i) => byte ^ mask[i % 4]!))
+  return Buffer.concat([Buffer.from([0x80 | (rsv1 ? 0x40 : 0) | opcode, 0x80 | payload.length]), mask, masked])
+}
+
+async function serverSide (ws: typeof import('ws')): Promise<{ server: WebSocket, client: MemorySocket, fromServer: Buffer[] }> {
+  const serverEnd = new MemorySocket()
+  const client = new MemorySocket()
+  serverEnd.peer = client
+  client.peer = serverEnd
+  const fromServer: Buffer[] = []
+  client.on('data', (chunk: Buffer) => fromServer.push(chunk))
+  const wss = new ws.WebSocketServer({ noServer: true, perMessageDeflate: { threshold: 0 } })
+  const request = {
+    method: 'GET',
+    headers: {
+      upgrade: 'websocket',
+      connection: 'upgrade',
+      'sec-websocket-key': 'dGhlIHNhbXBsZSBub25jZQ==',
+      'sec-websocket-version': '13',
+      'sec-websocket-extensions': 'permessage-deflate; client_no_context_takeover'
+    },
+    socket: {}
+  }
+  const server = await new Promise<WebSocket>((resolve) => {
+    wss.handleUpgrade(request as never, serverEnd as never, Buffer.alloc(0), resolve)
+  })
+  server.on('error', () => {})
+  return { server, client, fromServer }
+}
+
+/** The first thing ws does not do as this plugin expects, or undefined. */
+async function behaviourProblem (ws: typeof import('ws')): Promise<string | undefined> {
+  const opened: WebSocket[] = []
+  try {
+    return await drive(async () => {
+      const pair = await serverSide(ws)
+      opened.push(pair.server)
+      return pair
+    })
+  } finally {
+    for (const server of opened) server.terminate() // whatever failed, nothing stays open
+  }
+}
+
+async function drive (open: () => ReturnType<typeof serverSide>): Promise<string | undefined> {
+  // 1. Fields, per-connection limits, and the close code carried by ws's errors.
+  {
+    const { server, client } = await open()
+    const shape = wsInternalsProblem(server)
+    if (shape !== undefined) return shape
+    const { _receiver: receiver } = internalsOf(server)
+    // (Events are awaited from before the write: an in-memory write may be read at once.)
+    receiver._skipUTF8Validation = true
+    const invalidUtf8 = within(once(server, 'message'))
+    client.write(clientFrame(0x1, Buffer.from([0xff])))
+    if ((await invalidUtf8).length === 0) return 'setting _receiver._skipUTF8Validation does not skip UTF-8 checks'
+    receiver._maxPayload = 4
+    const failed = within(once(server, 'error'))
+    client.write(clientFrame(0x2, Buffer.alloc(8)))
+    const [error] = await failed as [Error | undefined] | []
+    if (error === undefined) return 'setting _receiver._maxPayload does not limit frames'
+    if (sentCloseCodeOf(error) !== 1009) return 'ws errors do not carry the close code sent (the "status-code" symbol)'
+  }
+  // 2. Compression: zlib state guards, releasing contexts, and the peer's close frame.
+  const { server, client, fromServer } = await open()
+  const deflate = internalsOf(server)._extensions['permessage-deflate']
+  if (deflate === undefined || typeof deflate._maxPayload !== 'number' || deflate.params?.client_no_context_takeover !== true) {
+    return 'permessage-deflate state (_extensions, _maxPayload, params) not found'
+  }
+  // As a peer sends it: a sync-flushed block without its 00 00 ff ff tail (RFC 7692 §7.2.1).
+  const compressed = deflateRawSync('hello', { finishFlush: zlib.Z_SYNC_FLUSH }).subarray(0, -4)
+  const received = within(once(server, 'message'))
+  client.write(clientFrame(0x1, compressed, true))
+  const [message] = await received as [Buffer] | []
+  if (String(message) !== 'hello' || deflate._inflate === null) return 'permessage-deflate does not keep its inflater in _inflate'
+  const sent = new Promise<void>((resolve) => server.send('hello', () => resolve()))
+  const { _sender: sender, _receiver: receiver } = internalsOf(server)
+  if (sender._state === SENDER_DEFAULT && sender._queue.length === 0) return 'the sender does not show a message being compressed'
+  await sent
+  if (sender._state !== SENDER_DEFAULT || receiver._state === RECEIVER_INFLATING || deflate._deflate === null) {
+    return 'the sender, receiver or deflater state at rest is not as expected'
+  }
+  if ((fromServer.at(-1)![0]! & 0x40) === 0) return 'the server did not compress'
+  deflate._deflate.close()
+  deflate._deflate = null
+  deflate._inflate!.close()
+  deflate._inflate = null
+  const again = within(once(server, 'message'))
+  client.write(clientFrame(0x1, compressed, true))
+  await new Promise<void>((resolve) => server.send('again', () => resolve()))
+  if (String((await again as [Buffer] | [])[0]) !== 'hello') return 'ws does not rebuild released zlib contexts'
+  const concluded = within(once(receiver, 'conclude'))
+  client.write(clientFrame(0x8, Buffer.from([0x03, 0xe8, 0x62, 0x79, 0x65]))) // 1000 "bye"
+  const conclusion = await concluded as [number, Buffer] | []
+  if (conclusion[0] !== 1000 || String(conclusion[1]) !== 'bye') return 'the receiver does not emit "conclude" for a close frame'
+  return undefined
 }

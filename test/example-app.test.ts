@@ -3,7 +3,7 @@
  */
 import t from 'tap'
 import { buildExampleApp } from '../example-app/app.js'
-import { connect, inject, listen } from './helpers.js'
+import { connect, inject, listen, upgradeHeaders } from './helpers.js'
 
 t.test('the example app: health, echo, hello, counter, private, posting from HTTP', async (t) => {
   const { app } = await buildExampleApp()
@@ -20,7 +20,7 @@ t.test('the example app: health, echo, hello, counter, private, posting from HTT
   t.same(await hello.seen.frameCount(2), ['text:Hello!', 'text:Hello!'], 'greeted, then greeted again by the timer')
 
   for (const url of ['/counter', '/counter?name=']) {
-    t.equal((await app.inject({ url, headers: { connection: 'upgrade', upgrade: 'websocket' } })).statusCode, 400, `${url} is refused`)
+    t.equal((await app.inject({ url, headers: upgradeHeaders })).statusCode, 400, `${url} is refused`)
   }
   const counter = await inject(app, '/counter?name=ada')
   for (const message of ['+', '?', Buffer.from('binary is ignored'), '+', 'bye']) counter.ws.send(message)

@@ -18,6 +18,14 @@ export interface TestApp {
   errors: Array<Record<string, unknown> & { msg: string }>
 }
 
+/** The headers of a valid handshake, for `app.inject()`: what a real client sends. */
+export const upgradeHeaders = {
+  connection: 'upgrade',
+  upgrade: 'websocket',
+  'sec-websocket-version': '13',
+  'sec-websocket-key': 'dGhlIHNhbXBsZSBub25jZQ=='
+}
+
 export async function buildApp (t: Teardown, options: WebSocketHandlersOptions = {}): Promise<TestApp> {
   const errors: TestApp['errors'] = []
   const stream = new Writable({

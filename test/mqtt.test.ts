@@ -12,7 +12,7 @@ import WebSocket from 'ws'
 import { buildExampleApp } from '../example-app/app.js'
 import { duplexPair, embeddedBroker, externalBroker, type Broker } from '../example-app/broker.js'
 import { BROKER_LOST } from '../example-app/mqtt.js'
-import { connect, listen, sleep, until } from './helpers.js'
+import { connect, listen, sleep, until, upgradeHeaders } from './helpers.js'
 
 const TOKEN = 'token=secret'
 
@@ -116,7 +116,7 @@ t.test('a 400 for v12.stomp says why in its body', async (t) => {
   const { app } = await gateway(t)
   const response = await app.inject({
     url: `/mqtt?${TOKEN}`,
-    headers: { connection: 'upgrade', upgrade: 'websocket', 'sec-websocket-protocol': 'v12.stomp' }
+    headers: { ...upgradeHeaders, 'sec-websocket-protocol': 'v12.stomp' }
   })
   t.equal(response.statusCode, 400)
   t.match(response.json().message, 'None of the offered subprotocols (v12.stomp) is supported; this route speaks: mqtt, mqttv3.1')

@@ -24,7 +24,7 @@ const invalid: Array<[string, unknown, string]> = [
   ['a non-boolean stop', { stop: 'yes' }, '"stop" must be a boolean, got "yes"'],
   ['a non-boolean hibernate', { hibernate: 1 }, '"hibernate" must be a boolean, got 1'],
   ['a non-boolean active', { active: null }, '"active" must be a boolean, got null'],
-  ['an unknown live option', { options: { compress: true } }, 'unknown option "compress" (known: idleTimeout, maxFrameSize, maxBufferedBytes, mailboxLimit)'],
+  ['an unknown live option', { options: { compress: true } }, 'unknown option "compress" (known: idleTimeout, pingInterval, maxFrameSize, maxBufferedBytes, mailboxLimit)'],
   ['a bad live option', { options: { mailboxLimit: 0 } }, 'option "mailboxLimit": expected a whole number >= 1, got 0'],
   ['options that are not an object', { options: 5 }, 'options must be an object, got 5']
 ]

@@ -6,14 +6,7 @@ import fastifyWebsocket, { type WebsocketPluginOptions } from '@fastify/websocke
 import Fastify from 'fastify'
 import t, { type Test } from 'tap'
 import wsHandlers, { defineHandler, text, type RequestSnapshot } from '../lib/index.js'
-import { RawClient, buildApp, connect, inject, listen, terminateRecorder, until } from './helpers.js'
-
-const upgradeHeaders = {
-  connection: 'upgrade',
-  upgrade: 'websocket',
-  'sec-websocket-version': '13',
-  'sec-websocket-key': 'dGhlIHNhbXBsZSBub25jZQ=='
-}
+import { RawClient, buildApp, connect, inject, listen, terminateRecorder, until, upgradeHeaders } from './helpers.js'
 
 const echo = defineHandler({
   handle: (frame) => frame.type === 'text' ? { reply: text(frame.data) } : undefined

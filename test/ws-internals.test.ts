@@ -1,25 +1,66 @@
 /**
- * The ws internals check: a ws that keeps its fields elsewhere is refused loudly, once per
- * process, on the first connection. (Every other test runs on the real ws, which passes.)
+ * ws drift fails loudly at startup: registration drives the ws that @fastify/websocket resolves
+ * through everything the plugin relies on, and refuses to start (FST_WS_WS_INTERNALS, naming the
+ * ws version) when something moved. A failed check is not cached: each registration checks again.
  */
 import { EventEmitter } from 'node:events'
+import Fastify from 'fastify'
 import t from 'tap'
-import type WebSocket from 'ws'
-import { assertWsInternals, wsInternalsProblem } from '../lib/ws-internals.js'
+import WebSocket from 'ws'
+import wsHandlers from '../lib/index.js'
+import { checkWs, resolveWs, wsInternalsProblem } from '../lib/ws-internals.js'
+
+type Patchable = { prototype: Record<string, (...args: any[]) => any> } // eslint-disable-line @typescript-eslint/no-explicit-any
+// The ws that @fastify/websocket loads (CommonJS), whose prototypes its sockets share.
+const Receiver = (resolveWs().ws as unknown as { Receiver: Patchable }).Receiver
 
 const fake = (shape: object): WebSocket => shape as WebSocket
 const receiver = Object.assign(new EventEmitter(), { _maxPayload: 0, _skipUTF8Validation: false, _state: 0, _fragmented: 0 })
-const good = fake({ _socket: { cork () {} }, _receiver: receiver, _sender: { _state: 0, _queue: [] }, _extensions: {} })
+const good = fake({ _closeTimeout: 1, _socket: { cork () {} }, _receiver: receiver, _sender: { _state: 0, _queue: [] }, _extensions: {} })
 
-t.test('a ws without the expected fields is named field by field', async (t) => {
-  t.equal(wsInternalsProblem(fake({})), 'ws _socket, _receiver, _sender._state/_queue, _extensions not found')
+t.test('fields that moved are named field by field', async (t) => {
+  t.equal(wsInternalsProblem(fake({})), '_closeTimeout, _socket, _receiver, _sender._state/_queue, _extensions not found')
   t.equal(wsInternalsProblem(fake({ ...good, _receiver: Object.assign(new EventEmitter(), { _maxPayload: '0' }) })),
-    'ws _receiver._maxPayload, _receiver._state, _receiver._fragmented, _receiver._skipUTF8Validation not found')
+    '_receiver._maxPayload, _receiver._state, _receiver._fragmented, _receiver._skipUTF8Validation not found')
   t.equal(wsInternalsProblem(good), undefined)
 })
 
-t.test('the first connection on an unsupported ws throws a coded error; once checked, never again', async (t) => {
-  t.throws(() => assertWsInternals(fake({})), { code: 'FST_WS_WS_INTERNALS', message: /use ws 8\.23\.x/ })
-  t.doesNotThrow(() => assertWsInternals(good))
-  t.doesNotThrow(() => assertWsInternals(fake({})), 'checked once per process')
+t.test('the ws that @fastify/websocket resolves is the one checked, and its version is in the error', async (t) => {
+  const { ws } = resolveWs()
+  t.equal(ws.WebSocket, WebSocket, 'the same ws as this project (deduped)')
+  await t.rejects(checkWs(() => ({ ws, version: '8.24.0' })), {
+    code: 'FST_WS_WS_INTERNALS',
+    message: /ws 8\.24\.0 \(used by @fastify\/websocket\).*outside the tested range.*8\.23\.x/
+  })
+})
+
+t.test('a ws release that renames the private "conclude" event stops registration', async (t) => {
+  const emit = Receiver.prototype.emit!
+  // Simulated drift: the receiver announces the peer's close frame under another name.
+  Receiver.prototype.emit = function (this: EventEmitter, name: string | symbol, ...args: unknown[]) {
+    return emit.call(this, name === 'conclude' ? 'close-frame' : name, ...args)
+  }
+  t.teardown(() => { Receiver.prototype.emit = emit })
+  const app = Fastify()
+  await t.rejects(async () => { await app.register(wsHandlers) }, { code: 'FST_WS_WS_INTERNALS', message: /"conclude"/ })
+})
+
+t.test('a ws release whose errors no longer carry the close code sent stops registration', async (t) => {
+  const createError = Receiver.prototype.createError!
+  // Simulated drift: the same error, without the private "status-code" symbol.
+  Receiver.prototype.createError = function (this: unknown, ...args: unknown[]) {
+    const original = createError.apply(this, args) as Error & { code: string }
+    return Object.assign(new RangeError(original.message), { code: original.code })
+  }
+  t.teardown(() => { Receiver.prototype.createError = createError })
+  await t.rejects(checkWs(), { code: 'FST_WS_WS_INTERNALS', message: /status-code/ })
+})
+
+t.test('the real ws passes, and later registrations do not check again', async (t) => {
+  await checkWs()
+  const app = Fastify()
+  await app.register(wsHandlers)
+  await app.ready()
+  t.pass('registered')
+  await app.close()
 })
