@@ -6,7 +6,6 @@
  * has not, and closes every connection with 1001 on app.close().
  */
 import type { Socket } from 'node:net'
-import type { Duplex } from 'node:stream'
 import fastifyWebsocket from '@fastify/websocket'
 import type { FastifyInstance, FastifyPluginAsync, RouteOptions } from 'fastify'
 import fp from 'fastify-plugin'
@@ -83,9 +82,8 @@ const plugin: FastifyPluginAsync<WebSocketHandlersOptions> = async function wsHa
   fastify.addHook('onRoute', runInitLast)
 }
 
-function endRefusedUpgrade (_request: unknown, socket: Duplex): void {
-  if (typeof (socket as Socket).destroySoon === 'function') (socket as Socket).destroySoon()
-  else socket.end()
+function endRefusedUpgrade (_request: unknown, socket: Socket): void {
+  socket.destroySoon() // after the 503 is written
 }
 
 /** The plugin. Register it once, before declaring WebSocket routes. */

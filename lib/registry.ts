@@ -21,7 +21,9 @@ export class Registry implements ConnectionRegistry, WebSocketConnections {
 
   add (connection: Connection): void {
     this.#live.set(connection.id, connection)
-    // An upgrade that was past its checks when app.close() began: it opens, then closes with 1001.
+    // init refuses upgrades once app.close() began (503); one that was already between that
+    // check and the 101 (a microtask's gap) opens, then closes with 1001.
+    /* c8 ignore next */
     if (this.#closing) queueMicrotask(() => connection[kShutdown]())
   }
 

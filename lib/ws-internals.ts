@@ -123,7 +123,7 @@ export async function checkWs (resolve = resolveWs): Promise<void> {
       throw new WsInternalsError(version, problem, TESTED_WS)
     }
     if (!version.startsWith(TESTED_WS_PREFIX)) fail(`version ${version} is outside the tested range`)
-    const problem = await behaviourProblem(ws).catch((error: Error) => error.message)
+    const problem = await behaviourProblem(ws)
     if (problem !== undefined) fail(problem)
   })()
   try {
@@ -213,56 +213,68 @@ async function behaviourProblem (ws: typeof import('ws')): Promise<string | unde
   }
 }
 
+/** A behaviour that ws no longer has: the check stops at the first. */
+function expect (holds: boolean, problem: string): void {
+  if (!holds) throw new Error(problem)
+}
+
+/** The first problem, as a sentence: a failed expectation, or whatever ws threw on the way. */
 async function drive (open: () => ReturnType<typeof serverSide>): Promise<string | undefined> {
+  try {
+    await driveChecks(open)
+    return undefined
+  } catch (error) {
+    return (error as Error).message
+  }
+}
+
+async function driveChecks (open: () => ReturnType<typeof serverSide>): Promise<void> {
   // 1. Fields, per-connection limits, and the close code carried by ws's errors.
   {
     const { server, client } = await open()
     const shape = wsInternalsProblem(server)
-    if (shape !== undefined) return shape
+    expect(shape === undefined, shape!)
     const { _receiver: receiver } = internalsOf(server)
     // (Events are awaited from before the write: an in-memory write may be read at once.)
     receiver._skipUTF8Validation = true
     const invalidUtf8 = within(once(server, 'message'))
     client.write(clientFrame(0x1, Buffer.from([0xff])))
-    if ((await invalidUtf8).length === 0) return 'setting _receiver._skipUTF8Validation does not skip UTF-8 checks'
+    expect((await invalidUtf8).length !== 0, 'setting _receiver._skipUTF8Validation does not skip UTF-8 checks')
     receiver._maxPayload = 4
     const failed = within(once(server, 'error'))
     client.write(clientFrame(0x2, Buffer.alloc(8)))
     const [error] = await failed as [Error | undefined] | []
-    if (error === undefined) return 'setting _receiver._maxPayload does not limit frames'
-    if (sentCloseCodeOf(error) !== 1009) return 'ws errors do not carry the close code sent (the "status-code" symbol)'
+    expect(error !== undefined, 'setting _receiver._maxPayload does not limit frames')
+    expect(sentCloseCodeOf(error!) === 1009, 'ws errors do not carry the close code sent (the "status-code" symbol)')
   }
   // 2. Compression: zlib state guards, releasing contexts, and the peer's close frame.
   const { server, client, fromServer } = await open()
   const deflate = internalsOf(server)._extensions['permessage-deflate']
-  if (deflate === undefined || typeof deflate._maxPayload !== 'number' || deflate.params?.client_no_context_takeover !== true) {
-    return 'permessage-deflate state (_extensions, _maxPayload, params) not found'
-  }
+  expect(typeof deflate?._maxPayload === 'number' && deflate.params?.client_no_context_takeover === true,
+    'permessage-deflate state (_extensions, _maxPayload, params) not found')
   // As a peer sends it: a sync-flushed block without its 00 00 ff ff tail (RFC 7692 §7.2.1).
   const compressed = deflateRawSync('hello', { finishFlush: zlib.Z_SYNC_FLUSH }).subarray(0, -4)
   const received = within(once(server, 'message'))
   client.write(clientFrame(0x1, compressed, true))
   const [message] = await received as [Buffer] | []
-  if (String(message) !== 'hello' || deflate._inflate === null) return 'permessage-deflate does not keep its inflater in _inflate'
+  expect(String(message) === 'hello' && deflate!._inflate !== null, 'permessage-deflate does not keep its inflater in _inflate')
   const sent = new Promise<void>((resolve) => server.send('hello', () => resolve()))
   const { _sender: sender, _receiver: receiver } = internalsOf(server)
-  if (sender._state === SENDER_DEFAULT && sender._queue.length === 0) return 'the sender does not show a message being compressed'
+  expect(sender._state !== SENDER_DEFAULT || sender._queue.length !== 0, 'the sender does not show a message being compressed')
   await sent
-  if (sender._state !== SENDER_DEFAULT || receiver._state === RECEIVER_INFLATING || deflate._deflate === null) {
-    return 'the sender, receiver or deflater state at rest is not as expected'
-  }
-  if ((fromServer.at(-1)![0]! & 0x40) === 0) return 'the server did not compress'
-  deflate._deflate.close()
-  deflate._deflate = null
-  deflate._inflate!.close()
-  deflate._inflate = null
+  expect(sender._state === SENDER_DEFAULT && receiver._state !== RECEIVER_INFLATING && deflate!._deflate !== null,
+    'the sender, receiver or deflater state at rest is not as expected')
+  expect((fromServer.at(-1)![0]! & 0x40) !== 0, 'the server did not compress')
+  deflate!._deflate!.close()
+  deflate!._deflate = null
+  deflate!._inflate!.close()
+  deflate!._inflate = null
   const again = within(once(server, 'message'))
   client.write(clientFrame(0x1, compressed, true))
   await new Promise<void>((resolve) => server.send('again', () => resolve()))
-  if (String((await again as [Buffer] | [])[0]) !== 'hello') return 'ws does not rebuild released zlib contexts'
+  expect(String((await again as [Buffer] | [])[0]) === 'hello', 'ws does not rebuild released zlib contexts')
   const concluded = within(once(receiver, 'conclude'))
   client.write(clientFrame(0x8, Buffer.from([0x03, 0xe8, 0x62, 0x79, 0x65]))) // 1000 "bye"
   const conclusion = await concluded as [number, Buffer] | []
-  if (conclusion[0] !== 1000 || String(conclusion[1]) !== 'bye') return 'the receiver does not emit "conclude" for a close frame'
-  return undefined
+  expect(conclusion[0] === 1000 && String(conclusion[1]) === 'bye', 'the receiver does not emit "conclude" for a close frame')
 }

@@ -4,6 +4,7 @@
  * raw TCP socket that writes frame bytes by hand.
  */
 import { once } from 'node:events'
+import { setTimeout as wait } from 'node:timers/promises'
 import net from 'node:net'
 import { Writable } from 'node:stream'
 import Fastify, { type FastifyInstance } from 'fastify'
@@ -131,12 +132,13 @@ export class RawClient {
     this.ended = once(socket, 'close').then(() => undefined)
   }
 
-  static async open (base: string, path: string): Promise<RawClient> {
+  static async open (base: string, path: string, { extensions }: { extensions?: string } = {}): Promise<RawClient> {
     const { hostname, port } = new URL(base)
     const socket = net.connect(Number(port), hostname)
     await once(socket, 'connect')
     const client = new RawClient(socket)
     socket.write(`GET ${path} HTTP/1.1\r\nHost: ${hostname}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n` +
+      (extensions === undefined ? '' : `Sec-WebSocket-Extensions: ${extensions}\r\n`) +
       'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n')
     let head = Buffer.alloc(0)
     while (!head.includes('\r\n\r\n')) {
@@ -207,9 +209,30 @@ export class RawClient {
   }
 }
 
-export const sleep = async (ms: number): Promise<void> => await new Promise((resolve) => setTimeout(resolve, ms))
+/** Real time, also while a test fakes the global timers (node:timers/promises is not faked). */
+export const sleep = async (ms: number): Promise<void> => { await wait(ms) }
 
-/** Wait until `predicate` holds (polling), for conditions that no event announces. */
-export async function until (predicate: () => boolean): Promise<void> {
-  while (!predicate()) await sleep(5)
+/**
+ * Wait until `predicate` holds (polling), for conditions that no event announces. Past the
+ * deadline it fails with the label, not with a silent tap timeout.
+ */
+export async function until (predicate: () => boolean, label = String(predicate), deadlineMs = 20_000): Promise<void> {
+  const deadline = Date.now() + deadlineMs
+  while (!predicate()) {
+    if (Date.now() > deadline) throw new Error(`timed out after ${deadlineMs} ms waiting for: ${label}`)
+    await sleep(5)
+  }
+}
+
+/** `promise`, or a failure naming what never came. */
+export async function within<T> (promise: Promise<T>, label: string, deadlineMs = 20_000): Promise<T> {
+  const cancel = new AbortController()
+  const late = wait(deadlineMs, undefined, { signal: cancel.signal }).then(() => {
+    throw new Error(`timed out after ${deadlineMs} ms waiting for: ${label}`)
+  }, () => undefined as never)
+  try {
+    return await Promise.race([promise, late])
+  } finally {
+    cancel.abort()
+  }
 }

@@ -10,7 +10,7 @@ import WebSocket from 'ws'
 import wsHandlers from '../lib/index.js'
 import { checkWs, resolveWs, wsInternalsProblem } from '../lib/ws-internals.js'
 
-type Patchable = { prototype: Record<string, (...args: any[]) => any> } // eslint-disable-line @typescript-eslint/no-explicit-any
+type Patchable = { prototype: Record<string, (...args: any[]) => any> }
 // The ws that @fastify/websocket loads (CommonJS), whose prototypes its sockets share.
 const Receiver = (resolveWs().ws as unknown as { Receiver: Patchable }).Receiver
 

@@ -1,0 +1,181 @@
+/**
+ * Idle timeout and server pings, with fake timers (time is the subject): only received data
+ * counts as life; after `pingInterval` of silence the server pings, the pong is received data,
+ * and a peer that stops answering meets the idle timeout.
+ */
+import { once } from 'node:events'
+import type net from 'node:net'
+import { install } from '@sinonjs/fake-timers'
+import t from 'tap'
+import WebSocket from 'ws'
+import { text, type InFrame } from '../lib/index.js'
+import { RawClient, buildApp, connect, listen, terminateRecorder, until } from './helpers.js'
+
+/**
+ * Fake setTimeout/clearTimeout from now on (install it before connecting: a connection's timer
+ * is created at the upgrade); sockets, promises and the helpers' waits keep running for real.
+ */
+function fakeClock (t: { teardown(fn: () => unknown): void }): ReturnType<typeof install> {
+  const clock = install({ toFake: ['setTimeout', 'clearTimeout'] })
+  t.teardown(() => clock.uninstall())
+  return clock
+}
+
+t.test('a listening peer answers the server\'s pings and stays open; a silent one is closed by the idle timeout', async (t) => {
+  const { app } = await buildApp(t) // defaults: pingInterval 30 s, idleTimeout 60 s
+  const recorder = terminateRecorder()
+  const frames: InFrame[] = []
+  app.ws('/listen', { handle: (frame) => { frames.push(frame) }, terminate: recorder.terminate })
+  const base = await listen(app)
+  const clock = fakeClock(t)
+  const listening = await connect(`${base}/listen`)
+  const deaf = new WebSocket(`${base}/listen`, { autoPong: false }) // a dead peer: never answers
+  await once(deaf, 'open')
+  await until(() => app.wsConnections.size === 2, 'both connections open')
+  const pings = { listening: 0, deaf: 0 }
+  listening.ws.on('ping', () => pings.listening++)
+  deaf.on('ping', () => pings.deaf++)
+
+  for (let i = 1; i <= 6; i++) { // three minutes
+    clock.tick(30_000)
+    await until(() => pings.listening === i, `ping ${i}`)
+    await until(() => frames.filter((f) => f.type === 'pong').length === i, `pong ${i} reaches handle`)
+    if (i === 2) {
+      const { reason } = await recorder.first
+      t.same(reason, { type: 'timeout' }, 'the deaf peer is closed 60 s after its last data')
+      t.equal(pings.deaf, 1, 'pinged once, at 30 s')
+    }
+  }
+  t.equal(recorder.calls.length, 1, 'the listening peer is still open three idle timeouts later')
+  listening.ws.close()
+})
+
+t.test('pings stop while data flows, and pingInterval 0 or >= idleTimeout sends none', async (t) => {
+  const { app } = await buildApp(t)
+  app.ws('/talk', { handle: (frame) => frame.type === 'text' ? { reply: text(frame.data) } : undefined }, { pingInterval: 1000, idleTimeout: 5000 })
+  app.ws('/off', {}, { pingInterval: 0, idleTimeout: 5000 })
+  app.ws('/long', {}, { pingInterval: 5000, idleTimeout: 5000 })
+  const base = await listen(app)
+  const clock = fakeClock(t)
+  const talk = await connect(`${base}/talk`)
+  const off = await connect(`${base}/off`)
+  const long = await connect(`${base}/long`)
+  const pings = { talk: 0, off: 0, long: 0 }
+  talk.ws.on('ping', () => pings.talk++)
+  off.ws.on('ping', () => pings.off++)
+  long.ws.on('ping', () => pings.long++)
+  for (let i = 1; i <= 5; i++) {
+    clock.tick(900)
+    talk.ws.send(String(i))
+    await talk.seen.frameCount(i) // the server received it: silence starts again
+  }
+  t.equal(pings.talk, 0, 'no ping while the peer talks')
+  clock.tick(1000)
+  await until(() => pings.talk === 1, 'a ping after a second of silence')
+  clock.tick(4000)
+  t.same(await off.seen.closed, { code: 1000, reason: '' })
+  t.same(await long.seen.closed, { code: 1000, reason: '' })
+  t.same({ off: pings.off, long: pings.long }, { off: 0, long: 0 }, 'closed by the idle timeout without a ping')
+  talk.ws.close()
+})
+
+t.test('an idle timeout that is not a multiple of pingInterval stays exact', async (t) => {
+  const { app } = await buildApp(t)
+  const recorder = terminateRecorder()
+  app.ws('/odd', { terminate: recorder.terminate }, { pingInterval: 40, idleTimeout: 100 })
+  app.ws('/forever', {}, { pingInterval: 40, idleTimeout: 0 })
+  const base = await listen(app)
+  const clock = fakeClock(t)
+  const deaf = new WebSocket(`${base}/odd`, { autoPong: false })
+  const forever = new WebSocket(`${base}/forever`, { autoPong: false })
+  await Promise.all([once(deaf, 'open'), once(forever, 'open')])
+  let pings = 0
+  let foreverPings = 0
+  deaf.on('ping', () => pings++)
+  forever.on('ping', () => foreverPings++)
+  clock.tick(80)
+  await until(() => pings === 2, 'pings at 40 and 80 ms')
+  clock.tick(19)
+  await new Promise((resolve) => setImmediate(resolve))
+  t.equal(recorder.calls.length, 0, 'open at 99 ms')
+  clock.tick(1)
+  t.same((await recorder.first).reason, { type: 'timeout' }, 'closed at 100 ms')
+  t.equal(pings, 2)
+  deaf.terminate()
+  clock.tick(400)
+  await until(() => foreverPings === 12, 'with idleTimeout 0, a ping every 40 ms and no close')
+  forever.terminate()
+})
+
+t.test('received pings reset the idle timer; sending and infos do not', async (t) => {
+  const { app } = await buildApp(t)
+  const recorder = terminateRecorder()
+  app.ws('/idle', {
+    // The server talks every 20 ms: that does not keep the connection open.
+    websocketInit: (_state, ctx) => { ctx.sendAfter(20, 'tick') },
+    info: (_message, _state, ctx) => {
+      ctx.sendAfter(20, 'tick')
+      return { reply: text('tick') }
+    },
+    terminate: recorder.terminate
+  }, { idleTimeout: 150, pingInterval: 0 })
+  const base = await listen(app)
+  const clock = fakeClock(t)
+  const { ws, seen } = await connect(`${base}/idle`, undefined, { autoPong: false })
+  let pongs = 0
+  ws.on('pong', () => pongs++)
+  for (let i = 1; i <= 6; i++) {
+    clock.tick(100) // 600 ms in all: four idle timeouts, had the pings not counted
+    ws.ping()
+    await until(() => pongs === i, `pong ${i}`)
+  }
+  t.equal(recorder.calls.length, 0, 'open, thanks to the pings')
+  t.ok(seen.frames.length >= 6, `the server kept talking (${seen.frames.length} frames)`)
+  clock.tick(150)
+  t.same(await seen.closed, { code: 1000, reason: '' })
+  t.same((await recorder.first).reason, { type: 'timeout' })
+})
+
+t.test('a partial frame is received data too: a slow large frame is not cut off', async (t) => {
+  const { app } = await buildApp(t)
+  const got: number[] = []
+  app.ws('/slow-upload', { handle: (frame) => { got.push(frame.data.length) } }, { idleTimeout: 150, pingInterval: 0 })
+  const base = await listen(app)
+  let serverSocket!: net.Socket
+  app.server.once('connection', (socket: net.Socket) => { serverSocket = socket })
+  const clock = fakeClock(t)
+  const client = await RawClient.open(base, '/slow-upload')
+  const frame = RawClient.frame(0x2, Buffer.alloc(2000))
+  let expected = serverSocket.bytesRead // the handshake
+  for (let offset = 0; offset < frame.length; offset += 500) {
+    const chunk = frame.subarray(offset, offset + 500)
+    client.send(chunk)
+    expected += chunk.length
+    await until(() => serverSocket.bytesRead === expected, 'the server to read the chunk')
+    clock.tick(100) // 100 ms between chunks, 150 ms idle timeout: only chunks keep it open
+  }
+  await until(() => got.length === 1, 'the whole frame')
+  t.same(got, [2000])
+  client.socket.destroy()
+})
+
+t.test('idleTimeout can be changed live, and 0 turns it off', async (t) => {
+  const { app } = await buildApp(t)
+  const recorder = terminateRecorder()
+  app.ws('/live', {
+    handle: (frame) => frame.type === 'text' ? { options: { idleTimeout: Number(frame.data) }, reply: text(frame.data) } : undefined,
+    terminate: recorder.terminate
+  }, { idleTimeout: 100, pingInterval: 0 })
+  const base = await listen(app)
+  const clock = fakeClock(t)
+  const { ws, seen } = await connect(`${base}/live`)
+  ws.send('0')
+  await seen.frameCount(1)
+  clock.tick(3_600_000)
+  t.equal(recorder.calls.length, 0, 'no idle timeout while it is 0')
+  ws.send('50')
+  await seen.frameCount(2)
+  clock.tick(50)
+  t.same(await seen.closed, { code: 1000, reason: '' })
+  t.same((await recorder.first).reason, { type: 'timeout' })
+})
