@@ -15,7 +15,6 @@
  *                ▼
  *             closed              terminate(reason) ran exactly once; timers are cancelled
  */
-import { randomBytes } from 'node:crypto'
 import type { FastifyBaseLogger } from 'fastify'
 import type WebSocket from 'ws'
 import { CloseCode, closeCodeOfWsError } from './close-codes.js'
@@ -24,7 +23,8 @@ import { releaseIdleResources } from './hibernate.js'
 import { closeChannel, frameInChannel, frameOutChannel, openChannel } from './diagnostics.js'
 import { InvalidResultError, InvalidTimerError, OutboundOverflowError } from './errors.js'
 import type { ResolvedConnectionOptions } from './options.js'
-import { internalsOf } from './ws-internals.js'
+import { SENDER_DEFAULT, internalsOf } from './ws-internals.js'
+import type { BroadcastFrame } from './adapter.js'
 import type {
   Commands, InFrame, LiveOptions, OutFrame, RequestSnapshot, TerminateReason, TimerRef,
   WebSocketContext, WebSocketHandler
@@ -40,9 +40,12 @@ export interface RouteContext {
   readonly closeTimeout: number
 }
 
-/** Where connections announce themselves; see registry.ts. */
+/** Where connections announce themselves and keep their topics; see registry.ts. */
 export interface ConnectionRegistry {
+  nextId(): string
   add(connection: Connection): void
+  subscribe(connection: Connection, topic: string): boolean
+  unsubscribe(connection: Connection, topic: string): boolean
   /** The connection's terminate has settled (or it had none). */
   remove(connection: Connection): void
 }
@@ -55,6 +58,7 @@ export interface Upgrade {
 }
 
 export const kShutdown = Symbol('fastify-ws-handlers.shutdown')
+export const kWriteShared = Symbol('fastify-ws-handlers.write-shared')
 const kConnection = Symbol('fastify-ws-handlers.connection')
 
 /** The connection's slot on ws objects, so that shared listeners find their connection. */
@@ -71,9 +75,8 @@ const callbackNames = ['websocketInit', 'handle', 'info'] as const
 const PAUSED_BY_HANDLER = 1
 const PAUSED_BY_MAILBOX = 2
 
-const idPrefix = randomBytes(4).toString('hex') + '-'
-let lastId = 0
 let lastTimerRef = 0
+const noTopics: readonly string[] = Object.freeze([])
 
 export class Connection implements WebSocketContext<unknown> {
   readonly id: string
@@ -107,11 +110,13 @@ export class Connection implements WebSocketContext<unknown> {
   #hibernateTimer: NodeJS.Timeout | undefined
   #timers: Map<TimerRef, NodeJS.Timeout> | undefined
   #log: FastifyBaseLogger | undefined
+  /** Topics this connection is in (few per connection: an array is the smallest). */
+  #topics: string[] | undefined
   #onFulfilled: ((result: unknown) => void) | undefined
   #onRejected: ((error: unknown) => void) | undefined
 
   constructor (route: RouteContext, ws: WebSocket, upgrade: Upgrade) {
-    this.id = idPrefix + (++lastId).toString(36)
+    this.id = route.registry.nextId()
     this.request = upgrade.request
     this.#route = route
     this.#ws = ws
@@ -177,6 +182,50 @@ export class Connection implements WebSocketContext<unknown> {
     if (timer === undefined) return false
     clearTimeout(timer)
     this.#timers!.delete(ref)
+    return true
+  }
+
+  get topics (): readonly string[] {
+    return this.#topics ?? noTopics
+  }
+
+  subscribe (topic: string): boolean {
+    if (this.#closed || !this.#route.registry.subscribe(this, topic)) return false
+    ;(this.#topics ??= []).push(topic)
+    return true
+  }
+
+  unsubscribe (topic: string): boolean {
+    if (!this.#route.registry.unsubscribe(this, topic)) return false
+    const topics = this.#topics!
+    topics.splice(topics.indexOf(topic), 1)
+    return true
+  }
+
+  /**
+   * `broadcast`: write a frame encoded once for every subscriber, without running the handler.
+   * The shared buffers go straight to the socket when ws's sender is idle; otherwise (it is
+   * compressing a reply) through ws after what it queued, uncompressed. False when not written.
+   */
+  [kWriteShared] (encoded: readonly Buffer[], frame: BroadcastFrame): boolean {
+    if (this.#endReason !== undefined) return false
+    const ws = this.#ws
+    if (ws.readyState !== ws.OPEN) return false
+    const backlog = ws.bufferedAmount
+    if (backlog > this.#options.maxBufferedBytes) {
+      const error = new OutboundOverflowError(backlog, this.#options.maxBufferedBytes)
+      this.#close(CloseCode.POLICY_VIOLATION, 'outbound buffer full', { type: 'error', code: CloseCode.POLICY_VIOLATION, error })
+      return false
+    }
+    const { _sender: sender, _socket: socket } = internalsOf(ws)
+    if (sender._state === SENDER_DEFAULT && sender._queue.length === 0) {
+      socket.cork()
+      socket.write(encoded[0])
+      socket.write(encoded[1])
+      socket.uncork()
+    } else {
+      ws.send(frame.data, { binary: frame.binary, compress: false })
+    }
     return true
   }
 
@@ -365,6 +414,10 @@ export class Connection implements WebSocketContext<unknown> {
   #terminate (): void {
     this.#closed = true
     const reason = this.#endReason!
+    if (this.#topics !== undefined) {
+      for (const topic of this.#topics) this.#route.registry.unsubscribe(this, topic)
+      this.#topics = undefined
+    }
     if (this.#timers !== undefined) {
       for (const timer of this.#timers.values()) clearTimeout(timer)
       this.#timers = undefined

@@ -51,6 +51,18 @@ export const OutboundOverflowError = createError<'FST_WS_OUTBOUND_OVERFLOW', [nu
 export const InvalidTimerError = createError<'FST_WS_INVALID_TIMER', [string]>(
   'FST_WS_INVALID_TIMER', 'A timer delay must be a finite number of milliseconds >= 0, got %s')
 
+/** `subscribe`, `publish` or `broadcast` got a topic that is not a non-empty string. */
+export const InvalidTopicError = createError<'FST_WS_INVALID_TOPIC', [string]>(
+  'FST_WS_INVALID_TOPIC', 'A topic must be a non-empty string, got %s')
+
+/** `broadcast` got something other than a text() or binary() frame. */
+export const InvalidBroadcastError = createError<'FST_WS_INVALID_BROADCAST', [string]>(
+  'FST_WS_INVALID_BROADCAST', 'broadcast takes a text() or binary() frame, got %s')
+
+/** The Redis adapter lost or could not reach Redis; local delivery goes on (logged, never thrown). */
+export const RedisAdapterError = createError<'FST_WS_REDIS', [string]>(
+  'FST_WS_REDIS', 'Redis adapter: %s')
+
 /** The ws that @fastify/websocket uses does not behave as this plugin relies on (checked at registration). */
 export const WsInternalsError = createError<'FST_WS_WS_INTERNALS', [string, string, string]>(
   'FST_WS_WS_INTERNALS', 'ws %s (used by @fastify/websocket) is not supported by fastify-ws-handlers: %s; the tests cover ws %s')

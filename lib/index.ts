@@ -17,6 +17,7 @@ import type {
 } from './types.js'
 import { governServer, makeWebSocketRoute, runInitLast, upgradeRequired, type PluginDefaults } from './upgrade.js'
 import { checkWs } from './ws-internals.js'
+import { inProcessAdapter } from './adapter.js'
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -36,8 +37,9 @@ declare module 'fastify' {
 const plugin: FastifyPluginAsync<WebSocketHandlersOptions> = async function wsHandlers (fastify, opts) {
   assertPluginOptions(opts)
   await checkWs() // the ws that @fastify/websocket resolves still does what this plugin relies on
-  const { closeTimeout = DEFAULT_CLOSE_TIMEOUT, perMessageDeflate, ...routeDefaults } = opts
-  const registry = new Registry()
+  const { closeTimeout = DEFAULT_CLOSE_TIMEOUT, perMessageDeflate, adapter = inProcessAdapter(), ...routeDefaults } = opts
+  const registry = new Registry(adapter)
+  await adapter.start(registry.local, fastify.log)
   const defaults: PluginDefaults = {
     connection: resolveConnectionOptions(DEFAULTS, opts),
     route: routeDefaults,
@@ -70,6 +72,9 @@ const plugin: FastifyPluginAsync<WebSocketHandlersOptions> = async function wsHa
     fastify.server.on('upgrade', endRefusedUpgrade)
     await registry.shutdown(closeTimeout)
   })
+  fastify.addHook('onClose', async function closeAdapter () {
+    await adapter.close()
+  })
 
   if (!websocketRegisteredByApp) {
     // Server-wide settings stay ws's defaults, so that the app's own @fastify/websocket routes
@@ -98,6 +103,7 @@ export function defineHandler<State = undefined, Info = unknown> (
 }
 
 export { text, binary, ping, pong, close } from './frames.js'
+export { inProcessAdapter, InProcessBus, type PubSubAdapter, type LocalDelivery, type BroadcastFrame } from './adapter.js'
 export { CloseCode } from './close-codes.js'
 export * from './errors.js'
 export * as diagnostics from './diagnostics.js'

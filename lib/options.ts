@@ -70,7 +70,10 @@ const routeChecks: Readonly<Record<string, Check>> = {
 const pluginChecks: Readonly<Record<string, Check>> = {
   ...routeChecks,
   closeTimeout: positiveInteger,
-  perMessageDeflate: object
+  perMessageDeflate: object,
+  adapter: (v) => v !== null && typeof v === 'object' && typeof (v as { publish?: unknown }).publish === 'function'
+    ? undefined
+    : `expected an adapter (inProcessAdapter(), redisAdapter()), got ${show(v)}`
 }
 
 /** The first problem with `options` against `checks`, as a sentence, or undefined. */

@@ -1,26 +1,49 @@
 /**
- * The app-wide table of connections: look-up by id, post by id, and the shutdown that
- * app.close() runs (close 1001 for each, then wait for every terminate to settle).
+ * The app-wide table of connections and topics (decorated as `app.wsConnections`): look-up and
+ * post by id, iteration and counts per route, topics with publish and broadcast, the adapter
+ * that carries them to other instances, and the shutdown that app.close() runs (close 1001 for
+ * each, then wait for every terminate to settle).
  */
-import { kShutdown, type Connection, type ConnectionRegistry } from './connection.js'
-import type { WebSocketConnections } from './types.js'
+import { randomBytes } from 'node:crypto'
+import { instanceOf, type BroadcastFrame, type LocalDelivery, type PubSubAdapter } from './adapter.js'
+import { kShutdown, kWriteShared, type Connection, type ConnectionRegistry } from './connection.js'
+import { encodeFrame } from './frames.js'
+import { show } from './options.js'
+import { InvalidBroadcastError, InvalidTopicError } from './errors.js'
+import type { BroadcastOptions, OutFrame, WebSocketConnections, WebSocketContext } from './types.js'
 
 export class Registry implements ConnectionRegistry, WebSocketConnections {
+  /** The prefix of this instance's connection ids; other instances route posts by it. */
+  readonly instanceId = randomBytes(4).toString('hex')
   readonly #live = new Map<string, Connection>()
+  readonly #perRoute = new Map<string, number>()
+  readonly #topics = new Map<string, Set<Connection>>()
+  readonly #adapter: PubSubAdapter
+  #lastId = 0
   #onEmpty: (() => void) | undefined
   #closing = false
 
-  /** app.close() has begun: new upgrades are refused, late ones closed with 1001. */
-  get closing (): boolean {
-    return this.#closing
+  constructor (adapter: PubSubAdapter) {
+    this.#adapter = adapter
   }
 
   get size (): number {
     return this.#live.size
   }
 
+  /** app.close() has begun: new upgrades are refused, late ones closed with 1001. */
+  get closing (): boolean {
+    return this.#closing
+  }
+
+  nextId (): string {
+    return `${this.instanceId}-${(++this.#lastId).toString(36)}`
+  }
+
   add (connection: Connection): void {
     this.#live.set(connection.id, connection)
+    const route = connection.request.routeUrl
+    this.#perRoute.set(route, (this.#perRoute.get(route) ?? 0) + 1)
     // init refuses upgrades once app.close() began (503); one that was already between that
     // check and the 101 (a microtask's gap) opens, then closes with 1001.
     /* c8 ignore next */
@@ -29,6 +52,10 @@ export class Registry implements ConnectionRegistry, WebSocketConnections {
 
   remove (connection: Connection): void {
     this.#live.delete(connection.id)
+    const route = connection.request.routeUrl
+    const left = this.#perRoute.get(route)! - 1
+    if (left === 0) this.#perRoute.delete(route)
+    else this.#perRoute.set(route, left)
     if (this.#live.size === 0) this.#onEmpty?.()
   }
 
@@ -36,9 +63,109 @@ export class Registry implements ConnectionRegistry, WebSocketConnections {
     return this.#live.get(id)
   }
 
-  post (id: string, message: unknown): boolean {
-    return this.#live.get(id)?.post(message) ?? false
+  values (): IterableIterator<WebSocketContext> {
+    return this.#live.values()
   }
+
+  [Symbol.iterator] (): IterableIterator<WebSocketContext> {
+    return this.#live.values()
+  }
+
+  * ofRoute (url: string): IterableIterator<WebSocketContext> {
+    for (const connection of this.#live.values()) if (connection.request.routeUrl === url) yield connection
+  }
+
+  countOfRoute (url: string): number {
+    return this.#perRoute.get(url) ?? 0
+  }
+
+  post (id: string, message: unknown): boolean {
+    const connection = this.#live.get(id)
+    if (connection !== undefined) return connection.post(message)
+    if (instanceOf(id) === this.instanceId) return false // ours, and gone
+    return this.#adapter.post(id, message)
+  }
+
+  // ---- topics ---------------------------------------------------------------
+
+  /** Called by the connection (ctx.subscribe); true when it was not subscribed yet. */
+  subscribe (connection: Connection, topic: string): boolean {
+    assertTopic(topic)
+    let subscribers = this.#topics.get(topic)
+    if (subscribers === undefined) {
+      subscribers = new Set()
+      this.#topics.set(topic, subscribers)
+      this.#adapter.subscribe(topic)
+    }
+    const before = subscribers.size
+    return subscribers.add(connection).size !== before
+  }
+
+  unsubscribe (connection: Connection, topic: string): boolean {
+    const subscribers = this.#topics.get(topic)
+    if (subscribers === undefined || !subscribers.delete(connection)) return false
+    if (subscribers.size === 0) {
+      this.#topics.delete(topic)
+      this.#adapter.unsubscribe(topic)
+    }
+    return true
+  }
+
+  subscribers (topic: string): IterableIterator<WebSocketContext> {
+    return (this.#topics.get(topic) ?? noSubscribers).values()
+  }
+
+  subscriberCount (topic: string): number {
+    return this.#topics.get(topic)?.size ?? 0
+  }
+
+  topics (): IterableIterator<string> {
+    return this.#topics.keys()
+  }
+
+  publish (topic: string, message: unknown): number {
+    assertTopic(topic)
+    this.#adapter.publish(topic, message)
+    return this.#publishHere(topic, message)
+  }
+
+  broadcast (topic: string, frame: OutFrame, options: BroadcastOptions = {}): number {
+    assertTopic(topic)
+    const shared = toBroadcastFrame(frame)
+    this.#adapter.broadcast(topic, shared, options.except)
+    return this.#broadcastHere(topic, shared, options.except)
+  }
+
+  // ---- LocalDelivery: what the adapter brings from other instances ----------
+
+  readonly local: LocalDelivery = {
+    instanceId: this.instanceId,
+    publish: (topic, message) => this.#publishHere(topic, message),
+    broadcast: (topic, frame, except) => this.#broadcastHere(topic, frame, except),
+    post: (id, message) => this.#live.get(id)?.post(message) ?? false
+  }
+
+  #publishHere (topic: string, message: unknown): number {
+    const subscribers = this.#topics.get(topic)
+    if (subscribers === undefined) return 0
+    let accepted = 0
+    for (const connection of subscribers) if (connection.post(message)) accepted++
+    return accepted
+  }
+
+  /** One frame, encoded once: the same header and payload buffers go to every socket. */
+  #broadcastHere (topic: string, frame: BroadcastFrame, except: string | undefined): number {
+    const subscribers = this.#topics.get(topic)
+    if (subscribers === undefined) return 0
+    const encoded = encodeFrame(frame)
+    let written = 0
+    for (const connection of subscribers) {
+      if (connection.id !== except && connection[kWriteShared](encoded, frame)) written++
+    }
+    return written
+  }
+
+  // ---- lifecycle --------------------------------------------------------------
 
   /** Close every connection with 1001 and wait, at most `timeoutMs`, for their terminates. */
   async shutdown (timeoutMs: number): Promise<void> {
@@ -54,4 +181,16 @@ export class Registry implements ConnectionRegistry, WebSocketConnections {
       }
     })
   }
+}
+
+const noSubscribers: ReadonlySet<Connection> = new Set()
+
+function assertTopic (topic: unknown): void {
+  if (typeof topic !== 'string' || topic.length === 0) throw new InvalidTopicError(show(topic))
+}
+
+function toBroadcastFrame (frame: OutFrame): BroadcastFrame {
+  if (frame?.type === 'text') return { binary: false, data: Buffer.from(frame.data) }
+  if (frame?.type === 'binary') return { binary: true, data: Buffer.isBuffer(frame.data) ? frame.data : Buffer.from(frame.data) }
+  throw new InvalidBroadcastError(show(frame))
 }

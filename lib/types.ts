@@ -5,6 +5,7 @@
  */
 import type { FastifyBaseLogger, FastifyReply, FastifyRequest } from 'fastify'
 import type { PerMessageDeflateOptions } from 'ws'
+import type { PubSubAdapter } from './adapter.js'
 
 // ---------------------------------------------------------------------------
 // Frames
@@ -165,6 +166,11 @@ export interface WebSocketHandlersOptions extends RouteWebSocketOptions {
    */
   closeTimeout?: number
   /**
+   * How topics and posts by id reach other instances. Default `inProcessAdapter()` (this app
+   * alone); `redisAdapter({ url })` from `fastify-ws-handlers/redis` shares them over Redis.
+   */
+  adapter?: PubSubAdapter
+  /**
    * permessage-deflate settings used where `compress` is on (ws's options); add
    * `clientNoContextTakeover: true` where handlers hibernate. Given to ws only when this plugin
    * registers @fastify/websocket.
@@ -224,6 +230,15 @@ export interface WebSocketContext<Info = unknown> {
   startTimer(ms: number, message: Info): TimerRef
   /** Cancel a pending timer; true when it had not fired yet. */
   cancelTimer(ref: TimerRef): boolean
+  /**
+   * Join a topic: `publish(topic, …)` then reaches `info`, `broadcast(topic, …)` the socket.
+   * True when it was not in it yet. Every subscription ends at `terminate`.
+   */
+  subscribe(topic: string): boolean
+  /** Leave a topic; true when it was in it. */
+  unsubscribe(topic: string): boolean
+  /** The topics this connection is in. */
+  readonly topics: readonly string[]
 }
 
 // ---------------------------------------------------------------------------
@@ -249,12 +264,47 @@ export interface WebSocketHandler<State = undefined, Info = unknown> {
   terminate?(reason: TerminateReason, request: RequestSnapshot, state: State): MaybePromise<void>
 }
 
-/** The app-wide view of open connections (decorated as `fastify.wsConnections`). */
-export interface WebSocketConnections {
-  /** Connections whose terminate has not settled yet. */
+/** Options of `broadcast`. */
+export interface BroadcastOptions {
+  /** A connection id that does not get the frame (the sender's, usually). */
+  except?: string
+}
+
+/** The app-wide view of open connections and topics (decorated as `fastify.wsConnections`). */
+export interface WebSocketConnections extends Iterable<WebSocketContext<unknown>> {
+  /** This instance's connections whose terminate has not settled yet. */
   readonly size: number
+  /** This instance's id: the prefix of its connection ids (`<instanceId>-<n>`). */
+  readonly instanceId: string
   /** The connection with this id, until its terminate has settled. */
   get(id: string): WebSocketContext<unknown> | undefined
-  /** Post to a connection by id (Erlang's `Pid ! Msg`); false when it is gone or closing. */
+  /** This instance's connections. */
+  values(): IterableIterator<WebSocketContext<unknown>>
+  /** This instance's connections of one route (its URL pattern with prefix, as `ctx.request.routeUrl`). */
+  ofRoute(url: string): IterableIterator<WebSocketContext<unknown>>
+  /** How many connections a route has on this instance. */
+  countOfRoute(url: string): number
+  /**
+   * Post to a connection by id (Erlang's `Pid ! Msg`), on this instance or, through the
+   * adapter, on the instance that holds it. False when it is gone, closing or its mailbox is
+   * full (known here); true when handed to the adapter (at most once from there).
+   */
   post(id: string, message: unknown): boolean
+  /**
+   * Deliver `message` to `info` of every subscriber of `topic`, here and on the other instances
+   * (in publish order for each subscriber). Returns how many local subscribers accepted it.
+   */
+  publish(topic: string, message: unknown): number
+  /**
+   * Write one `text()` or `binary()` frame to every subscriber of `topic`, here and on the other
+   * instances, without running their handlers, encoded once (uncompressed, also to compressed
+   * connections). Returns how many local sockets it was written to.
+   */
+  broadcast(topic: string, frame: OutFrame, options?: BroadcastOptions): number
+  /** This instance's subscribers of `topic`. */
+  subscribers(topic: string): IterableIterator<WebSocketContext<unknown>>
+  /** How many connections of this instance are in `topic`. */
+  subscriberCount(topic: string): number
+  /** The topics with a subscriber on this instance. */
+  topics(): IterableIterator<string>
 }
