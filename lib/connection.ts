@@ -210,6 +210,8 @@ export class Connection implements WebSocketContext<unknown> {
   [kWriteShared] (encoded: readonly Buffer[], frame: BroadcastFrame): boolean {
     if (this.#endReason !== undefined) return false
     const ws = this.#ws
+    // The peer ended TCP and ws has not said 'close' yet: nothing to write to.
+    /* c8 ignore next */
     if (ws.readyState !== ws.OPEN) return false
     const backlog = ws.bufferedAmount
     if (backlog > this.#options.maxBufferedBytes) {

@@ -216,9 +216,9 @@ export const sleep = async (ms: number): Promise<void> => { await wait(ms) }
  * Wait until `predicate` holds (polling), for conditions that no event announces. Past the
  * deadline it fails with the label, not with a silent tap timeout.
  */
-export async function until (predicate: () => boolean, label = String(predicate), deadlineMs = 20_000): Promise<void> {
+export async function until (predicate: () => boolean | Promise<boolean>, label = String(predicate), deadlineMs = 20_000): Promise<void> {
   const deadline = Date.now() + deadlineMs
-  while (!predicate()) {
+  while (!(await predicate())) {
     if (Date.now() > deadline) throw new Error(`timed out after ${deadlineMs} ms waiting for: ${label}`)
     await sleep(5)
   }

@@ -7,7 +7,7 @@ import Fastify from 'fastify'
 import t from 'tap'
 import WebSocket from 'ws'
 import wsHandlers, { InProcessBus, inProcessAdapter, text, type WebSocketContext } from '../lib/index.js'
-import { buildApp, connect, inject, listen, terminateRecorder, until } from './helpers.js'
+import { RawClient, buildApp, connect, inject, listen, terminateRecorder, until } from './helpers.js'
 
 const room = {
   websocketInit: (_state: undefined, ctx: WebSocketContext) => { ctx.subscribe('room') },
@@ -25,6 +25,9 @@ t.test('1,000 subscribers each receive every published message, in order', async
   app.post('/announce', async (request) => ({ accepted: app.wsConnections.publish('room', request.body) }))
   const clients = await Promise.all(Array.from({ length: 1000 }, async () => await inject(app, '/room')))
   t.equal(app.wsConnections.subscriberCount('room'), 1000)
+  const first = app.wsConnections.subscribers('room').next().value!
+  t.same(first.topics, ['room'], 'ctx.topics')
+  t.same([...app.wsConnections.subscribers('nobody')], [])
   const messages = Array.from({ length: 20 }, (_, i) => `m${i}`)
   for (const message of messages.slice(0, 19)) app.wsConnections.publish('room', message)
   // From an HTTP route too.
@@ -192,4 +195,72 @@ t.test('ws clients see broadcasts as ordinary frames', async (t) => {
   const data = await new Promise<Buffer>((resolve) => ws.once('message', (message: Buffer) => resolve(message)))
   t.ok(data.equals(big))
   ws.close()
+})
+
+t.test('a subscriber that stops reading is closed with 1008 by broadcast, as by its own replies', async (t) => {
+  const { app } = await buildApp(t)
+  const recorder = terminateRecorder()
+  app.ws('/room', { ...room, terminate: recorder.terminate }, { maxBufferedBytes: 1024 * 1024 })
+  const base = await listen(app)
+  const client = await RawClient.open(base, '/room')
+  client.socket.pause() // never reads
+  await until(() => app.wsConnections.subscriberCount('room') === 1, 'subscribed')
+  const chunk = { type: 'binary', data: Buffer.alloc(256 * 1024) } as const
+  while (recorder.calls.length === 0) {
+    app.wsConnections.broadcast('room', chunk)
+    await new Promise((resolve) => setImmediate(resolve))
+  }
+  t.match(recorder.calls[0]!.reason, { type: 'error', code: 1008, error: { code: 'FST_WS_OUTBOUND_OVERFLOW' } })
+  client.socket.destroy()
+})
+
+t.test('subscribing twice, leaving a topic one is not in, and subscribing after terminate are refused', async (t) => {
+  const { app } = await buildApp(t)
+  let kept!: WebSocketContext
+  const answers: boolean[] = []
+  app.ws('/edge', {
+    websocketInit: (_state, ctx) => {
+      kept = ctx
+      answers.push(ctx.topics.length === 0, ctx.subscribe('a'), ctx.subscribe('a'), ctx.unsubscribe('b'))
+      return { stop: true } // closing: a broadcast now skips it
+    },
+    terminate: () => { answers.push(app.wsConnections.broadcast('a', text('late')) === 0) }
+  })
+  await inject(app, '/edge')
+  await until(() => answers.length === 5, 'terminate')
+  t.same(answers, [true, true, false, false, true])
+  t.equal(kept.subscribe('a'), false, 'after terminate')
+  t.same(kept.topics, [])
+})
+
+t.test('a post by id to another instance of the bus, for a connection it no longer has, is refused', async (t) => {
+  const bus = new InProcessBus()
+  const [a, b] = await Promise.all([1, 2].map(async () => {
+    const app = Fastify()
+    t.teardown(() => app.close())
+    await app.register(wsHandlers, { adapter: inProcessAdapter({ bus }) })
+    return app
+  }))
+  t.equal(a!.wsConnections.post(`${b!.wsConnections.instanceId}-zzz`, 'gone'), false)
+})
+
+t.test('a subscriber that is closing (its terminate waits for a callback) gets no broadcast', async (t) => {
+  const { app } = await buildApp(t)
+  let open!: () => void
+  const gate = new Promise<void>((resolve) => { open = resolve })
+  const recorder = terminateRecorder()
+  app.ws('/closing', {
+    websocketInit: async (_state, ctx) => {
+      ctx.subscribe('a')
+      await gate
+    },
+    terminate: recorder.terminate
+  })
+  const { ws, seen } = await inject(app, '/closing')
+  await until(() => app.wsConnections.subscriberCount('a') === 1, 'subscribed')
+  ws.close(1000)
+  await seen.closed // the server has the peer's close: the connection is closing
+  t.equal(app.wsConnections.broadcast('a', text('too late')), 0)
+  open()
+  t.match((await recorder.first).reason, { type: 'remote', code: 1000 })
 })

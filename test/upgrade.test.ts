@@ -333,6 +333,9 @@ t.test('bad plugin and route options are refused with a coded error at declarati
   await t.rejects(async () => await Fastify().register(wsHandlers, { perMessageDeflate: true } as never), {
     message: /option "perMessageDeflate": expected an object, got true/
   })
+  await t.rejects(async () => await Fastify().register(wsHandlers, { adapter: 'redis' } as never), {
+    message: /option "adapter": expected an adapter \(inProcessAdapter\(\), redisAdapter\(\)\), got "redis"/
+  })
   const { app: other } = await buildApp(t, { perMessageDeflate: { threshold: 0 } })
   t.throws(() => other.ws('/x', echo, { maxFrameSize: 0 }), {
     code: 'FST_WS_INVALID_OPTION', message: /wsOptions of \/x.*maxFrameSize.*>= 1 or Infinity, got 0/

@@ -1,0 +1,128 @@
+/**
+ * The Redis adapter against the machine's Redis (REDIS_URL, else 127.0.0.1:6379): two app
+ * instances with their own Redis connections share topics and ids; a Redis connection killed
+ * with CLIENT KILL is logged with a code and recovers. Redis unreachable: these tests fail.
+ */
+import { randomBytes } from 'node:crypto'
+import { Writable } from 'node:stream'
+import Fastify, { type FastifyInstance } from 'fastify'
+import { Redis } from 'ioredis'
+import t from 'tap'
+import wsHandlers, { text } from '../lib/index.js'
+import { redisAdapter } from '../lib/redis.js'
+import { inject, until } from './helpers.js'
+
+const url = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379'
+const admin = new Redis(url, { lazyConnect: true, maxRetriesPerRequest: 1, retryStrategy: () => null })
+t.before(async () => {
+  try {
+    await admin.connect()
+  } catch (error) {
+    throw new Error(`Redis is not reachable at ${url} (${(error as Error).message}): start it, or set REDIS_URL`)
+  }
+})
+t.teardown(() => admin.disconnect())
+
+// A prefix per run: parallel runs on one Redis do not hear each other.
+const channelPrefix = `fws-test-${randomBytes(4).toString('hex')}:`
+
+interface Instance { app: FastifyInstance, logs: Array<Record<string, unknown>> }
+
+async function instance (t: { teardown(fn: () => unknown): void }, withUrl = true): Promise<Instance> {
+  const logs: Array<Record<string, unknown>> = []
+  const stream = new Writable({ write (chunk, _encoding, done) { logs.push(JSON.parse(String(chunk))); done() } })
+  const app = Fastify({ logger: { level: 'warn', stream } })
+  t.teardown(() => app.close())
+  // Without a url, the adapter reads REDIS_URL (else 127.0.0.1:6379), as the example app does.
+  await app.register(wsHandlers, { adapter: redisAdapter(withUrl ? { url, channelPrefix } : { channelPrefix }) })
+  app.ws('/room', {
+    websocketInit: (_state, ctx) => { ctx.subscribe('room') },
+    info: (message) => ({ reply: text(JSON.stringify(message)) }),
+    handle: (frame, _state, ctx) => {
+      if (frame.type !== 'text') return undefined
+      if (frame.data === 'who') return { reply: text(ctx.id) }
+      if (frame.data === 'leave') ctx.unsubscribe('room')
+      return undefined
+    }
+  })
+  await app.ready()
+  return { app, logs }
+}
+
+/** Channels this run's instances are subscribed to, as Redis sees them. */
+async function channels (): Promise<string[]> {
+  return ((await admin.pubsub('CHANNELS', `${channelPrefix}*`)) as string[]).sort()
+}
+
+t.test('publish, broadcast and post by id cross instances; channels only while a local connection is in the topic', async (t) => {
+  const a = await instance(t)
+  const b = await instance(t, false)
+  const topicChannel = `${channelPrefix}t:room`
+  t.notOk((await channels()).includes(topicChannel), 'no topic channel before a subscriber')
+  const onB = await inject(b.app, '/room')
+  await until(() => b.app.wsConnections.subscriberCount('room') === 1, 'B\'s subscriber')
+  const subscribed = async (): Promise<boolean> => (await admin.pubsub('NUMSUB', topicChannel) as [string, number])[1] === 1
+  await until(subscribed, 'B to subscribe to the topic channel (and A not)')
+
+  t.equal(a.app.wsConnections.publish('room', { hello: 'from A' }), 0, 'no local subscriber on A')
+  t.same(await onB.seen.frameCount(1), ['text:{"hello":"from A"}'])
+  a.app.wsConnections.broadcast('room', text('broadcast from A'))
+  t.same((await onB.seen.frameCount(2))[1], 'text:broadcast from A')
+  a.app.wsConnections.broadcast('room', { type: 'binary', data: Buffer.from([1, 2, 3]) })
+  t.same((await onB.seen.frameCount(3))[2], 'binary:\u0001\u0002\u0003')
+
+  onB.ws.send('who')
+  const id = (await onB.seen.frameCount(4))[3]!.slice('text:'.length)
+  t.equal(a.app.wsConnections.post(id, ['posted', 'from A']), true, 'handed to Redis')
+  t.same((await onB.seen.frameCount(5))[4], 'text:["posted","from A"]')
+  t.equal(a.app.wsConnections.post('not-an-id', 1), false)
+  b.app.wsConnections.broadcast('room', text('not to me'), { except: id })
+  a.app.wsConnections.broadcast('room', text('not to me either'), { except: id })
+  a.app.wsConnections.publish('room', undefined)
+  t.same((await onB.seen.frameCount(6))[5], 'text:null', 'the excluded connection got neither broadcast; undefined travels as null')
+
+  onB.ws.send('leave')
+  await until(async () => !(await subscribed()), 'B to leave the channel when its last local subscriber left')
+  onB.ws.terminate()
+})
+
+t.test('a message that is not JSON is refused with a coded error before anything is delivered', async (t) => {
+  const a = await instance(t)
+  t.throws(() => a.app.wsConnections.publish('room', { big: 1n }), { code: 'FST_WS_REDIS', message: /JSON/ })
+})
+
+t.test('a killed Redis connection is logged with a code, local delivery goes on, and the adapter recovers', async (t) => {
+  const a = await instance(t)
+  const b = await instance(t)
+  const onA = await inject(a.app, '/room')
+  const onB = await inject(b.app, '/room')
+  const bothSubscribed = async (): Promise<boolean> => ((await admin.pubsub('NUMSUB', `${channelPrefix}t:room`)) as [string, number])[1] === 2
+  await until(bothSubscribed, 'both instances to subscribe')
+
+  // Kill every connection of A (its publisher and its subscriber).
+  const list = await admin.client('LIST') as string
+  const ids = list.split('\n').filter((line) => line.includes(`name=fws-${a.app.wsConnections.instanceId}-`)).map((line) => /id=(\d+)/.exec(line)![1]!)
+  t.equal(ids.length, 2, 'A has two connections')
+  for (const id of ids) await admin.client('KILL', 'ID', id)
+  await until(() => a.logs.some((line) => (line.err as { code?: string } | undefined)?.code === 'FST_WS_REDIS'), 'A logs a coded error')
+  t.match(a.logs.find((line) => line.err !== undefined), { level: 50, err: { code: 'FST_WS_REDIS', message: /reconnecting, local delivery goes on/ } })
+
+  a.app.wsConnections.publish('room', 'during the outage')
+  t.same(await onA.seen.frameCount(1), ['text:"during the outage"'], 'local delivery goes on')
+
+  await until(() => a.logs.some((line) => line.msg === 'Redis adapter reconnected and resubscribed'), 'A reconnects')
+  await until(bothSubscribed, 'A to resubscribe')
+  a.app.wsConnections.publish('room', 'after')
+  b.app.wsConnections.publish('room', 'from B after')
+  await until(() => onB.seen.frames.includes('text:"after"'), 'A reaches B again')
+  await until(() => onA.seen.frames.includes('text:"from B after"'), 'B reaches A again (A resubscribed)')
+  onA.ws.terminate()
+  onB.ws.terminate()
+})
+
+t.test('an unreachable Redis fails registration with a coded error', async (t) => {
+  const app = Fastify()
+  await t.rejects(async () => {
+    await app.register(wsHandlers, { adapter: redisAdapter({ url: 'redis://127.0.0.1:1', redisOptions: { retryStrategy: () => null } }) })
+  }, { code: 'FST_WS_REDIS', message: /cannot reach Redis at redis:\/\/127\.0\.0\.1:1/ })
+})
