@@ -1,8 +1,11 @@
 // The example app: HTTP routes beside WebSocket routes. Each handler lives in its own file.
 import Fastify, { type FastifyServerOptions } from 'fastify'
-import wsHandlers, { defineHandler, text } from '../lib/index.js'
+import wsHandlers, { defineHandler, text, type PubSubAdapter } from '../lib/index.js'
+import { redisAdapter } from '../lib/redis.js'
 import { tokenUser, unauthorized } from './auth.js'
 import { embeddedBroker, externalBroker, type Broker } from './broker.js'
+import { chat } from './chat.js'
+import { chatPage } from './chat-page.js'
 import { counter } from './counter.js'
 import { echo } from './echo.js'
 import { hello } from './hello.js'
@@ -11,11 +14,15 @@ import { mqttGateway, type GatewayStats } from './mqtt.js'
 export interface ExampleOptions {
   /** Where /mqtt sends its bytes; by default MQTT_BROKER_URL, else an embedded aedes broker. */
   broker?: Broker
+  /** How topics reach other instances; by default Redis when REDIS_URL is set, else this app alone. */
+  adapter?: PubSubAdapter
 }
 
 export async function buildExampleApp (options: FastifyServerOptions = {}, example: ExampleOptions = {}) {
   const app = Fastify(options)
-  await app.register(wsHandlers, { idleTimeout: 60_000 })
+  // With REDIS_URL, several instances share chat rooms (topics) and posts by connection id.
+  const adapter = example.adapter ?? (process.env.REDIS_URL === undefined ? undefined : redisAdapter())
+  await app.register(wsHandlers, { idleTimeout: 60_000, adapter })
   const brokerUrl = process.env.MQTT_BROKER_URL
   const broker = example.broker ?? (brokerUrl === undefined ? await embeddedBroker() : externalBroker(brokerUrl))
   const mqttStats: GatewayStats = { brokerPauses: 0, clientPauses: 0, brokerLosses: 0 }
@@ -39,6 +46,13 @@ export async function buildExampleApp (options: FastifyServerOptions = {}, examp
     websocketInit: (user, ctx) => ({ reply: text(`welcome, ${user}; your id is ${ctx.id}`) }),
     info: (message) => ({ reply: text(`posted: ${String(message)}`) })
   }))
+  // The chat: GET /chat is the page, and the WebSocket on the same path is the chat itself.
+  app.route({
+    method: 'GET',
+    url: '/chat',
+    handler: async (_request, reply) => await reply.type('text/html; charset=utf-8').send(chatPage),
+    ws: chat(app.wsConnections)
+  })
   // Post to any connection from plain HTTP: curl -X POST localhost:3000/connections/<id> -d hi
   app.post('/connections/:id', async (request, reply) => {
     const { id } = request.params as { id: string }
