@@ -10,9 +10,15 @@ export type Task =
   | { type: 'echo', url: string, connections: number, inFlight: number, size: number, binary: boolean, warmupMs: number, durationMs: number, compress?: boolean, gapMs?: number }
   | { type: 'open', url: string, connections: number, compress: boolean }
   | { type: 'churn', url: string, cycles: number, concurrency: number }
+  | { type: 'fanout', url: string, connections: number }
+  | { type: 'relay', publishUrl: string, subscribeUrl: string, rate: number, durationMs: number, warmupMs: number }
 
 export interface EchoResult { messagesPerSecond: number, p50Ms: number, p99Ms: number, totalMessages: number }
 export interface ChurnResult { cyclesPerSecond: number }
+export interface RelayResult { sent: number, delivered: number, messagesPerSecond: number, p50Ms: number, p99Ms: number }
+
+/** Wall-clock milliseconds with sub-millisecond precision, comparable between processes. */
+export const now = (): number => performance.timeOrigin + performance.now()
 
 const task = JSON.parse(process.argv[2]!) as Task
 
@@ -110,6 +116,74 @@ async function churn (t: Extract<Task, { type: 'churn' }>): Promise<ChurnResult>
   return { cyclesPerSecond: t.cycles / ((performance.now() - started) / 1000) }
 }
 
-const result = task.type === 'echo' ? await echo(task) : task.type === 'churn' ? await churn(task) : await hold(task)
-process.send!({ result })
-process.disconnect()
+/**
+ * Hold `connections` subscribers; for each 'expect' from run.ts, report when the last of them
+ * has received one frame (wall clock, so that run.ts can compare it with the server's start).
+ */
+async function fanout (t: Extract<Task, { type: 'fanout' }>): Promise<void> {
+  const sockets = await openMany(t.url, t.connections, false)
+  let received = 0
+  for (const ws of sockets) {
+    ws.on('message', () => {
+      if (++received === sockets.length) process.send!({ lastAt: now() })
+    })
+  }
+  process.send!({ ready: true })
+  process.on('message', (message: string) => {
+    if (message === 'expect') {
+      received = 0
+      process.send!({ expecting: true })
+      return
+    }
+    for (const ws of sockets) ws.terminate()
+    process.disconnect()
+  })
+}
+
+/** Send at `rate` messages/s to one instance; time each one's arrival through another. */
+async function relay (t: Extract<Task, { type: 'relay' }>): Promise<RelayResult> {
+  const subscriber = await open(t.subscribeUrl)
+  const publisher = await open(t.publishUrl)
+  await new Promise((resolve) => setTimeout(resolve, 200)) // both instances subscribed to the topic's channel
+  let from = Infinity // only messages sent inside the measured window count
+  let to = Infinity
+  let sent = 0
+  const latencies: number[] = []
+  subscriber.on('message', (data: Buffer) => {
+    const stamp = Number(data.toString())
+    if (stamp >= from && stamp < to) latencies.push(performance.now() - stamp)
+  })
+  // Evenly spaced (what is due every millisecond), not in bursts that would queue behind each other.
+  const begin = performance.now()
+  let due = 0
+  const pace = setInterval(() => {
+    for (const target = Math.floor((performance.now() - begin) * t.rate / 1000); due < target; due++) {
+      const stamp = performance.now()
+      if (stamp >= from && stamp < to) sent++
+      publisher.send(String(stamp))
+    }
+  }, 1)
+  await new Promise((resolve) => setTimeout(resolve, t.warmupMs))
+  from = performance.now()
+  await new Promise((resolve) => setTimeout(resolve, t.durationMs))
+  to = performance.now()
+  await new Promise((resolve) => setTimeout(resolve, 500)) // the last ones in flight
+  clearInterval(pace)
+  subscriber.terminate()
+  publisher.terminate()
+  latencies.sort((a, b) => a - b)
+  const at = (q: number): number => latencies[Math.min(latencies.length - 1, Math.floor(q * latencies.length))] ?? NaN
+  return { sent, delivered: latencies.length, messagesPerSecond: latencies.length / ((to - from) / 1000), p50Ms: at(0.5), p99Ms: at(0.99) }
+}
+
+if (task.type === 'fanout') {
+  await fanout(task)
+} else {
+  const result = task.type === 'echo'
+    ? await echo(task)
+    : task.type === 'churn'
+      ? await churn(task)
+      : task.type === 'relay' ? await relay(task) : await hold(task)
+  process.send!({ result })
+  process.disconnect()
+}

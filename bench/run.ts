@@ -7,7 +7,7 @@
 import { execFileSync, fork, type ChildProcess } from 'node:child_process'
 import { once } from 'node:events'
 import os from 'node:os'
-import type { ChurnResult, EchoResult, Task } from './load.js'
+import type { ChurnResult, EchoResult, RelayResult, Task } from './load.js'
 import type { CpuFigures, Kind, MemoryFigures, Scenario } from './server.js'
 
 const quick = process.argv.includes('--quick')
@@ -33,14 +33,21 @@ function pin (child: ChildProcess, cpu: number): void {
   }
 }
 
-interface Server { url: string, memory: () => Promise<MemoryFigures>, cpu: () => Promise<number>, stop: () => Promise<void> }
+interface Server {
+  url: string
+  memory: () => Promise<MemoryFigures>
+  cpu: () => Promise<number>
+  /** Start one fan-out; resolves with the wall-clock time it started at. */
+  fanout: () => Promise<number>
+  stop: () => Promise<void>
+}
 
-async function startServer ({ kind, scenario }: Variant): Promise<Server> {
+async function startServer ({ kind, scenario }: Variant, cpu = SERVER_CPU): Promise<Server> {
   const child = fork(new URL('./server.js', import.meta.url), [kind, scenario], { execArgv: ['--expose-gc'] })
-  pin(child, SERVER_CPU)
+  pin(child, cpu)
   const [{ port }] = await once(child, 'message') as [{ port: number }]
   let nextId = 0
-  async function ask<T> (cmd: 'memory' | 'cpu'): Promise<T> {
+  async function ask<T> (cmd: 'memory' | 'cpu' | 'fanout'): Promise<T> {
     const id = ++nextId
     child.send({ id, cmd })
     for (;;) {
@@ -52,6 +59,7 @@ async function startServer ({ kind, scenario }: Variant): Promise<Server> {
     url: `ws://127.0.0.1:${port}/`,
     memory: async () => await ask<MemoryFigures>('memory'),
     cpu: async () => (await ask<CpuFigures>('cpu')).cpuMicros,
+    fanout: async () => (await ask<{ startedAt: number }>('fanout')).startedAt,
     async stop () {
       child.kill()
       await once(child, 'exit')
@@ -184,6 +192,75 @@ async function churnScenario (table: string, cycles: number): Promise<void> {
   })
 }
 
+/**
+ * One 1 KiB frame to every subscriber: `broadcast` (encoded once) against a loop of ws.send
+ * over the same sockets and raw @fastify/websocket's loop. Time until the last subscriber has
+ * it (server's start to the load process's last arrival, wall clock), and server CPU.
+ */
+async function fanoutScenario (table: string, subscribers: number, fanouts: number): Promise<void> {
+  if (skipped(table)) return
+  const variants: Variant[] = [
+    { label: 'plugin, ws.send loop', kind: 'plugin', scenario: 'fanout-loop' },
+    { label: '@fastify/websocket loop', kind: 'fastify-websocket', scenario: 'fanout' },
+    { label: 'plugin broadcast', kind: 'plugin', scenario: 'fanout' }
+  ]
+  await rounded(variants, async (variant) => {
+    const server = await startServer(variant)
+    const load = startLoad({ type: 'fanout', url: server.url, connections: subscribers })
+    await once(load, 'message') // all open (and subscribed: websocketInit ran before the 101's data)
+    for (let i = 0; i < fanouts; i++) {
+      load.send('expect')
+      await once(load, 'message')
+      const cpuBefore = await server.cpu()
+      const arrived = once(load, 'message') as Promise<[{ lastAt: number }]>
+      const startedAt = await server.fanout()
+      const [{ lastAt }] = await arrived
+      const cpuAfter = await server.cpu()
+      if (i === 0) continue // warm-up
+      record(table, variants, 'time until the last subscriber has it (ms)', 'lower', variant.label, lastAt - startedAt)
+      record(table, variants, 'server CPU per fan-out (ms)', 'lower', variant.label, (cpuAfter - cpuBefore) / 1000)
+    }
+    load.send('close')
+    await once(load, 'exit')
+    await server.stop()
+  })
+}
+
+/** What an idle subscription costs: the same connections in 0, 1 and 10 topics each. */
+async function topicMemory (table: string, connections: number): Promise<void> {
+  if (skipped(table)) return
+  await idleMemory(table, [
+    { label: 'no topic', kind: 'plugin', scenario: 'echo' },
+    { label: '1 topic each', kind: 'plugin', scenario: 'topics-1' },
+    { label: '10 topics each', kind: 'plugin', scenario: 'topics-10' }
+  ], connections, false)
+  const heap = tables.get(table)!.samples.get('heap per connection (B)')!
+  const none = median(heap.get('no topic')!)
+  for (const [label, topics] of [['1 topic each', 1], ['10 topics each', 10]] as const) {
+    record(table, tables.get(table)!.variants, 'heap per (connection, topic) (B)', 'lower', label, (median(heap.get(label)!) - none) / topics)
+  }
+}
+
+/** Redis: text sent to instance A is broadcast to the topic; a subscriber on instance B times it. */
+async function redisRelay (rate: number, durationMs: number): Promise<void> {
+  const table = `Redis adapter: ${rate.toLocaleString('en-US')} messages/s published on instance A, delivered on instance B`
+  if (skipped(table)) return
+  const results: RelayResult[] = []
+  for (let round = 0; round < rounds; round++) {
+    const a = await startServer({ label: 'A', kind: 'plugin', scenario: 'redis' })
+    const b = await startServer({ label: 'B', kind: 'plugin', scenario: 'redis' }, LOAD_CPU) // one instance per core
+    results.push(await runLoad<RelayResult>({ type: 'relay', publishUrl: a.url, subscribeUrl: b.url, rate, durationMs, warmupMs: 1000 }))
+    await a.stop()
+    await b.stop()
+  }
+  const m = (pick: (r: RelayResult) => number): string => fmt(median(results.map(pick)))
+  console.log(`\n### ${table}\n`)
+  console.log('| sent | delivered | messages/s delivered | p50 delivery (ms) | p99 delivery (ms) |')
+  console.log('|---|---|---|---|---|')
+  console.log(`| ${m((r) => r.sent)} | ${m((r) => r.delivered)} | ${m((r) => r.messagesPerSecond)} | ${m((r) => r.p50Ms)} | ${m((r) => r.p99Ms)} |`)
+  console.log('\n(through two WebSocket hops and Redis: client → A → Redis → B → client, medians over rounds)')
+}
+
 const started = Date.now()
 console.log(`# fastify-ws-handlers benchmark\n\n${os.cpus()[0]?.model ?? 'unknown CPU'}, ${os.availableParallelism()} cores, ` +
   `Node ${process.version}, ${rounds} round(s)${quick ? ' (quick)' : ''}; medians (min–max)`)
@@ -210,5 +287,10 @@ await echoVariants('Compressed echo, 200 B, 1 connection, 5 ms idle between mess
   compressedVariants(), { ...echoShape, connections: 1, inFlight: 1, size: 200, compress: true, gapMs: 5 })
 await churnScenario(`Churn, ${quick ? '1,000' : '10,000'} connect/close cycles (20 at a time)`, quick ? 1000 : 10_000)
 
+const subscribers = quick ? 2000 : 10_000
+await fanoutScenario(`Fan-out: one 1 KiB frame to ${subscribers.toLocaleString('en-US')} subscribers`, subscribers, quick ? 5 : 20)
+await topicMemory(`Idle subscriptions, ${(quick ? 1000 : 5000).toLocaleString('en-US')} connections`, quick ? 1000 : 5000)
+
 print()
+await redisRelay(1000, quick ? 2000 : 5000)
 console.log(`\n(${((Date.now() - started) / 1000).toFixed(0)} s)`)

@@ -8,10 +8,15 @@ import type { AddressInfo } from 'node:net'
 import fastifyWebsocket from '@fastify/websocket'
 import Fastify from 'fastify'
 import { WebSocketServer, type PerMessageDeflateOptions, type WebSocket } from 'ws'
-import wsHandlers, { defineHandler, type InFrame, type OutFrame } from '../lib/index.js'
+import wsHandlers, { defineHandler, text, type InFrame, type OutFrame, type WebSocketHandler } from '../lib/index.js'
+import { redisAdapter } from '../lib/redis.js'
 
 export type Kind = 'ws' | 'fastify-websocket' | 'plugin'
-export type Scenario = 'echo' | 'async-echo' | 'compressed' | 'compressed-hibernate'
+export type Scenario =
+  | 'echo' | 'async-echo' | 'compressed' | 'compressed-hibernate'
+  | 'fanout' | 'fanout-loop' // broadcast to a topic / a loop of ws.send over websocketServer.clients
+  | 'topics-1' | 'topics-10' // every connection in 1 or 10 topics
+  | 'redis' // text frames received are broadcast to the topic over the Redis adapter (REDIS_URL)
 
 export interface MemoryFigures { heapUsed: number, rss: number, external: number, connections: number }
 export interface CpuFigures { cpuMicros: number }
@@ -53,6 +58,27 @@ const pluginEcho = defineHandler(scenario === 'async-echo'
       }
     })
 
+/** One 1 KiB frame, the same every time. */
+const fanoutPayload = Buffer.alloc(1024, 7)
+let fanOut = (): void => {}
+function handlerFor (wsConnections: import('../lib/index.js').WebSocketConnections): WebSocketHandler<undefined, unknown> {
+  switch (scenario) {
+    case 'fanout':
+    case 'fanout-loop':
+      return { websocketInit: (_state, ctx) => { ctx.subscribe('all') } }
+    case 'topics-1':
+    case 'topics-10':
+      return { websocketInit: (_state, ctx) => { for (let i = 0; i < (scenario === 'topics-1' ? 1 : 10); i++) ctx.subscribe(`topic-${i}`) } }
+    case 'redis':
+      return {
+        websocketInit: (_state, ctx) => { ctx.subscribe('bench') },
+        handle: (frame) => { if (frame.type === 'text') wsConnections.broadcast('bench', text(frame.data)) }
+      }
+    default:
+      return pluginEcho
+  }
+}
+
 let connections = (): number => 0
 let port: number
 
@@ -68,10 +94,16 @@ if (kind === 'ws') {
     await app.register(fastifyWebsocket, { options: { perMessageDeflate: deflate, maxPayload: 1_000_000 } })
     app.get('/', { websocket: true }, rawEcho)
     connections = () => app.websocketServer.clients.size
+    fanOut = () => { for (const socket of app.websocketServer.clients) socket.send(fanoutPayload) }
   } else {
-    await app.register(wsHandlers, { perMessageDeflate: deflate || undefined, idleTimeout: 0 })
-    app.ws('/', pluginEcho, { compress: compressed })
+    // Instances A and B of one run share a channel prefix (their parent's pid).
+    const adapter = scenario === 'redis' ? redisAdapter({ channelPrefix: `fws-bench-${process.ppid}:` }) : undefined
+    await app.register(wsHandlers, { perMessageDeflate: deflate || undefined, idleTimeout: 0, pingInterval: 0, adapter })
+    app.ws('/', handlerFor(app.wsConnections), { compress: compressed })
     connections = () => app.wsConnections.size
+    fanOut = scenario === 'fanout'
+      ? () => { app.wsConnections.broadcast('all', { type: 'binary', data: fanoutPayload }) }
+      : () => { for (const socket of app.websocketServer.clients) socket.send(fanoutPayload) } // the same sockets, one send each
   }
   await app.listen({ port: 0, host: '127.0.0.1' })
   port = (app.server.address() as AddressInfo).port
@@ -86,8 +118,14 @@ async function measure (): Promise<MemoryFigures> {
   return { heapUsed, rss, external, connections: connections() }
 }
 
-process.on('message', (message: { id: number, cmd: 'memory' | 'cpu' | 'exit' }) => {
+process.on('message', (message: { id: number, cmd: 'memory' | 'cpu' | 'fanout' | 'exit' }) => {
   if (message.cmd === 'exit') process.exit(0) // a clean exit writes --cpu-prof profiles
+  if (message.cmd === 'fanout') {
+    const startedAt = performance.timeOrigin + performance.now()
+    fanOut()
+    process.send!({ id: message.id, startedAt })
+    return
+  }
   if (message.cmd === 'cpu') {
     const { user, system } = process.cpuUsage()
     process.send!({ id: message.id, cpuMicros: user + system })

@@ -26,22 +26,24 @@ export function close (code?: number, reason?: string): CloseFrame {
 }
 
 /**
- * A whole server frame (unmasked, RFC 6455 §5.2) as the buffers to write: the header built
- * here and the payload as it is. `broadcast` builds it once for every subscriber.
+ * A whole server frame (unmasked, RFC 6455 §5.2) in one buffer, header and payload: `broadcast`
+ * builds it once, and each subscriber's socket gets the very same bytes in one write.
  */
-export function encodeFrame ({ binary, data }: BroadcastFrame): readonly [Buffer, Buffer] {
+export function encodeFrame ({ binary, data }: BroadcastFrame): Buffer {
   const length = data.length
-  const header = Buffer.allocUnsafe(length < 126 ? 2 : length < 65536 ? 4 : 10)
-  header[0] = 0x80 | (binary ? 0x2 : 0x1)
+  const offset = length < 126 ? 2 : length < 65536 ? 4 : 10
+  const frame = Buffer.allocUnsafe(offset + length)
+  frame[0] = 0x80 | (binary ? 0x2 : 0x1)
   if (length < 126) {
-    header[1] = length
+    frame[1] = length
   } else if (length < 65536) {
-    header[1] = 126
-    header.writeUInt16BE(length, 2)
+    frame[1] = 126
+    frame.writeUInt16BE(length, 2)
   } else {
-    header[1] = 127
-    header.writeUInt32BE(Math.floor(length / 2 ** 32), 2)
-    header.writeUInt32BE(length >>> 0, 6)
+    frame[1] = 127
+    frame.writeUInt32BE(Math.floor(length / 2 ** 32), 2)
+    frame.writeUInt32BE(length >>> 0, 6)
   }
-  return [header, data]
+  data.copy(frame, offset)
+  return frame
 }

@@ -61,7 +61,7 @@ t.test('unsubscribe and terminate remove subscribers: counts return to zero afte
   t.equal(app.wsConnections.countOfRoute('/room'), 0)
 })
 
-t.test('broadcast encodes once: the same header and payload buffers reach every socket; the sender is excluded', async (t) => {
+t.test('broadcast encodes once: the same frame buffer reaches every socket; the sender is excluded', async (t) => {
   const { app } = await buildApp(t)
   app.ws('/room', {
     websocketInit: (_state, ctx) => { ctx.subscribe('room') },
@@ -87,9 +87,10 @@ t.test('broadcast encodes once: the same header and payload buffers reach every 
   clients[0]!.ws.send('x'.repeat(1024))
   await Promise.all(clients.slice(1).map(async ({ seen }) => await seen.frameCount(1)))
   t.ok(clients.slice(1).every(({ seen }) => seen.frames[0] === `text:${'x'.repeat(1024)}`), '49 got it')
-  const broadcastWrites = [...writes].map(([socket, seen]) => seen.slice(before.get(socket)!)).filter((w) => w.length === 2)
-  t.equal(broadcastWrites.length, 49, 'two writes (header, payload) on each of 49 sockets')
-  t.ok(broadcastWrites.every((w) => w[0] === broadcastWrites[0]![0] && w[1] === broadcastWrites[0]![1]), 'the very same buffers on every socket')
+  const broadcastWrites = [...writes].map(([socket, seen]) => seen.slice(before.get(socket)!)).filter((w) => w.length === 1)
+  t.equal(broadcastWrites.length, 49, 'one write (header and payload) on each of 49 sockets')
+  t.ok(broadcastWrites.every((w) => w[0] === broadcastWrites[0]![0]), 'the very same buffer on every socket')
+  t.equal((broadcastWrites[0]![0] as Buffer).length, 4 + 1024, 'the whole frame: a 4-byte header and the payload')
   t.equal(clients[0]!.seen.frames.length, 0, 'the sender is excluded')
   t.equal(app.wsConnections.broadcast('room', { type: 'binary', data: new Uint8Array([1, 2]) }), 50)
   await Promise.all(clients.map(async ({ seen }) => await seen.frameCount(seen === clients[0]!.seen ? 1 : 2)))
