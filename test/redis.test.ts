@@ -10,6 +10,7 @@ import { Redis } from 'ioredis'
 import t from 'tap'
 import wsHandlers, { text } from '../lib/index.js'
 import { redisAdapter } from '../lib/redis.js'
+import { buildExampleApp } from '../example-app/app.js'
 import { inject, until } from './helpers.js'
 
 const url = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379'
@@ -125,4 +126,25 @@ t.test('an unreachable Redis fails registration with a coded error', async (t) =
   await t.rejects(async () => {
     await app.register(wsHandlers, { adapter: redisAdapter({ url: 'redis://127.0.0.1:1', redisOptions: { retryStrategy: () => null } }) })
   }, { code: 'FST_WS_REDIS', message: /cannot reach Redis at redis:\/\/127\.0\.0\.1:1/ })
+})
+
+t.test('the example app with REDIS_URL: a chat room spans two instances', async (t) => {
+  const before = process.env.REDIS_URL
+  process.env.REDIS_URL = url
+  t.teardown(() => {
+    if (before === undefined) delete process.env.REDIS_URL
+    else process.env.REDIS_URL = before
+  })
+  const room = `room-${randomBytes(3).toString('hex')}` // the example's channels have no per-run prefix
+  const [a, b] = [(await buildExampleApp()).app, (await buildExampleApp()).app]
+  t.teardown(async () => { await a.close(); await b.close() })
+  const ada = await inject(a, `/chat?name=Ada&room=${room}`)
+  await ada.seen.frameCount(1)
+  await until(async () => ((await admin.pubsub('NUMSUB', `fws:t:chat:${room}`)) as [string, number])[1] === 1, 'A subscribed')
+  const grace = await inject(b, `/chat?name=Grace&room=${room}`)
+  t.match(JSON.parse((await grace.seen.frameCount(2))[1]!.slice(5)), { type: 'members', members: ['Ada', 'Grace'] }, 'Ada, on A, answered Grace on B')
+  grace.ws.send(JSON.stringify({ type: 'say', text: 'hi from B' }))
+  await until(() => ada.seen.frames.some((f) => f.includes('hi from B')), 'B\'s message on A')
+  ada.ws.terminate()
+  grace.ws.terminate()
 })
