@@ -25,6 +25,7 @@ import { InvalidResultError, InvalidTimerError, OutboundOverflowError } from './
 import type { ResolvedConnectionOptions } from './options.js'
 import { SENDER_DEFAULT, internalsOf } from './ws-internals.js'
 import type { BroadcastFrame } from './adapter.js'
+import type { Lease } from './registry.js'
 import type {
   Commands, InFrame, LiveOptions, OutFrame, RequestSnapshot, TerminateReason, TimerRef,
   WebSocketContext, WebSocketHandler
@@ -55,10 +56,13 @@ export interface Upgrade {
   readonly state: unknown
   readonly options: ResolvedConnectionOptions
   readonly request: RequestSnapshot
+  /** The admission that counts this connection against the limits, released after terminate. */
+  readonly lease: Lease
 }
 
 export const kShutdown = Symbol('fastify-ws-handlers.shutdown')
 export const kWriteShared = Symbol('fastify-ws-handlers.write-shared')
+export const kLease = Symbol('fastify-ws-handlers.lease')
 const kConnection = Symbol('fastify-ws-handlers.connection')
 
 /** The connection's slot on ws objects, so that shared listeners find their connection. */
@@ -81,6 +85,7 @@ const noTopics: readonly string[] = Object.freeze([])
 export class Connection implements WebSocketContext<unknown> {
   readonly id: string
   readonly request: RequestSnapshot
+  readonly [kLease]: Lease
   readonly #route: RouteContext
   readonly #ws: WebSocket
   #state: unknown
@@ -118,6 +123,7 @@ export class Connection implements WebSocketContext<unknown> {
   constructor (route: RouteContext, ws: WebSocket, upgrade: Upgrade) {
     this.id = route.registry.nextId()
     this.request = upgrade.request
+    this[kLease] = upgrade.lease
     this.#route = route
     this.#ws = ws
     this.#state = upgrade.state

@@ -10,5 +10,7 @@ export const openChannel = diagnostics.channel('fastify-ws-handlers:open')
 export const closeChannel = diagnostics.channel('fastify-ws-handlers:close')
 /** `{ ctx, frame }` for each frame received, before `handle`. */
 export const frameInChannel = diagnostics.channel('fastify-ws-handlers:frame-in')
+/** `{ request, error }` for each upgrade refused before the 101 by the plugin (origin, limits, handshake, subprotocol, init's errors). */
+export const refusedChannel = diagnostics.channel('fastify-ws-handlers:refused')
 /** `{ ctx, frames }` for each reply that is written. */
 export const frameOutChannel = diagnostics.channel('fastify-ws-handlers:frame-out')

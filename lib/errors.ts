@@ -31,9 +31,18 @@ export const InvalidHandshakeError = createError<'FST_WS_INVALID_HANDSHAKE', 400
 export const ShuttingDownError = createError<'FST_WS_SHUTTING_DOWN', 503>(
   'FST_WS_SHUTTING_DOWN', 'The server is shutting down', 503)
 
-/** The Origin of the upgrade request is not in `allowOrigins`. Answered with HTTP 403. */
-export const OriginNotAllowedError = createError<'FST_WS_ORIGIN_NOT_ALLOWED', 403, [string]>(
-  'FST_WS_ORIGIN_NOT_ALLOWED', 'Origin "%s" may not open this WebSocket route', 403)
+/**
+ * A browser from another origin than the app's own, not allowed by `allowOrigins` (Cross-Site
+ * WebSocket Hijacking defence). Answered with HTTP 403, before `init`.
+ */
+export const OriginNotAllowedError = createError<'FST_WS_ORIGIN_NOT_ALLOWED', 403, [string, string, string]>(
+  'FST_WS_ORIGIN_NOT_ALLOWED',
+  'Origin "%s" may not open this WebSocket route (only its own origin, %s, may by default); to allow it, add it to the ' +
+  'route\'s or the plugin\'s allowOrigins option: allowOrigins: [\'%s\'] (or a pattern, a function, or \'*\' for a public endpoint)', 403)
+
+/** A connection limit (`maxConnections`, `maxConnectionsPerIp`) is reached. Answered with HTTP 503 and Retry-After, before the 101. */
+export const TooManyConnectionsError = createError<'FST_WS_TOO_MANY_CONNECTIONS', 503, [string]>(
+  'FST_WS_TOO_MANY_CONNECTIONS', 'Too many WebSocket connections: %s; try again later', 503)
 
 /** A plain HTTP request reached a WebSocket-only route. Answered with HTTP 426. */
 export const UpgradeRequiredError = createError<'FST_WS_UPGRADE_REQUIRED', 426>(

@@ -37,8 +37,11 @@ declare module 'fastify' {
 const plugin: FastifyPluginAsync<WebSocketHandlersOptions> = async function wsHandlers (fastify, opts) {
   assertPluginOptions(opts)
   await checkWs() // the ws that @fastify/websocket resolves still does what this plugin relies on
-  const { closeTimeout = DEFAULT_CLOSE_TIMEOUT, perMessageDeflate, adapter = inProcessAdapter(), ...routeDefaults } = opts
-  const registry = new Registry(adapter)
+  const {
+    closeTimeout = DEFAULT_CLOSE_TIMEOUT, perMessageDeflate, adapter = inProcessAdapter(),
+    maxConnections, maxConnectionsPerIp, ...routeDefaults // the first two are app-wide, not route defaults
+  } = opts
+  const registry = new Registry(adapter, { maxConnections, maxConnectionsPerIp })
   await adapter.start(registry.local, fastify.log)
   const defaults: PluginDefaults = {
     connection: resolveConnectionOptions(DEFAULTS, opts),
@@ -84,7 +87,7 @@ const plugin: FastifyPluginAsync<WebSocketHandlersOptions> = async function wsHa
   }
   governServer(fastify.websocketServer, !websocketRegisteredByApp)
   // After @fastify/websocket's own onRoute hook: init goes in front of its handler.
-  fastify.addHook('onRoute', runInitLast)
+  fastify.addHook('onRoute', runInitLast(registry))
 }
 
 function endRefusedUpgrade (_request: unknown, socket: Socket): void {

@@ -64,12 +64,14 @@ const routeChecks: Readonly<Record<string, Check>> = {
   ...connectionChecks,
   protocols: strings,
   protocolRequired: bool,
-  allowOrigins: strings
+  allowOrigins: (v) => v === '*' || typeof v === 'function' ? undefined : strings(v),
+  maxConnections: positiveInteger
 }
 
 const pluginChecks: Readonly<Record<string, Check>> = {
   ...routeChecks,
   closeTimeout: positiveInteger,
+  maxConnectionsPerIp: positiveInteger,
   perMessageDeflate: object,
   adapter: (v) => v !== null && typeof v === 'object' && typeof (v as { publish?: unknown }).publish === 'function'
     ? undefined

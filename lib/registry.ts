@@ -6,25 +6,36 @@
  */
 import { randomBytes } from 'node:crypto'
 import { instanceOf, type BroadcastFrame, type LocalDelivery, type PubSubAdapter } from './adapter.js'
-import { kShutdown, kWriteShared, type Connection, type ConnectionRegistry } from './connection.js'
+import { kLease, kShutdown, kWriteShared, type Connection, type ConnectionRegistry } from './connection.js'
 import { encodeFrame } from './frames.js'
 import { show } from './options.js'
-import { InvalidBroadcastError, InvalidTopicError } from './errors.js'
+import { InvalidBroadcastError, InvalidTopicError, TooManyConnectionsError } from './errors.js'
 import type { BroadcastOptions, OutFrame, WebSocketConnections, WebSocketContext } from './types.js'
+
+/** App-wide connection limits (plugin options). */
+export interface ConnectionLimits { readonly maxConnections?: number | undefined, readonly maxConnectionsPerIp?: number | undefined }
+
+/** One admitted upgrade: it counts against the limits until released (at terminate, or if the upgrade fails). */
+export interface Lease { readonly route: string, readonly ip: string, open: boolean }
 
 export class Registry implements ConnectionRegistry, WebSocketConnections {
   /** The prefix of this instance's connection ids; other instances route posts by it. */
   readonly instanceId = randomBytes(4).toString('hex')
   readonly #live = new Map<string, Connection>()
+  /** Admitted (upgrading or open) connections: all, per route, per client IP. */
+  #admitted = 0
   readonly #perRoute = new Map<string, number>()
+  readonly #perIp = new Map<string, number>()
+  readonly #limits: ConnectionLimits
   readonly #topics = new Map<string, Set<Connection>>()
   readonly #adapter: PubSubAdapter
   #lastId = 0
   #onEmpty: (() => void) | undefined
   #closing = false
 
-  constructor (adapter: PubSubAdapter) {
+  constructor (adapter: PubSubAdapter, limits: ConnectionLimits = {}) {
     this.#adapter = adapter
+    this.#limits = limits
   }
 
   get size (): number {
@@ -40,10 +51,41 @@ export class Registry implements ConnectionRegistry, WebSocketConnections {
     return `${this.instanceId}-${(++this.#lastId).toString(36)}`
   }
 
+  /**
+   * Count an upgrade from its admission (just before the 101) to its terminate, or refuse it
+   * (TooManyConnectionsError, 503) when a limit is reached. Counting from admission, not from
+   * the 101, keeps the limits exact when many upgrades run their `init` at once.
+   */
+  admit (route: string, ip: string, routeLimit: number | undefined): Lease {
+    const { maxConnections, maxConnectionsPerIp } = this.#limits
+    if (maxConnections !== undefined && this.#admitted >= maxConnections) {
+      throw new TooManyConnectionsError(`the app holds its maximum of ${maxConnections}`)
+    }
+    const onRoute = this.#perRoute.get(route) ?? 0
+    if (routeLimit !== undefined && onRoute >= routeLimit) {
+      throw new TooManyConnectionsError(`${route} holds its maximum of ${routeLimit}`)
+    }
+    const fromIp = this.#perIp.get(ip) ?? 0
+    if (maxConnectionsPerIp !== undefined && fromIp >= maxConnectionsPerIp) {
+      throw new TooManyConnectionsError(`this client (${ip}) holds its maximum of ${maxConnectionsPerIp}`)
+    }
+    this.#admitted++
+    this.#perRoute.set(route, onRoute + 1)
+    this.#perIp.set(ip, fromIp + 1)
+    return { route, ip, open: true }
+  }
+
+  /** The upgrade failed or the connection terminated: it no longer counts. Idempotent. */
+  release (lease: Lease): void {
+    if (!lease.open) return
+    lease.open = false
+    this.#admitted--
+    decrement(this.#perRoute, lease.route)
+    decrement(this.#perIp, lease.ip)
+  }
+
   add (connection: Connection): void {
     this.#live.set(connection.id, connection)
-    const route = connection.request.routeUrl
-    this.#perRoute.set(route, (this.#perRoute.get(route) ?? 0) + 1)
     // init refuses upgrades once app.close() began (503); one that was already between that
     // check and the 101 (a microtask's gap) opens, then closes with 1001.
     /* c8 ignore next */
@@ -52,10 +94,7 @@ export class Registry implements ConnectionRegistry, WebSocketConnections {
 
   remove (connection: Connection): void {
     this.#live.delete(connection.id)
-    const route = connection.request.routeUrl
-    const left = this.#perRoute.get(route)! - 1
-    if (left === 0) this.#perRoute.delete(route)
-    else this.#perRoute.set(route, left)
+    this.release(connection[kLease])
     if (this.#live.size === 0) this.#onEmpty?.()
   }
 
@@ -184,6 +223,12 @@ export class Registry implements ConnectionRegistry, WebSocketConnections {
 }
 
 const noSubscribers: ReadonlySet<Connection> = new Set()
+
+function decrement (counts: Map<string, number>, key: string): void {
+  const left = counts.get(key)! - 1
+  if (left === 0) counts.delete(key)
+  else counts.set(key, left)
+}
 
 function assertTopic (topic: unknown): void {
   if (typeof topic !== 'string' || topic.length === 0) throw new InvalidTopicError(show(topic))

@@ -6,6 +6,7 @@
 import type { FastifyBaseLogger, FastifyReply, FastifyRequest } from 'fastify'
 import type { PerMessageDeflateOptions } from 'ws'
 import type { PubSubAdapter } from './adapter.js'
+import type { AllowOrigins } from './origin.js'
 
 // ---------------------------------------------------------------------------
 // Frames
@@ -151,10 +152,20 @@ export interface RouteWebSocketOptions extends ConnectionOptions {
   /** Refuse (HTTP 400) a client that sends no `Sec-WebSocket-Protocol` at all. Default false. */
   protocolRequired?: boolean
   /**
-   * Origins allowed to open this route; a browser from another origin gets HTTP 403. Clients
-   * that send no Origin header (not browsers) are let in. Default: every origin.
+   * Which browser origins may open this route besides the app's own (same-origin is always
+   * allowed; others get HTTP 403, FST_WS_ORIGIN_NOT_ALLOWED): exact origins
+   * (`'https://app.example.com'`, `'http://localhost:5173'`), subdomain patterns
+   * (`'https://*.example.com'`: not example.com itself), `'null'` (sandboxed pages), a function
+   * `(origin, request) => boolean`, or `'*'` for a public endpoint. Requests without `Origin`
+   * (not browsers) always pass. Default: none (same-origin only).
    */
-  allowOrigins?: readonly string[]
+  allowOrigins?: AllowOrigins
+  /**
+   * Connections this route may hold at once (from the upgrade to `terminate`); over it the
+   * upgrade gets HTTP 503 with Retry-After (FST_WS_TOO_MANY_CONNECTIONS). In plugin options,
+   * the limit for the whole app instead. Default: none.
+   */
+  maxConnections?: number
 }
 
 /** Options given when registering the plugin: defaults for every route. */
@@ -165,6 +176,8 @@ export interface WebSocketHandlersOptions extends RouteWebSocketOptions {
    * registers @fastify/websocket; an app that registered it keeps its own setting.
    */
   closeTimeout?: number
+  /** Connections one client IP (`request.ip`, so `trustProxy` applies) may hold at once, app-wide. Default: none. */
+  maxConnectionsPerIp?: number
   /**
    * How topics and posts by id reach other instances. Default `inProcessAdapter()` (this app
    * alone); `redisAdapter({ url })` from `fastify-ws-handlers/redis` shares them over Redis.

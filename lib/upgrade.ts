@@ -6,9 +6,12 @@
  */
 import type { FastifyInstance, FastifyReply, FastifyRequest, RouteOptions } from 'fastify'
 import type { WebSocket, WebSocketServer } from 'ws'
-import { Connection, type ConnectionRegistry, type RouteContext } from './connection.js'
+import { Connection, type RouteContext } from './connection.js'
+import { refusedChannel } from './diagnostics.js'
+import { originCheck, type OriginCheck } from './origin.js'
+import type { Lease, Registry } from './registry.js'
 import {
-  InvalidHandshakeError, InvalidResultError, OriginNotAllowedError, ProtocolNotOfferedError, ProtocolNotSupportedError,
+  InvalidHandshakeError, InvalidOptionError, InvalidResultError, OriginNotAllowedError, ProtocolNotOfferedError, ProtocolNotSupportedError,
   ProtocolRequiredError, ShuttingDownError, UpgradeRequiredError
 } from './errors.js'
 import {
@@ -22,7 +25,7 @@ import { internalsOf, parseSubprotocols } from './ws-internals.js'
 export interface PluginDefaults {
   readonly connection: ResolvedConnectionOptions
   readonly route: RouteWebSocketOptions
-  readonly registry: ConnectionRegistry & { readonly closing: boolean }
+  readonly registry: Registry
   readonly closeTimeout: number
 }
 
@@ -31,6 +34,8 @@ interface PendingUpgrade {
   readonly state: unknown
   readonly options: ResolvedConnectionOptions
   readonly protocol: string
+  /** This upgrade's place under the connection limits; the connection takes it over. */
+  readonly lease: Lease
   /** The response @fastify/websocket assigned to the socket; detached after the 101. */
   readonly response: FastifyReply['raw']
 }
@@ -60,8 +65,14 @@ export function makeWebSocketRoute (
   const settings: RouteWebSocketOptions = { ...defaults.route, ...definedOnly(wsOptions) }
   const route: RouteContext = { url, handler, log: instance.log, registry: defaults.registry, closeTimeout: defaults.closeTimeout }
   const connectionOptions = resolveConnectionOptions(defaults.connection, wsOptions)
+  let allowOrigin: OriginCheck
+  try {
+    allowOrigin = originCheck(settings.allowOrigins)
+  } catch (error) {
+    throw new InvalidOptionError(`wsOptions of ${url}`, `option "allowOrigins": ${(error as Error).message}`)
+  }
   const options = routeOptions as WebSocketRouteOptions
-  options[kRunInit] = upgradeStep(handler, settings, connectionOptions, defaults.registry)
+  options[kRunInit] = upgradeStep(url, handler, settings, connectionOptions, allowOrigin, defaults.registry)
   options.wsHandler = function startConnection (this: FastifyInstance, socket: WebSocket, request: FastifyRequest): void {
     const raw = request.raw as RawRequest
     const pending = raw[kPendingUpgrade]!
@@ -74,7 +85,7 @@ export function makeWebSocketRoute (
     pending.response.detachSocket(internalsOf(socket)._socket)
     const snapshot = snapshotOf(request, pending, url)
     // eslint-disable-next-line no-new -- the connection lives through the socket's listeners
-    new Connection(route, socket, { state: pending.state, options: pending.options, request: snapshot })
+    new Connection(route, socket, { state: pending.state, options: pending.options, request: snapshot, lease: pending.lease })
   }
 }
 
@@ -83,14 +94,35 @@ export function makeWebSocketRoute (
  * so after every hook of every plugin (a preHandler that a rate limiter appends in its own
  * onRoute hook included), never on a request that a hook then refuses.
  */
-export function runInitLast (routeOptions: RouteOptions): void {
-  const step = (routeOptions as WebSocketRouteOptions)[kRunInit]
-  if (step === undefined || routeOptions.method === 'HEAD') return
-  const handler = routeOptions.handler
-  routeOptions.handler = function webSocketRoute (this: FastifyInstance, request, reply) {
-    if (!isUpgradeRequest(request)) return handler.call(this, request, reply) // plain GETs as they were
-    return step(request, reply).then(() => reply.sent ? reply : handler.call(this, request, reply))
+export function runInitLast (registry: Registry): (routeOptions: RouteOptions) => void {
+  return function runInitLast (routeOptions) {
+    const step = (routeOptions as WebSocketRouteOptions)[kRunInit]
+    if (step === undefined || routeOptions.method === 'HEAD') return
+    const handler = routeOptions.handler
+    routeOptions.handler = function webSocketRoute (this: FastifyInstance, request, reply) {
+      if (!isUpgradeRequest(request)) return handler.call(this, request, reply) // plain GETs as they were
+      return step(request, reply).then(() => {
+        if (reply.sent) return reply
+        const answer = handler.call(this, request, reply) // @fastify/websocket upgrades here, synchronously
+        releaseIfNotUpgraded(request, registry)
+        return answer
+      })
+    }
   }
+}
+
+/** An admitted upgrade that did not become a connection must not count against the limits. */
+function releaseIfNotUpgraded (request: FastifyRequest, registry: Registry): void {
+  const raw = request.raw as RawRequest
+  const pending = raw[kPendingUpgrade]
+  if (pending === undefined) return // it became a connection, which holds the lease now
+  if (request.ws && !raw.socket.destroyed) {
+    // ws is still at it (an app's async verifyClient) or gave up: the socket's end settles it.
+    raw.socket.once('close', () => { registry.release(pending.lease) })
+    return
+  }
+  raw[kPendingUpgrade] = undefined // app.inject() with upgrade headers: the HTTP handler answered
+  registry.release(pending.lease)
 }
 
 /** The HTTP handler of a WebSocket-only route: 426, as Cowboy answers (RFC 7230 §6.7 wants both headers). */
@@ -121,16 +153,27 @@ export function governServer (wss: WebSocketServer, ownServer: boolean): void {
 }
 
 function upgradeStep (
-  handler: AnyHandler, settings: RouteWebSocketOptions, connectionOptions: ResolvedConnectionOptions, registry: { readonly closing: boolean }
+  url: string, handler: AnyHandler, settings: RouteWebSocketOptions, connectionOptions: ResolvedConnectionOptions,
+  allowOrigin: OriginCheck, registry: Registry
 ): UpgradeStep {
-  const { protocols = [], protocolRequired = false, allowOrigins } = settings
   return async function runInit (request, reply) {
+    try {
+      await checkAndInit(request, reply)
+    } catch (error) {
+      if (refusedChannel.hasSubscribers) refusedChannel.publish({ request, error })
+      throw error
+    }
+  }
+
+  async function checkAndInit (request: FastifyRequest, reply: FastifyReply): Promise<void> {
+    const { protocols = [], protocolRequired = false } = settings
     // ws would refuse these after init with a bare 400: refuse them first, with a code.
     const problem = handshakeProblem(request.headers)
     if (problem !== undefined) throw new InvalidHandshakeError(problem)
-    const origin = request.headers.origin
-    if (allowOrigins !== undefined && origin !== undefined && !allowOrigins.includes(origin)) {
-      throw new OriginNotAllowedError(origin)
+    // Cross-site WebSocket hijacking: browsers always send Origin (version 8 clients: Sec-WebSocket-Origin).
+    const origin = request.headers.origin ?? request.headers['sec-websocket-origin']
+    if (typeof origin === 'string' && !(await allowOrigin(origin, request))) {
+      throw new OriginNotAllowedError(origin, `${request.protocol}://${request.host}`, origin)
     }
     const offered = offeredProtocols(request.headers['sec-websocket-protocol'])
     let protocol = ''
@@ -143,11 +186,36 @@ function upgradeStep (
       }
     }
 
+    // Counted from here (refused over a limit before init runs); released if the upgrade fails.
+    const lease = admit(request, reply)
+    try {
+      await runUserInit(request, reply, offered, protocol, lease)
+    } catch (error) {
+      registry.release(lease)
+      throw error
+    }
+  }
+
+  function admit (request: FastifyRequest, reply: FastifyReply): Lease {
+    try {
+      return registry.admit(url, request.ip ?? '', settings.maxConnections)
+    } catch (error) {
+      reply.header('retry-after', RETRY_AFTER_SECONDS)
+      request.log.warn({ code: (error as { code: string }).code, route: url, ip: request.ip }, (error as Error).message)
+      throw error
+    }
+  }
+
+  async function runUserInit (request: FastifyRequest, reply: FastifyReply, offered: string[], negotiated: string, lease: Lease): Promise<void> {
+    let protocol = negotiated
     let state: unknown
     let options = connectionOptions
     if (handler.init !== undefined) {
       const result = await handler.init(request, reply)
-      if (reply.sent) return // init refused with its own HTTP response
+      if (reply.sent) {
+        registry.release(lease) // init refused with its own HTTP response
+        return
+      }
       if (result !== undefined) {
         const problem = initResultProblem(result)
         if (problem !== undefined) throw new InvalidResultError('init', problem)
@@ -162,9 +230,12 @@ function upgradeStep (
     }
     if (registry.closing) throw new ShuttingDownError() // app.close() began while init ran
     const raw = request.raw as RawRequest
-    raw[kPendingUpgrade] = { state, options, protocol, response: reply.raw }
+    raw[kPendingUpgrade] = { state, options, protocol, lease, response: reply.raw }
   }
 }
+
+/** What a client over a connection limit is told to wait before trying again. */
+const RETRY_AFTER_SECONDS = 5
 
 const keyPattern = /^[+/0-9A-Za-z]{22}==$/ // ws's own rule
 

@@ -346,3 +346,24 @@ t.test('bad plugin and route options are refused with a coded error at declarati
   t.throws(() => other.ws('/v', echo, { compress: 'yes' } as never), { message: /option "compress": expected a boolean, got "yes"/ })
   t.doesNotThrow(() => other.ws('/u', echo, { idleTimeout: undefined }), 'an undefined option is the default')
 })
+
+t.test('an app\'s async verifyClient: a refused upgrade frees its place, an accepted one counts until terminate', async (t) => {
+  const { app } = await appWithOwnWebsocket(t, {
+    options: {
+      verifyClient: (info: { req: { url?: string } }, done: (ok: boolean, code?: number) => void) => {
+        setImmediate(() => done(!(info.req.url ?? '').includes('deny'), 401))
+      }
+    }
+  })
+  const recorder = terminateRecorder()
+  app.ws('/verified', { terminate: recorder.terminate }, { maxConnections: 1 })
+  const base = await listen(app)
+  await t.rejects(connect(`${base}/verified?deny`), { message: 'HTTP 401' })
+  await until(() => app.wsConnections.countOfRoute('/verified') === 0, 'the refused upgrade\'s place freed')
+  const { ws } = await connect(`${base}/verified`)
+  t.equal(app.wsConnections.countOfRoute('/verified'), 1)
+  await t.rejects(connect(`${base}/verified`), { message: 'HTTP 503' })
+  ws.close()
+  await recorder.first
+  await until(() => app.wsConnections.countOfRoute('/verified') === 0, 'freed after terminate')
+})
