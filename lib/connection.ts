@@ -96,6 +96,8 @@ export class Connection implements WebSocketContext<unknown> {
    */
   #queue: unknown[] | undefined
   #head = 0
+  /** Payload bytes (characters of text) of the frames waiting: bounded by `maxFrameSize` too. */
+  #queuedBytes = 0
   /** A post was refused since the mailbox was last below its limit (logged once per episode). */
   #refusing = false
   /** Frames that came while the handler said `active: false`; they run first on `active: true`. */
@@ -252,7 +254,11 @@ export class Connection implements WebSocketContext<unknown> {
     }
     const queue = this.#queue ??= []
     queue.push(kind, payload)
-    if (this.#queued() > this.#options.mailboxLimit && (this.#paused & PAUSED_BY_MAILBOX) === 0) {
+    if (kind === FRAME) this.#queuedBytes += (payload as InFrame).data.length
+    // Stop reading the socket past either bound: many small items, or a few large frames
+    // (mailboxLimit × maxFrameSize would be a gigabyte with the defaults).
+    if ((this.#paused & PAUSED_BY_MAILBOX) === 0 &&
+      (this.#queued() > this.#options.mailboxLimit || this.#queuedBytes > this.#options.maxFrameSize)) {
       this.#setPaused(PAUSED_BY_MAILBOX, true)
     }
     return true
@@ -271,6 +277,7 @@ export class Connection implements WebSocketContext<unknown> {
       const kind = queue[head] as number
       const payload = queue[head + 1]
       queue[head + 1] = undefined // let the payload go
+      if (kind === FRAME) this.#queuedBytes -= (payload as InFrame).data.length
       if (head + 2 === queue.length) {
         queue.length = 0
         this.#head = 0
@@ -282,7 +289,9 @@ export class Connection implements WebSocketContext<unknown> {
       }
       if (this.#queued() <= this.#options.mailboxLimit >> 1) {
         this.#refusing = false
-        if ((this.#paused & PAUSED_BY_MAILBOX) !== 0) this.#setPaused(PAUSED_BY_MAILBOX, false)
+        if ((this.#paused & PAUSED_BY_MAILBOX) !== 0 && this.#queuedBytes <= this.#options.maxFrameSize / 2) {
+          this.#setPaused(PAUSED_BY_MAILBOX, false)
+        }
       }
       if (!this.#dispatch(kind, payload)) return
     }
@@ -407,6 +416,7 @@ export class Connection implements WebSocketContext<unknown> {
     if (!keepQueue) {
       queue.length = 0
       this.#head = 0
+      this.#queuedBytes = 0
     } else {
       // Frames read before the handler paused reading are not lost when the peer ends: they run first.
       this.#releaseHeld()
@@ -485,7 +495,10 @@ export class Connection implements WebSocketContext<unknown> {
     if (held === undefined) return
     this.#held = undefined
     const items: unknown[] = []
-    for (const frame of held) items.push(FRAME, frame)
+    for (const frame of held) {
+      items.push(FRAME, frame)
+      this.#queuedBytes += frame.data.length
+    }
     ;(this.#queue ??= []).splice(this.#head, 0, ...items)
   }
 

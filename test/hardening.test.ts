@@ -276,3 +276,29 @@ t.test('active: false stops reading the socket: the client\'s bytes stay buffere
   t.equal(ws.bufferedAmount, 0)
   ws.terminate()
 })
+
+t.test('the mailbox is bounded in bytes too: a few large frames stop reading the socket', async (t) => {
+  const { app } = await buildApp(t, { maxFrameSize: 256 * 1024 })
+  let open!: () => void
+  const gate = new Promise<void>((resolve) => { open = resolve })
+  let handled = 0
+  app.ws('/large', {
+    handle: async (frame) => {
+      if (frame.type !== 'binary') return
+      handled++
+      if (handled === 1) await gate // busy: frames wait in the mailbox
+    }
+  }) // mailboxLimit stays 1024: only the bytes can bound 200 frames
+  const base = await listen(app)
+  const ws = new WebSocket(`${base}/large`)
+  await once(ws, 'open')
+  const frame = Buffer.alloc(200 * 1024)
+  for (let i = 0; i < 200; i++) ws.send(frame) // 40 MiB: far more than the kernel's buffers hold
+  await until(() => handled === 1, 'the first frame')
+  // A negative, so a margin: far longer than loopback needs to move 40 MiB when the server reads.
+  await new Promise((resolve) => setTimeout(resolve, 300))
+  t.ok(ws.bufferedAmount > 16 * 1024 * 1024, `the client still holds ${ws.bufferedAmount} bytes`)
+  open()
+  await until(() => handled === 200, 'every frame once the mailbox drains')
+  ws.terminate()
+})
