@@ -9,7 +9,7 @@ import { buildApp, connect, listen, sleep, until } from './helpers.js'
 
 const resources = (): Record<string, number> => {
   const counts: Record<string, number> = {}
-  for (const name of process.getActiveResourcesInfo()) counts[name] = (counts[name] ?? 0) + 1
+  for (const name of process.getActiveResourcesInfo().sort()) counts[name] = (counts[name] ?? 0) + 1
   return counts
 }
 
@@ -39,8 +39,9 @@ t.test('no timer, socket or listener outlives its connection', async (t) => {
     else ws.terminate() // the socket drops
     await seen.closed
   }
-  await until(() => terminated === rounds)
-  await sleep(50)
+  await until(() => terminated === rounds, 'every terminate')
+  // Sockets close a moment after terminate: wait for the count, with a deadline and a label.
+  await until(() => JSON.stringify(resources()) === JSON.stringify(before), `the handles of before: ${JSON.stringify(before)}`)
 
   t.equal(terminated, rounds, 'terminate ran once per connection')
   t.equal(app.wsConnections.size, 0, 'the registry is empty')
