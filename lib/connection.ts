@@ -15,13 +15,16 @@
  *                ▼
  *             closed              terminate(reason) ran exactly once; timers are cancelled
  */
+import type { IncomingMessage } from 'node:http'
 import type { FastifyBaseLogger } from 'fastify'
 import type WebSocket from 'ws'
 import { CloseCode, closeCodeOfWsError } from './close-codes.js'
 import { resultProblem, writeFrames } from './commands.js'
 import { releaseIdleResources } from './hibernate.js'
 import { closeChannel, frameInChannel, frameOutChannel, openChannel } from './diagnostics.js'
-import { InvalidResultError, InvalidTimerError, OutboundOverflowError } from './errors.js'
+import { InvalidMessageError, InvalidResultError, InvalidTimerError, OutboundOverflowError } from './errors.js'
+import { json } from './frames.js'
+import type { JsonProblem, JsonReader } from './json-messages.js'
 import type { ResolvedConnectionOptions } from './options.js'
 import { SENDER_DEFAULT, internalsOf } from './ws-internals.js'
 import type { BroadcastFrame } from './adapter.js'
@@ -39,6 +42,8 @@ export interface RouteContext {
   readonly registry: ConnectionRegistry
   /** ms to wait for the peer's close reply before the socket is destroyed. */
   readonly closeTimeout: number
+  /** JSON routes: how text becomes `json` frames, and what bad input gets. */
+  readonly json?: { readonly read: JsonReader, readonly onInvalid: 'close' | 'error-frame' } | undefined
 }
 
 /** Where connections announce themselves and keep their topics; see registry.ts. */
@@ -58,6 +63,8 @@ export interface Upgrade {
   readonly request: RequestSnapshot
   /** The admission that counts this connection against the limits, released after terminate. */
   readonly lease: Lease
+  /** The raw HTTP request, for the open channel's observers only (not kept). */
+  readonly raw: IncomingMessage
 }
 
 export const kShutdown = Symbol('fastify-ws-handlers.shutdown')
@@ -73,6 +80,7 @@ const INIT = 0
 const FRAME = 1
 const INFO = 2
 const END = 3
+const REFUSED = 4 // a JSON message the route refused: its error frame goes out in order
 const callbackNames = ['websocketInit', 'handle', 'info'] as const
 
 // Why reading is paused: bits, so the handler's `active: false` and a full mailbox do not undo each other.
@@ -80,6 +88,24 @@ const PAUSED_BY_HANDLER = 1
 const PAUSED_BY_MAILBOX = 2
 
 let lastTimerRef = 0
+
+/** A waiting frame's weight for the mailbox's byte bound: its bytes, or its JSON text's length. */
+function sizeOf (frame: InFrame<unknown>): number {
+  return frame.type === 'json' ? (frame as { size?: number }).size! : frame.data.length
+}
+
+/** Whether `log` writes info lines (pino's isLevelEnabled; Fastify's disabled logger is 'silent'). */
+function logsInfo (log: FastifyBaseLogger): boolean {
+  const pino = log as FastifyBaseLogger & { isLevelEnabled?: (level: string) => boolean }
+  return pino.isLevelEnabled === undefined ? log.level !== 'silent' : pino.isLevelEnabled('info')
+}
+
+/** The close code of the ways to end that carry none, for the close log line (1006: no close frame). */
+const closeCodeByReason: Readonly<Record<string, number>> = { timeout: 1000, crash: 1011, shutdown: 1001, closed: 1006 }
+
+function closeCodeOf (reason: TerminateReason): number | undefined {
+  return 'code' in reason ? reason.code : closeCodeByReason[reason.type]
+}
 const noTopics: readonly string[] = Object.freeze([])
 
 export class Connection implements WebSocketContext<unknown> {
@@ -101,7 +127,7 @@ export class Connection implements WebSocketContext<unknown> {
   /** A post was refused since the mailbox was last below its limit (logged once per episode). */
   #refusing = false
   /** Frames that came while the handler said `active: false`; they run first on `active: true`. */
-  #held: InFrame[] | undefined
+  #held: Array<InFrame<unknown>> | undefined
   /** A callback is running (or pending): new items wait in the queue. */
   #busy = true
   #pendingKind = INIT
@@ -117,6 +143,8 @@ export class Connection implements WebSocketContext<unknown> {
   #hibernateTimer: NodeJS.Timeout | undefined
   #timers: Map<TimerRef, NodeJS.Timeout> | undefined
   #log: FastifyBaseLogger | undefined
+  /** When it opened (performance.now()), for the close log line. */
+  readonly #openedAt = performance.now()
   /** Topics this connection is in (few per connection: an array is the smallest). */
   #topics: string[] | undefined
   #onFulfilled: ((result: unknown) => void) | undefined
@@ -147,7 +175,8 @@ export class Connection implements WebSocketContext<unknown> {
     this.#armIdleTimer()
 
     route.registry.add(this)
-    if (openChannel.hasSubscribers) openChannel.publish({ ctx: this })
+    if (logsInfo(route.log)) this.log.info({ ip: this.request.ip, protocol: this.request.protocol }, 'WebSocket open')
+    if (openChannel.hasSubscribers) openChannel.publish({ ctx: this, request: upgrade.raw })
     if (this.#dispatch(INIT, undefined)) this.#drain()
   }
 
@@ -254,7 +283,7 @@ export class Connection implements WebSocketContext<unknown> {
     }
     const queue = this.#queue ??= []
     queue.push(kind, payload)
-    if (kind === FRAME) this.#queuedBytes += (payload as InFrame).data.length
+    if (kind === FRAME) this.#queuedBytes += sizeOf(payload as InFrame<unknown>)
     // Stop reading the socket past either bound: many small items, or a few large frames
     // (mailboxLimit × maxFrameSize would be a gigabyte with the defaults).
     if ((this.#paused & PAUSED_BY_MAILBOX) === 0 &&
@@ -277,7 +306,7 @@ export class Connection implements WebSocketContext<unknown> {
       const kind = queue[head] as number
       const payload = queue[head + 1]
       queue[head + 1] = undefined // let the payload go
-      if (kind === FRAME) this.#queuedBytes -= (payload as InFrame).data.length
+      if (kind === FRAME) this.#queuedBytes -= sizeOf(payload as InFrame<unknown>)
       if (head + 2 === queue.length) {
         queue.length = 0
         this.#head = 0
@@ -307,10 +336,15 @@ export class Connection implements WebSocketContext<unknown> {
       this.#terminate()
       return true
     }
+    if (kind === REFUSED) {
+      const { code, reason } = payload as JsonProblem
+      this.#write(json({ type: 'error', code, message: reason }))
+      return true
+    }
     if (kind === FRAME && (this.#paused & PAUSED_BY_HANDLER) !== 0 && this.#endReason === undefined) {
       // Already read from the socket (same TCP chunk) when the handler paused: it waits (unless
       // the peer has ended the connection: then what was read still runs, as queued frames do).
-      (this.#held ??= []).push(payload as InFrame)
+      (this.#held ??= []).push(payload as InFrame<unknown>)
       return true
     }
     const handler = this.#route.handler
@@ -440,6 +474,10 @@ export class Connection implements WebSocketContext<unknown> {
       this.#timers = undefined
     }
     if (closeChannel.hasSubscribers) closeChannel.publish({ ctx: this, reason })
+    if (logsInfo(this.#route.log)) {
+      const durationMs = Math.round(performance.now() - this.#openedAt)
+      this.log.info({ code: closeCodeOf(reason), reason: reason.type, durationMs }, 'WebSocket closed')
+    }
     const registry = this.#route.registry
     const handler = this.#route.handler
     if (handler.terminate === undefined) {
@@ -497,7 +535,7 @@ export class Connection implements WebSocketContext<unknown> {
     const items: unknown[] = []
     for (const frame of held) {
       items.push(FRAME, frame)
-      this.#queuedBytes += frame.data.length
+      this.#queuedBytes += sizeOf(frame)
     }
     ;(this.#queue ??= []).splice(this.#head, 0, ...items)
   }
@@ -578,14 +616,27 @@ export class Connection implements WebSocketContext<unknown> {
     connection.#hibernateTimer = setTimeout(Connection.#retryHibernate, next, connection, next).unref()
   }
 
-  static #received (ws: WebSocket, frame: InFrame): void {
+  static #received (ws: WebSocket, frame: InFrame<unknown>): void {
     const connection = (ws as Slot)[kConnection]!
     if (frameInChannel.hasSubscribers) frameInChannel.publish({ ctx: connection, frame })
     connection.#deliver(FRAME, frame)
   }
 
   static #onMessage (this: WebSocket, data: Buffer, isBinary: boolean): void {
-    Connection.#received(this, isBinary ? { type: 'binary', data } : { type: 'text', data: data.toString() })
+    const json = (this as Slot)[kConnection]!.#route.json
+    if (json === undefined) {
+      Connection.#received(this, isBinary ? { type: 'binary', data } : { type: 'text', data: data.toString() })
+      return
+    }
+    const read = json.read(isBinary ? undefined : data.toString())
+    if ('type' in read) {
+      Connection.#received(this, read)
+      return
+    }
+    const connection = (this as Slot)[kConnection]!
+    // Bad input, as the route chose: an error frame (in order, through the mailbox), or a close.
+    if (json.onInvalid === 'error-frame') connection.#deliver(REFUSED, read)
+    else connection.#close(read.code, read.reason, { type: 'error', code: read.code, error: new InvalidMessageError(read.reason) })
   }
 
   static #onPing (this: WebSocket, data: Buffer): void {

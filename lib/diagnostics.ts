@@ -4,7 +4,7 @@
  */
 import diagnostics from 'node:diagnostics_channel'
 
-/** `{ ctx }` when a connection is open (before `websocketInit`). */
+/** `{ ctx, request }` when a connection is open (before `websocketInit`); `request` is the raw IncomingMessage. */
 export const openChannel = diagnostics.channel('fastify-ws-handlers:open')
 /** `{ ctx, reason }` when a connection ends (before `terminate`). */
 export const closeChannel = diagnostics.channel('fastify-ws-handlers:close')

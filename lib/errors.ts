@@ -1,83 +1,89 @@
 /**
  * Every error users can catch or match, under one prefix. The list is mirrored in the README.
  */
-import createError from '@fastify/error'
+// The constants name their type with a named import: .d.ts that a CommonJS (node10) consumer
+// compiles too (the `createError.` namespace of @fastify/error's `export =` does not resolve there).
+import createError, { type FastifyErrorConstructor } from '@fastify/error'
 
 /** Registration or route options that cannot work. */
-export const InvalidOptionError = createError<'FST_WS_INVALID_OPTION', [string, string]>(
+export const InvalidOptionError: FastifyErrorConstructor<{ code: 'FST_WS_INVALID_OPTION' }, [string, string]> = createError<'FST_WS_INVALID_OPTION', [string, string]>(
   'FST_WS_INVALID_OPTION', 'Invalid option "%s": %s')
 
 /** `app.ws()` or the `ws` route option got something that is not a handler object. */
-export const InvalidHandlerError = createError<'FST_WS_INVALID_HANDLER', [string, string]>(
+export const InvalidHandlerError: FastifyErrorConstructor<{ code: 'FST_WS_INVALID_HANDLER' }, [string, string]> = createError<'FST_WS_INVALID_HANDLER', [string, string]>(
   'FST_WS_INVALID_HANDLER', 'The WebSocket handler of %s is invalid: %s')
 
 /** The client offered subprotocols, but none that the route speaks. Answered with HTTP 400. */
-export const ProtocolNotSupportedError = createError<'FST_WS_PROTOCOL_NOT_SUPPORTED', 400, [string, string]>(
+export const ProtocolNotSupportedError: FastifyErrorConstructor<{ code: 'FST_WS_PROTOCOL_NOT_SUPPORTED', statusCode: 400 }, [string, string]> = createError<'FST_WS_PROTOCOL_NOT_SUPPORTED', 400, [string, string]>(
   'FST_WS_PROTOCOL_NOT_SUPPORTED', 'None of the offered subprotocols (%s) is supported; this route speaks: %s', 400)
 
 /** The route requires a subprotocol and the client offered none. Answered with HTTP 400. */
-export const ProtocolRequiredError = createError<'FST_WS_PROTOCOL_REQUIRED', 400, [string]>(
+export const ProtocolRequiredError: FastifyErrorConstructor<{ code: 'FST_WS_PROTOCOL_REQUIRED', statusCode: 400 }, [string]> = createError<'FST_WS_PROTOCOL_REQUIRED', 400, [string]>(
   'FST_WS_PROTOCOL_REQUIRED', 'A Sec-WebSocket-Protocol header is required; this route speaks: %s', 400)
 
 /** `init` chose a subprotocol the client did not offer (a programming error). Answered with HTTP 500. */
-export const ProtocolNotOfferedError = createError<'FST_WS_PROTOCOL_NOT_OFFERED', 500, [string]>(
+export const ProtocolNotOfferedError: FastifyErrorConstructor<{ code: 'FST_WS_PROTOCOL_NOT_OFFERED', statusCode: 500 }, [string]> = createError<'FST_WS_PROTOCOL_NOT_OFFERED', 500, [string]>(
   'FST_WS_PROTOCOL_NOT_OFFERED', 'init chose the subprotocol "%s", which the client did not offer', 500)
 
 /** The handshake breaks a rule ws enforces (key, version, subprotocol syntax). Answered with HTTP 400, before `init`. */
-export const InvalidHandshakeError = createError<'FST_WS_INVALID_HANDSHAKE', 400, [string]>(
+export const InvalidHandshakeError: FastifyErrorConstructor<{ code: 'FST_WS_INVALID_HANDSHAKE', statusCode: 400 }, [string]> = createError<'FST_WS_INVALID_HANDSHAKE', 400, [string]>(
   'FST_WS_INVALID_HANDSHAKE', 'Invalid WebSocket handshake: %s', 400)
 
 /** An upgrade reached the route while app.close() was closing connections. Answered with HTTP 503. */
-export const ShuttingDownError = createError<'FST_WS_SHUTTING_DOWN', 503>(
+export const ShuttingDownError: FastifyErrorConstructor<{ code: 'FST_WS_SHUTTING_DOWN', statusCode: 503 }, []> = createError<'FST_WS_SHUTTING_DOWN', 503>(
   'FST_WS_SHUTTING_DOWN', 'The server is shutting down', 503)
 
 /**
  * A browser from another origin than the app's own, not allowed by `allowOrigins` (Cross-Site
  * WebSocket Hijacking defence). Answered with HTTP 403, before `init`.
  */
-export const OriginNotAllowedError = createError<'FST_WS_ORIGIN_NOT_ALLOWED', 403, [string, string, string]>(
+export const OriginNotAllowedError: FastifyErrorConstructor<{ code: 'FST_WS_ORIGIN_NOT_ALLOWED', statusCode: 403 }, [string, string, string]> = createError<'FST_WS_ORIGIN_NOT_ALLOWED', 403, [string, string, string]>(
   'FST_WS_ORIGIN_NOT_ALLOWED',
   'Origin "%s" may not open this WebSocket route (only its own origin, %s, may by default); to allow it, add it to the ' +
   'route\'s or the plugin\'s allowOrigins option: allowOrigins: [\'%s\'] (or a pattern, a function, or \'*\' for a public endpoint)', 403)
 
 /** A connection limit (`maxConnections`, `maxConnectionsPerIp`) is reached. Answered with HTTP 503 and Retry-After, before the 101. */
-export const TooManyConnectionsError = createError<'FST_WS_TOO_MANY_CONNECTIONS', 503, [string]>(
+export const TooManyConnectionsError: FastifyErrorConstructor<{ code: 'FST_WS_TOO_MANY_CONNECTIONS', statusCode: 503 }, [string]> = createError<'FST_WS_TOO_MANY_CONNECTIONS', 503, [string]>(
   'FST_WS_TOO_MANY_CONNECTIONS', 'Too many WebSocket connections: %s; try again later', 503)
 
 /** A plain HTTP request reached a WebSocket-only route. Answered with HTTP 426. */
-export const UpgradeRequiredError = createError<'FST_WS_UPGRADE_REQUIRED', 426>(
+export const UpgradeRequiredError: FastifyErrorConstructor<{ code: 'FST_WS_UPGRADE_REQUIRED', statusCode: 426 }, []> = createError<'FST_WS_UPGRADE_REQUIRED', 426>(
   'FST_WS_UPGRADE_REQUIRED', 'This route only speaks WebSocket', 426)
 
 /** A callback returned something that is not a result. The connection closes with 1011. */
-export const InvalidResultError = createError<'FST_WS_INVALID_RESULT', [string, string]>(
+export const InvalidResultError: FastifyErrorConstructor<{ code: 'FST_WS_INVALID_RESULT' }, [string, string]> = createError<'FST_WS_INVALID_RESULT', [string, string]>(
   'FST_WS_INVALID_RESULT', '%s returned an invalid result: %s')
 
+/** A message on a `json` route was not JSON, not text, or refused by the schema (the close code says which). */
+export const InvalidMessageError: FastifyErrorConstructor<{ code: 'FST_WS_INVALID_MESSAGE' }, [string]> = createError<'FST_WS_INVALID_MESSAGE', [string]>(
+  'FST_WS_INVALID_MESSAGE', 'Invalid message: %s')
+
 /** More than `maxBufferedBytes` waited to be written to a slow peer. The connection closes with 1008. */
-export const OutboundOverflowError = createError<'FST_WS_OUTBOUND_OVERFLOW', [number, number]>(
+export const OutboundOverflowError: FastifyErrorConstructor<{ code: 'FST_WS_OUTBOUND_OVERFLOW' }, [number, number]> = createError<'FST_WS_OUTBOUND_OVERFLOW', [number, number]>(
   'FST_WS_OUTBOUND_OVERFLOW', '%d bytes wait to be sent, over maxBufferedBytes (%d)')
 
 /** `sendAfter` or `startTimer` got a delay that is not a finite number >= 0. Thrown in the callback (close 1011). */
-export const InvalidTimerError = createError<'FST_WS_INVALID_TIMER', [string]>(
+export const InvalidTimerError: FastifyErrorConstructor<{ code: 'FST_WS_INVALID_TIMER' }, [string]> = createError<'FST_WS_INVALID_TIMER', [string]>(
   'FST_WS_INVALID_TIMER', 'A timer delay must be a finite number of milliseconds >= 0, got %s')
 
 /** `subscribe`, `publish` or `broadcast` got a topic that is not a non-empty string. */
-export const InvalidTopicError = createError<'FST_WS_INVALID_TOPIC', [string]>(
+export const InvalidTopicError: FastifyErrorConstructor<{ code: 'FST_WS_INVALID_TOPIC' }, [string]> = createError<'FST_WS_INVALID_TOPIC', [string]>(
   'FST_WS_INVALID_TOPIC', 'A topic must be a non-empty string, got %s')
 
 /** `broadcast` got something other than a text() or binary() frame. */
-export const InvalidBroadcastError = createError<'FST_WS_INVALID_BROADCAST', [string]>(
+export const InvalidBroadcastError: FastifyErrorConstructor<{ code: 'FST_WS_INVALID_BROADCAST' }, [string]> = createError<'FST_WS_INVALID_BROADCAST', [string]>(
   'FST_WS_INVALID_BROADCAST', 'broadcast takes a text() or binary() frame, got %s')
 
 /** The Redis adapter lost or could not reach Redis; local delivery goes on (logged, never thrown). */
-export const RedisAdapterError = createError<'FST_WS_REDIS', [string]>(
+export const RedisAdapterError: FastifyErrorConstructor<{ code: 'FST_WS_REDIS' }, [string]> = createError<'FST_WS_REDIS', [string]>(
   'FST_WS_REDIS', 'Redis adapter: %s')
 
 /** The ws that @fastify/websocket uses does not behave as this plugin relies on (checked at registration). */
-export const WsInternalsError = createError<'FST_WS_WS_INTERNALS', [string, string, string]>(
+export const WsInternalsError: FastifyErrorConstructor<{ code: 'FST_WS_WS_INTERNALS' }, [string, string, string]> = createError<'FST_WS_WS_INTERNALS', [string, string, string]>(
   'FST_WS_WS_INTERNALS', 'ws %s (used by @fastify/websocket) is not supported by fastify-ws-handlers: %s; the tests cover ws %s')
 
 /** The `ws` route option was used where @fastify/websocket sees routes first. */
-export const RouteOptionOrderError = createError<'FST_WS_ROUTE_OPTION_ORDER', [string]>(
+export const RouteOptionOrderError: FastifyErrorConstructor<{ code: 'FST_WS_ROUTE_OPTION_ORDER' }, [string]> = createError<'FST_WS_ROUTE_OPTION_ORDER', [string]>(
   'FST_WS_ROUTE_OPTION_ORDER',
   'Route %s uses the "ws" route option, but @fastify/websocket was registered before fastify-ws-handlers; ' +
   'register fastify-ws-handlers first (it registers @fastify/websocket itself) or declare the route with app.ws()')

@@ -8,6 +8,11 @@ export function text (data: string): TextFrame {
   return { type: 'text', data }
 }
 
+/** A text frame holding `JSON.stringify(value)`. */
+export function json (value: unknown): TextFrame {
+  return { type: 'text', data: JSON.stringify(value) }
+}
+
 export function binary (data: Buffer | Uint8Array): OutFrame {
   return { type: 'binary', data }
 }

@@ -7,10 +7,10 @@
  */
 import type { Socket } from 'node:net'
 import fastifyWebsocket from '@fastify/websocket'
-import type { FastifyInstance, FastifyPluginAsync, RouteOptions } from 'fastify'
+import type { FastifyInstance, FastifyPluginAsync, RouteGenericInterface, RouteOptions } from 'fastify'
 import fp from 'fastify-plugin'
 import { RouteOptionOrderError } from './errors.js'
-import { DEFAULTS, DEFAULT_CLOSE_TIMEOUT, assertPluginOptions, resolveConnectionOptions } from './options.js'
+import { DEFAULTS, DEFAULT_CLOSE_TIMEOUT, assertPluginOptions, fastifyRouteOptionKeys, resolveConnectionOptions } from './options.js'
 import { Registry } from './registry.js'
 import type {
   RouteWebSocketOptions, WebSocketConnections, WebSocketHandler, WebSocketHandlersOptions
@@ -22,7 +22,15 @@ import { inProcessAdapter } from './adapter.js'
 declare module 'fastify' {
   interface FastifyInstance {
     /** Declare a WebSocket route: `app.ws('/echo', handler, { idleTimeout: 30_000 })`. Plain GETs get 426. */
-    ws<State, Info>(url: string, handler: WebSocketHandler<State, Info>, options?: RouteWebSocketOptions): FastifyInstance
+    /**
+     * Declare a WebSocket route: `app.ws('/echo', handler, { idleTimeout: 30_000 })`. The options
+     * may also carry Fastify's route options (`schema` for the upgrade request, `config`,
+     * `onRequest` and other hooks, `constraints`, `logLevel`). Plain GETs get 426.
+     */
+    ws<State = undefined, Info = unknown, Message = never, Route extends RouteGenericInterface = RouteGenericInterface>(
+      url: string, handler: WebSocketHandler<State, Info, Message, Route>,
+      options?: RouteWebSocketOptions & Omit<RouteShorthandOptions, 'ws' | 'wsOptions' | 'websocket'>
+    ): FastifyInstance
     /** Open connections: look one up by id, post to it. */
     wsConnections: WebSocketConnections
   }
@@ -52,12 +60,18 @@ const plugin: FastifyPluginAsync<WebSocketHandlersOptions> = async function wsHa
   const websocketRegisteredByApp = fastify.hasDecorator('websocketServer')
 
   fastify.decorate('wsConnections', registry)
-  fastify.decorate('ws', function ws<State, Info> (
-    this: FastifyInstance, url: string, handler: WebSocketHandler<State, Info>, options: RouteWebSocketOptions = {}
+  fastify.decorate('ws', function ws<State, Info, Message> (
+    this: FastifyInstance, url: string, handler: WebSocketHandler<State, Info, Message>, options: Record<string, unknown> = {}
   ) {
+    const wsOptions: Record<string, unknown> = {}
+    const fastifyOptions: Record<string, unknown> = {}
+    if (options !== null && typeof options === 'object') {
+      // Fastify's own route options go to the route; the rest is checked as WebSocket options (typos included).
+      for (const [key, value] of Object.entries(options)) (fastifyRouteOptionKeys.has(key) ? fastifyOptions : wsOptions)[key] = value
+    }
     // The route context wants the URL with its prefix, as onRoute hooks see it; route() adds it itself.
-    const routeOptions = { method: 'GET', url: this.prefix + url, handler: upgradeRequired } as RouteOptions
-    makeWebSocketRoute(this, routeOptions, handler as WebSocketHandler<unknown, unknown>, options, defaults)
+    const routeOptions = { ...fastifyOptions, method: 'GET', url: this.prefix + url, handler: upgradeRequired } as RouteOptions
+    makeWebSocketRoute(this, routeOptions, handler as WebSocketHandler<unknown, unknown>, options === null ? null as never : wsOptions, defaults)
     return this.route({ ...routeOptions, url })
   })
 
@@ -99,13 +113,16 @@ export const fastifyWsHandlers = fp(plugin, { fastify: '5.x', name: 'fastify-ws-
 export default fastifyWsHandlers
 
 /** Identity helper: the state and info types flow through every callback. */
-export function defineHandler<State = undefined, Info = unknown> (
-  handler: WebSocketHandler<State, Info>
-): WebSocketHandler<State, Info> {
+export function defineHandler<
+  State = undefined, Info = unknown, Message = never, Route extends RouteGenericInterface = RouteGenericInterface
+> (
+  handler: WebSocketHandler<State, Info, Message, Route>
+): WebSocketHandler<State, Info, Message, Route> {
   return handler
 }
 
-export { text, binary, ping, pong, close } from './frames.js'
+export { text, json, binary, ping, pong, close } from './frames.js'
+export { upgradeRequired } from './upgrade.js'
 export { inProcessAdapter, InProcessBus, type PubSubAdapter, type LocalDelivery, type BroadcastFrame } from './adapter.js'
 export { CloseCode } from './close-codes.js'
 export * from './errors.js'

@@ -65,8 +65,21 @@ const routeChecks: Readonly<Record<string, Check>> = {
   protocols: strings,
   protocolRequired: bool,
   allowOrigins: (v) => v === '*' || typeof v === 'function' ? undefined : strings(v),
+  json: (v) => typeof v === 'boolean' || (v !== null && typeof v === 'object' && !Array.isArray(v) &&
+    Object.keys(v).every((key) => key === 'schema' || key === 'onInvalid') &&
+    [undefined, 'close', 'error-frame'].includes((v as { onInvalid?: string }).onInvalid))
+    ? undefined
+    : `expected true, false or { schema?, onInvalid?: 'close' | 'error-frame' }, got ${show(v)}`,
   maxConnections: positiveInteger
 }
+
+/** Fastify's route options that `app.ws()` passes on; any other key is a typo. */
+export const fastifyRouteOptionKeys: ReadonlySet<string> = new Set([
+  'schema', 'attachValidation', 'exposeHeadRoute', 'onRequest', 'preParsing', 'preValidation', 'preHandler',
+  'preSerialization', 'onSend', 'onResponse', 'onTimeout', 'onError', 'onRequestAbort', 'errorHandler',
+  'childLoggerFactory', 'validatorCompiler', 'serializerCompiler', 'schemaErrorFormatter', 'bodyLimit', 'logLevel',
+  'logSerializers', 'config', 'constraints', 'prefixTrailingSlash'
+])
 
 const pluginChecks: Readonly<Record<string, Check>> = {
   ...routeChecks,
@@ -138,15 +151,21 @@ export function assertRouteOptions (options: RouteWebSocketOptions, url: string)
 
 const CALLBACKS = ['init', 'websocketInit', 'handle', 'info', 'terminate']
 
-/** A handler is an object whose callbacks (own or inherited) are functions; typos are refused. */
+/**
+ * A handler is an object whose callbacks (own or inherited) are functions. In a plain object
+ * literal any other key is a typo (`handel`) and is refused; a class instance may have fields.
+ */
 export function assertHandler (handler: unknown, url: string): void {
   const expected = `some of ${CALLBACKS.join(', ')}`
   if (handler === null || typeof handler !== 'object') {
     const hint = typeof handler === 'function' ? ' (a @fastify/websocket handler?)' : ''
     throw new InvalidHandlerError(url, `expected an object with ${expected}, got ${show(handler)}${hint}`)
   }
-  for (const key of Object.keys(handler)) {
-    if (!CALLBACKS.includes(key)) throw new InvalidHandlerError(url, `unknown callback "${key}", expected ${expected}`)
+  const prototype = Object.getPrototypeOf(handler)
+  if (prototype === Object.prototype || prototype === null) {
+    for (const key of Object.keys(handler)) {
+      if (!CALLBACKS.includes(key)) throw new InvalidHandlerError(url, `unknown callback "${key}", expected ${expected}`)
+    }
   }
   for (const name of CALLBACKS) {
     const callback = (handler as Record<string, unknown>)[name]

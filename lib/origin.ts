@@ -40,7 +40,7 @@ export function originCheck (allow: AllowOrigins | undefined): OriginCheck {
 }
 
 /** The app's own origin for this request, as the browser would write it. */
-function ownOrigin (request: FastifyRequest): string | undefined {
+export function ownOrigin (request: FastifyRequest): string | undefined {
   return normalise(`${request.protocol}://${request.host}`)
 }
 

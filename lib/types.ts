@@ -3,7 +3,7 @@
  * `-type`/`-callback` block: frames, results (commands), terminate reasons, options,
  * the per-connection context and the handler callbacks. No runtime code lives here.
  */
-import type { FastifyBaseLogger, FastifyReply, FastifyRequest } from 'fastify'
+import type { FastifyBaseLogger, FastifyReply, FastifyRequest, RouteGenericInterface } from 'fastify'
 import type { PerMessageDeflateOptions } from 'ws'
 import type { PubSubAdapter } from './adapter.js'
 import type { AllowOrigins } from './origin.js'
@@ -21,8 +21,15 @@ export interface PingFrame { readonly type: 'ping', readonly data: Buffer }
 /** A pong from the peer. */
 export interface PongFrame { readonly type: 'pong', readonly data: Buffer }
 
-/** What `handle` receives. Close frames are never delivered: they end the connection. */
-export type InFrame = TextFrame | BinaryFrame | PingFrame | PongFrame
+/** A text message parsed (and validated) as JSON, on a route with the `json` option. */
+export interface JsonFrame<Message = unknown> { readonly type: 'json', readonly data: Message }
+
+/**
+ * What `handle` receives. Close frames are never delivered: they end the connection. On a route
+ * with the `json` option, text arrives as `json` frames (type them with `defineHandler`'s third
+ * parameter, e.g. from TypeBox's `Static<typeof schema>` or json-schema-to-ts's `FromSchema`).
+ */
+export type InFrame<Message = never> = TextFrame | BinaryFrame | PingFrame | PongFrame | JsonFrame<Message>
 
 /** A close frame to send. `code` defaults to 1000; `reason` is at most 123 UTF-8 bytes. */
 export interface CloseFrame { readonly type: 'close', readonly code?: number, readonly reason?: string }
@@ -142,8 +149,22 @@ export interface ConnectionOptions extends LiveOptions {
   keepHeaders?: readonly string[]
 }
 
+/** The `json` route option's object form. */
+export interface JsonOptions {
+  /** A JSON schema every message must match, compiled with the app's validator compiler (Ajv by default). */
+  schema?: object
+  /**
+   * What bad input gets: `'close'` (default) closes with 1007 for text that is not JSON, 1003 for
+   * a binary frame, 1008 for a message the schema refuses (the reason says why); `'error-frame'`
+   * replies `{"type":"error","code":…,"message":…}` and keeps the connection open.
+   */
+  onInvalid?: 'close' | 'error-frame'
+}
+
 /** Options of one WebSocket route. */
 export interface RouteWebSocketOptions extends ConnectionOptions {
+  /** Parse text frames as JSON (and validate them): `handle` gets `{ type: 'json', data }`. Default off. */
+  json?: boolean | JsonOptions
   /**
    * Subprotocols this route speaks, in order of preference. The first one the client offers
    * is answered in the 101; a client that offers others but none of these gets HTTP 400.
@@ -196,14 +217,16 @@ export interface WebSocketHandlersOptions extends RouteWebSocketOptions {
 // ---------------------------------------------------------------------------
 
 /** What callbacks and `terminate` know about the request after the upgrade: a frozen snapshot. */
-export interface RequestSnapshot {
+export interface RequestSnapshot<Route extends RouteGenericInterface = RouteGenericInterface> {
   readonly id: string
   readonly method: string
   readonly url: string
   /** The route's URL pattern, with its prefix. */
   readonly routeUrl: string
-  readonly params: unknown
-  readonly query: unknown
+  /** Typed by the route generic's `Params`, as `app.get<{ Params }>` types `request.params`. */
+  readonly params: Route extends { Params: infer Params } ? Params : unknown
+  /** Typed by the route generic's `Querystring`. */
+  readonly query: Route extends { Querystring: infer Query } ? Query : unknown
   /** Only the headers named in `keepHeaders`. */
   readonly headers: Readonly<Record<string, string | string[] | undefined>>
   readonly ip: string
@@ -221,10 +244,10 @@ export interface TimeoutMessage<Info> { readonly type: 'timeout', readonly ref: 
  * One connection, as callbacks see it (the `ctx` argument). It is also the handle the app can
  * keep to post messages later; after `terminate` posting returns false and does nothing.
  */
-export interface WebSocketContext<Info = unknown> {
+export interface WebSocketContext<Info = unknown, Route extends RouteGenericInterface = RouteGenericInterface> {
   /** Unique within this process. */
   readonly id: string
-  readonly request: RequestSnapshot
+  readonly request: RequestSnapshot<Route>
   /** A child of the route's logger, bound to the request and connection ids. */
   readonly log: FastifyBaseLogger
   /** True until `terminate` has been called. */
@@ -264,17 +287,19 @@ type MaybePromise<T> = T | Promise<T>
  * A WebSocket route's handler object. Every callback is optional. Method syntax on purpose:
  * a handler of any state type fits where a handler of `unknown` state is expected.
  */
-export interface WebSocketHandler<State = undefined, Info = unknown> {
+export interface WebSocketHandler<
+  State = undefined, Info = unknown, Message = never, Route extends RouteGenericInterface = RouteGenericInterface
+> {
   /** Before the upgrade, inside Fastify's hook chain: authenticate, pick a protocol, build the state, or refuse through `reply`. */
-  init?(request: FastifyRequest, reply: FastifyReply): MaybePromise<InitResult<State>>
+  init?(request: FastifyRequest<Route>, reply: FastifyReply<Route>): MaybePromise<InitResult<State>>
   /** Once, after the upgrade: start timers, subscribe, greet. */
-  websocketInit?(state: State, ctx: WebSocketContext<Info>): MaybePromise<Result<State>>
+  websocketInit?(state: State, ctx: WebSocketContext<Info, Route>): MaybePromise<Result<State>>
   /** Every text, binary, ping and pong frame, one at a time, in order. */
-  handle?(frame: InFrame, state: State, ctx: WebSocketContext<Info>): MaybePromise<Result<State>>
+  handle?(frame: InFrame<Message>, state: State, ctx: WebSocketContext<Info, Route>): MaybePromise<Result<State>>
   /** Every message posted to the connection, in the same mailbox as frames. */
-  info?(message: Info | TimeoutMessage<Info>, state: State, ctx: WebSocketContext<Info>): MaybePromise<Result<State>>
+  info?(message: Info | TimeoutMessage<Info>, state: State, ctx: WebSocketContext<Info, Route>): MaybePromise<Result<State>>
   /** Exactly once per upgraded connection, however it ended. Errors here are logged, never thrown. */
-  terminate?(reason: TerminateReason, request: RequestSnapshot, state: State): MaybePromise<void>
+  terminate?(reason: TerminateReason, request: RequestSnapshot<Route>, state: State): MaybePromise<void>
 }
 
 /** Options of `broadcast`. */

@@ -8,7 +8,8 @@ import type { FastifyInstance, FastifyReply, FastifyRequest, RouteOptions } from
 import type { WebSocket, WebSocketServer } from 'ws'
 import { Connection, type RouteContext } from './connection.js'
 import { refusedChannel } from './diagnostics.js'
-import { originCheck, type OriginCheck } from './origin.js'
+import { jsonReader } from './json-messages.js'
+import { originCheck, ownOrigin, type OriginCheck } from './origin.js'
 import type { Lease, Registry } from './registry.js'
 import {
   InvalidHandshakeError, InvalidOptionError, InvalidResultError, OriginNotAllowedError, ProtocolNotOfferedError, ProtocolNotSupportedError,
@@ -63,7 +64,12 @@ export function makeWebSocketRoute (
   assertHandler(handler, url)
   assertRouteOptions(wsOptions, url)
   const settings: RouteWebSocketOptions = { ...defaults.route, ...definedOnly(wsOptions) }
-  const route: RouteContext = { url, handler, log: instance.log, registry: defaults.registry, closeTimeout: defaults.closeTimeout }
+  // The route's logLevel applies to its connections' logs, as to its requests'.
+  const log = routeOptions.logLevel === undefined ? instance.log : instance.log.child({}, { level: routeOptions.logLevel })
+  const json = settings.json === undefined || settings.json === false
+    ? undefined
+    : { read: jsonReader(instance, url, settings.json === true ? {} : settings.json), onInvalid: settings.json === true ? 'close' as const : settings.json.onInvalid ?? 'close' }
+  const route: RouteContext = { url, handler, log, registry: defaults.registry, closeTimeout: defaults.closeTimeout, json }
   const connectionOptions = resolveConnectionOptions(defaults.connection, wsOptions)
   let allowOrigin: OriginCheck
   try {
@@ -85,7 +91,7 @@ export function makeWebSocketRoute (
     pending.response.detachSocket(internalsOf(socket)._socket)
     const snapshot = snapshotOf(request, pending, url)
     // eslint-disable-next-line no-new -- the connection lives through the socket's listeners
-    new Connection(route, socket, { state: pending.state, options: pending.options, request: snapshot, lease: pending.lease })
+    new Connection(route, socket, { state: pending.state, options: pending.options, request: snapshot, lease: pending.lease, raw })
   }
 }
 
@@ -127,7 +133,19 @@ function releaseIfNotUpgraded (request: FastifyRequest, registry: Registry): voi
 
 /** The HTTP handler of a WebSocket-only route: 426, as Cowboy answers (RFC 7230 §6.7 wants both headers). */
 export function upgradeRequired (_request: FastifyRequest, reply: FastifyReply): FastifyReply {
-  return reply.header('upgrade', 'websocket').header('connection', 'upgrade').send(new UpgradeRequiredError())
+  return reply.header('upgrade', 'websocket').header('connection', 'upgrade').send(withoutStack(new UpgradeRequiredError()))
+}
+
+/**
+ * The plugin's own refusals (a coded 4xx) are answers, not faults: Fastify logs them at info,
+ * and a stack trace there says nothing. Errors from init and 5xx keep theirs.
+ */
+function withoutStack (error: unknown): unknown {
+  const { code, statusCode } = error as { code?: unknown, statusCode?: unknown }
+  if (typeof code === 'string' && code.startsWith('FST_WS_') && typeof statusCode === 'number' && statusCode < 500) {
+    Object.defineProperty(error, 'stack', { value: undefined })
+  }
+  return error
 }
 
 /**
@@ -161,7 +179,7 @@ function upgradeStep (
       await checkAndInit(request, reply)
     } catch (error) {
       if (refusedChannel.hasSubscribers) refusedChannel.publish({ request, error })
-      throw error
+      throw withoutStack(error)
     }
   }
 
@@ -173,7 +191,7 @@ function upgradeStep (
     // Cross-site WebSocket hijacking: browsers always send Origin (version 8 clients: Sec-WebSocket-Origin).
     const origin = request.headers.origin ?? request.headers['sec-websocket-origin']
     if (typeof origin === 'string' && !(await allowOrigin(origin, request))) {
-      throw new OriginNotAllowedError(origin, `${request.protocol}://${request.host}`, origin)
+      throw new OriginNotAllowedError(origin, ownOrigin(request) ?? `${request.protocol}://${request.host}`, origin)
     }
     const offered = offeredProtocols(request.headers['sec-websocket-protocol'])
     let protocol = ''
@@ -282,7 +300,7 @@ function snapshotOf (request: FastifyRequest, pending: PendingUpgrade, routeUrl:
   let headers = noHeaders
   if (keep.length > 0) {
     const picked: Record<string, string | string[] | undefined> = {}
-    for (const name of keep) picked[name] = request.headers[name.toLowerCase()]
+    for (const name of keep) picked[name.toLowerCase()] = request.headers[name.toLowerCase()] // as Node names them
     headers = Object.freeze(picked)
   }
   return Object.freeze({

@@ -26,11 +26,11 @@
  */
 import { once, type EventEmitter } from 'node:events'
 import { createRequire } from 'node:module'
-import { Duplex } from 'node:stream'
 import { constants as zlib, deflateRawSync } from 'node:zlib'
 import type { Socket } from 'node:net'
 import type WebSocket from 'ws'
 import { WsInternalsError } from './errors.js'
+import { memorySocketPair, type MemorySocket } from './memory-socket.js'
 
 interface Closable { close(): void }
 
@@ -130,24 +130,6 @@ export async function checkWs (resolve = resolveWs): Promise<void> {
 
 // ---- the behaviour check, on an in-memory socket pair ----------------------
 
-/** One end of an in-memory socket: what is written to it comes out of its peer. */
-class MemorySocket extends Duplex {
-  peer: MemorySocket | undefined
-  override _read (): void {}
-  override _write (chunk: Buffer, _encoding: string, done: () => void): void {
-    this.peer!.push(chunk)
-    done()
-  }
-
-  override _final (done: () => void): void {
-    this.peer!.push(null)
-    done()
-  }
-
-  setTimeout (): this { return this }
-  setNoDelay (): this { return this }
-}
-
 /** The promise's value, or undefined if it takes longer than a second (an event that never comes). */
 async function within<T> (promise: Promise<T>): Promise<T | []> {
   let timer: NodeJS.Timeout | undefined
@@ -167,10 +149,7 @@ function clientFrame (opcode: number, payload: Buffer, rsv1 = false): Buffer {
 }
 
 async function serverSide (ws: typeof import('ws')): Promise<{ server: WebSocket, client: MemorySocket, fromServer: Buffer[] }> {
-  const serverEnd = new MemorySocket()
-  const client = new MemorySocket()
-  serverEnd.peer = client
-  client.peer = serverEnd
+  const [serverEnd, client] = memorySocketPair()
   const fromServer: Buffer[] = []
   client.on('data', (chunk: Buffer) => fromServer.push(chunk))
   const wss = new ws.WebSocketServer({ noServer: true, perMessageDeflate: { threshold: 0 } })

@@ -36,6 +36,8 @@ t.test('by default only the app\'s own origin may upgrade; requests without Orig
   t.equal(await statusFor(app, { ...host, origin: 'http://evil.example' }), 403, 'another site')
   t.equal(await statusFor(app, { ...host, origin: 'null' }), 403, 'the null origin')
   t.equal(await statusFor(app, { ...host, origin: 'not an origin' }), 403)
+  t.match((await app.inject({ url: '/socket', headers: { ...upgradeHeaders, host: 'bad host', origin: 'http://x.example' } })).json(),
+    { statusCode: 403, message: /only its own origin, http:\/\/bad host, may/ }, 'a host that is no origin matches nothing')
   t.equal(await statusFor(app, { ...host, 'sec-websocket-origin': 'http://evil.example', 'sec-websocket-version': '8' }), 403, 'version 8 clients\' header')
   const refusal = await app.inject({ url: '/socket', headers: { ...upgradeHeaders, ...host, origin: 'http://evil.example' } })
   t.match(refusal.json(), {

@@ -94,3 +94,40 @@ test('init may refuse by returning the sent reply', () => {
     }
   })
 })
+
+test('route generics type params and query in init and ctx.request, as app.get<{ Params }> does', () => {
+  const app = Fastify()
+  app.ws<{ room: string }, unknown, never, { Params: { name: string }, Querystring: { token?: string } }>('/room/:name', {
+    init: (request) => {
+      expect(request.params.name).type.toBe<string>()
+      expect(request.query.token).type.toBe<string | undefined>()
+      return { state: { room: request.params.name } }
+    },
+    websocketInit: (state, ctx) => {
+      expect(ctx.request.params).type.toBe<{ name: string }>()
+      expect(state.room).type.toBe<string>()
+    },
+    terminate: (_reason, request) => {
+      expect(request.query).type.toBe<{ token?: string }>()
+    }
+  })
+  defineHandler({
+    websocketInit: (_state, ctx) => {
+      expect(ctx.request.params).type.toBe<unknown>()
+    }
+  })
+})
+
+test('a JSON route types its messages with the third parameter; other routes have no json data', () => {
+  defineHandler<undefined, unknown, { text: string }>({
+    handle: (frame) => {
+      if (frame.type === 'json') expect(frame.data).type.toBe<{ text: string }>()
+    }
+  })
+  defineHandler({
+    handle: (frame) => {
+      if (frame.type === 'text') expect(frame.data).type.toBe<string>()
+      if (frame.type === 'json') expect(frame.data).type.toBe<never>()
+    }
+  })
+})

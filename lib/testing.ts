@@ -1,0 +1,470 @@
+/**
+ * The test toolkit (`fastify-ws-handlers/testing`): what `injectWS` hides.
+ *
+ * - `wsClient(app, path)`: a client without a port (the upgrade is injected into the app's
+ *   server through an in-memory socket) and `wsClient(url)` over a real port. Both expose the
+ *   handshake (status, headers, negotiated protocol), an ordered, awaitable stream of frames
+ *   (`next()` fails with a clear message after a timeout), the close code and reason, and the
+ *   server-side `terminate` reason. A refused upgrade rejects with `UpgradeRefusedError`
+ *   carrying the status, headers and body.
+ * - `handlerHarness(handler)`: drives a handler object without any socket: frames, infos and
+ *   timer firings in, the commands and state out.
+ */
+import diagnostics from 'node:diagnostics_channel'
+import type { IncomingHttpHeaders, IncomingMessage } from 'node:http'
+import { randomBytes } from 'node:crypto'
+import type { FastifyBaseLogger, FastifyInstance } from 'fastify'
+import WebSocket from 'ws'
+import { resultProblem } from './commands.js'
+import { InvalidResultError } from './errors.js'
+import { memorySocketPair, type MemorySocket } from './memory-socket.js'
+import type {
+  CloseFrame, Commands, InFrame, OutFrame, RequestSnapshot, TerminateReason, TimerRef, WebSocketContext, WebSocketHandler
+} from './types.js'
+
+// ---------------------------------------------------------------------------
+// Clients
+// ---------------------------------------------------------------------------
+
+const ignore = (): void => {}
+
+/** What the server answered to the upgrade request. */
+export interface Handshake {
+  readonly status: number
+  readonly headers: IncomingHttpHeaders
+  /** The negotiated subprotocol, or '' when none. */
+  readonly protocol: string
+  /** The refusal's body (empty after a 101). */
+  readonly body: string
+}
+
+/** A received frame, as the client saw it. */
+export type ReceivedFrame =
+  | { readonly type: 'text', readonly data: string }
+  | { readonly type: 'binary', readonly data: Buffer }
+
+/** The upgrade was refused: the HTTP answer is in `handshake` (and `statusCode`, `body`, `json()`). */
+export class UpgradeRefusedError extends Error {
+  readonly code = 'FST_WS_UPGRADE_REFUSED'
+  readonly statusCode: number
+  readonly body: string
+  constructor (readonly handshake: Handshake) {
+    super(`The upgrade was refused with HTTP ${handshake.status}: ${handshake.body}`)
+    this.statusCode = handshake.status
+    this.body = handshake.body
+  }
+
+  json (): unknown {
+    return JSON.parse(this.body)
+  }
+}
+
+export interface ClientOptions {
+  /** Request headers (Origin, Authorization, …). */
+  headers?: Record<string, string>
+  /** Subprotocols to offer, in order. */
+  protocols?: readonly string[]
+  /** How long `next()`, `closed()` and `terminated()` wait before failing. Default 2000 ms. */
+  timeoutMs?: number
+}
+
+export class TestClient {
+  #handshake: Handshake | undefined
+  /** The ws client underneath, for what this class does not wrap. */
+  readonly ws: WebSocket
+  readonly #timeoutMs: number
+  readonly #frames: ReceivedFrame[] = []
+  readonly #waiting: Array<(frame: ReceivedFrame) => void> = []
+  readonly #closed: Promise<{ code: number, reason: string }>
+  readonly #terminated: Promise<TerminateReason>
+  #received = 0
+
+  /** @internal Listens from the start, so that frames sent with the 101 are not missed. */
+  constructor (ws: WebSocket, terminated: Promise<TerminateReason>, timeoutMs: number) {
+    this.ws = ws
+    this.#terminated = terminated
+    this.#timeoutMs = timeoutMs
+    ws.on('message', (data: Buffer, isBinary: boolean) => {
+      const frame: ReceivedFrame = isBinary ? { type: 'binary', data } : { type: 'text', data: data.toString() }
+      this.#received++
+      const waiter = this.#waiting.shift()
+      if (waiter !== undefined) waiter(frame)
+      else this.#frames.push(frame)
+    })
+    ws.on('error', ignore) // a broken connection shows in closed()
+    this.#closed = new Promise((resolve) => {
+      ws.once('close', (code: number, reason: Buffer) => resolve({ code, reason: reason.toString() }))
+    })
+  }
+
+  /** What the server answered to the upgrade request. */
+  get handshake (): Handshake {
+    return this.#handshake!
+  }
+
+  /** @internal */
+  set handshake (handshake: Handshake) {
+    this.#handshake = handshake
+  }
+
+  send (data: string | Buffer): void {
+    this.ws.send(data)
+  }
+
+  /** Send `value` as a JSON text frame. */
+  sendJson (value: unknown): void {
+    this.ws.send(JSON.stringify(value))
+  }
+
+  /** The next frame, in order; fails after the timeout, saying how many frames came. */
+  async next (timeoutMs = this.#timeoutMs): Promise<ReceivedFrame> {
+    const queued = this.#frames.shift()
+    if (queued !== undefined) return queued
+    let resolve!: (frame: ReceivedFrame) => void
+    const arrived = new Promise<ReceivedFrame>((_resolve) => { resolve = _resolve })
+    this.#waiting.push(resolve)
+    return await deadline(arrived, timeoutMs, () => {
+      this.#waiting.splice(this.#waiting.indexOf(resolve), 1)
+      return `no frame within ${timeoutMs} ms (${this.#received} received before)`
+    })
+  }
+
+  /** The next frame's text; fails if it is binary. */
+  async nextText (timeoutMs?: number): Promise<string> {
+    const frame = await this.next(timeoutMs)
+    if (frame.type !== 'text') throw new Error(`expected a text frame, got binary (${frame.data.length} bytes)`)
+    return frame.data
+  }
+
+  /** The next frame's text, parsed as JSON. */
+  async nextJson<T = unknown> (timeoutMs?: number): Promise<T> {
+    return JSON.parse(await this.nextText(timeoutMs)) as T
+  }
+
+  /** The close code and reason the client saw. */
+  async closed (timeoutMs = this.#timeoutMs): Promise<{ code: number, reason: string }> {
+    return await deadline(this.#closed, timeoutMs, () => `the connection did not close within ${timeoutMs} ms`)
+  }
+
+  /** The reason the server's `terminate` was called with. */
+  async terminated (timeoutMs = this.#timeoutMs): Promise<TerminateReason> {
+    return await deadline(this.#terminated, timeoutMs, () => `the server did not terminate the connection within ${timeoutMs} ms`)
+  }
+
+  close (code?: number, reason?: string): void {
+    this.ws.close(code, reason)
+  }
+}
+
+/**
+ * A client for a WebSocket route: `wsClient(app, '/path')` without a port (the app need not
+ * listen), or `wsClient('ws://127.0.0.1:3000/path')` over a real one.
+ */
+export async function wsClient (app: FastifyInstance, path: string, options?: ClientOptions): Promise<TestClient>
+export async function wsClient (url: string, options?: ClientOptions): Promise<TestClient>
+export async function wsClient (target: FastifyInstance | string, pathOrOptions?: string | ClientOptions, maybeOptions?: ClientOptions): Promise<TestClient> {
+  if (typeof target === 'string') return await realClient(target, (pathOrOptions ?? {}) as ClientOptions)
+  return await injectedClient(target, pathOrOptions as string, maybeOptions ?? {})
+}
+
+// Server-side terminate reasons: the open channel names the raw request, the close channel the reason.
+// A real-port client learns its local port only with the 101, after the server opened: server
+// connections are remembered by the client's port until claimed, and reasons until asked for.
+const byRequest = new WeakMap<object, (ctx: WebSocketContext) => void>()
+const openedByPort = new Map<number, WebSocketContext>()
+const waiting = new WeakMap<WebSocketContext, (reason: TerminateReason) => void>()
+const reasons = new WeakMap<WebSocketContext, TerminateReason>()
+diagnostics.subscribe('fastify-ws-handlers:open', (message) => {
+  const { ctx, request } = message as { ctx: WebSocketContext, request: IncomingMessage }
+  const claim = byRequest.get(request)
+  if (claim !== undefined) claim(ctx)
+  else if (request.socket?.remotePort !== undefined) openedByPort.set(request.socket.remotePort, ctx)
+})
+diagnostics.subscribe('fastify-ws-handlers:close', (message) => {
+  const { ctx, reason } = message as { ctx: WebSocketContext, reason: TerminateReason }
+  reasons.set(ctx, reason)
+  waiting.get(ctx)?.(reason)
+})
+
+function watchTerminate (): { opened: (ctx: WebSocketContext) => void, terminated: Promise<TerminateReason> } {
+  let resolve!: (reason: TerminateReason) => void
+  const terminated = new Promise<TerminateReason>((_resolve) => { resolve = _resolve })
+  return {
+    opened: (ctx) => {
+      const reason = reasons.get(ctx)
+      // Closed before this client read its 101 (a handler that stops at once): a race, not tested.
+      /* c8 ignore next */
+      if (reason !== undefined) resolve(reason)
+      else waiting.set(ctx, resolve)
+    },
+    terminated
+  }
+}
+
+async function injectedClient (app: FastifyInstance, path: string, options: ClientOptions): Promise<TestClient> {
+  await app.ready()
+  const [serverEnd, clientEnd] = memorySocketPair()
+  const headers: Record<string, string> = {
+    host: 'localhost',
+    connection: 'Upgrade',
+    upgrade: 'websocket',
+    'sec-websocket-version': '13',
+    'sec-websocket-key': randomBytes(16).toString('base64'),
+    ...lowerCaseKeys(options.headers ?? {})
+  }
+  if (options.protocols !== undefined) headers['sec-websocket-protocol'] = options.protocols.join(', ')
+  const request = { method: 'GET', url: path, httpVersion: '1.1', headers, socket: serverEnd }
+  const watch = watchTerminate()
+  byRequest.set(request, watch.opened)
+  const answer = readHead(clientEnd)
+  app.server.emit('upgrade', request, serverEnd, Buffer.alloc(0))
+  const { handshake, rest } = await answer
+  if (handshake.status !== 101) throw new UpgradeRefusedError(handshake)
+  const ws = new WebSocket(null as unknown as string, undefined, {})
+  const client = new TestClient(ws, watch.terminated, options.timeoutMs ?? 2000)
+  client.handshake = handshake
+  // As @fastify/websocket's injectWS does: a client-side ws on the in-memory socket (ws internals).
+  const internals = ws as unknown as { _isServer: boolean, setSocket: (socket: MemorySocket, head: Buffer, options: object) => void }
+  internals._isServer = false
+  internals.setSocket(clientEnd, rest, { maxPayload: 0 })
+  clientEnd.resume() // paused by readHead since the 101, so that nothing was read without a listener
+  return client
+}
+
+async function realClient (url: string, options: ClientOptions): Promise<TestClient> {
+  const ws = new WebSocket(url, options.protocols === undefined ? [] : [...options.protocols], { headers: options.headers })
+  const watch = watchTerminate()
+  const client = new TestClient(ws, watch.terminated, options.timeoutMs ?? 2000)
+  const opened = new Promise<Handshake>((resolve, reject) => {
+    ws.once('upgrade', (response: IncomingMessage) => {
+      const port = response.socket.localPort!
+      const ctx = openedByPort.get(port)
+      openedByPort.delete(port)
+      if (ctx !== undefined) watch.opened(ctx)
+      resolve({ status: 101, headers: response.headers, protocol: String(response.headers['sec-websocket-protocol'] ?? ''), body: '' })
+    })
+    ws.once('unexpected-response', (_request, response: IncomingMessage) => {
+      let body = ''
+      response.on('data', (chunk: Buffer) => { body += chunk.toString() })
+      response.on('end', () => reject(new UpgradeRefusedError({ status: response.statusCode!, headers: response.headers, protocol: '', body })))
+    })
+    ws.once('error', reject)
+  })
+  client.handshake = await opened
+  return client
+}
+
+/** The HTTP head of the server's answer, then (for a refusal) its body. */
+async function readHead (socket: MemorySocket): Promise<{ handshake: Handshake, rest: Buffer }> {
+  let buffered = Buffer.alloc(0)
+  return await new Promise((resolve, reject) => {
+    const onData = (chunk: Buffer): void => {
+      buffered = Buffer.concat([buffered, chunk])
+      const end = buffered.indexOf('\r\n\r\n')
+      /* c8 ignore next -- in memory, Node writes the head in one chunk; kept for any other transport */
+      if (end === -1) return
+      const [statusLine, ...lines] = buffered.subarray(0, end).toString('latin1').split('\r\n')
+      const status = Number(/^HTTP\/1\.1 (\d{3})/.exec(statusLine!)?.[1])
+      const headers: IncomingHttpHeaders = {}
+      for (const line of lines) {
+        const colon = line.indexOf(':')
+        headers[line.slice(0, colon).trim().toLowerCase()] = line.slice(colon + 1).trim()
+      }
+      const rest = buffered.subarray(end + 4)
+      const handshake = (body: string): Handshake => ({ status, headers, protocol: String(headers['sec-websocket-protocol'] ?? ''), body })
+      if (status === 101) {
+        socket.off('data', onData)
+        socket.pause() // the client's ws reads from here on
+        resolve({ handshake: handshake(''), rest })
+        return
+      }
+      // A refusal: @fastify/websocket ends the socket once the response is sent.
+      socket.off('data', onData)
+      let body = rest
+      socket.on('data', (more: Buffer) => { body = Buffer.concat([body, more]) })
+      socket.once('end', () => resolve({ handshake: handshake(body.toString()), rest: Buffer.alloc(0) }))
+    }
+    socket.on('data', onData)
+    socket.once('error', reject)
+  })
+}
+
+function lowerCaseKeys (headers: Record<string, string>): Record<string, string> {
+  return Object.fromEntries(Object.entries(headers).map(([name, value]) => [name.toLowerCase(), value]))
+}
+
+async function deadline<T> (promise: Promise<T>, ms: number, problem: () => string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined
+  const late = new Promise<never>((_resolve, reject) => {
+    timer = setTimeout(() => reject(new Error(problem())), ms)
+  })
+  try {
+    return await Promise.race([promise, late])
+  } finally {
+    clearTimeout(timer)
+  }
+}
+
+// ---------------------------------------------------------------------------
+// The socket-free harness
+// ---------------------------------------------------------------------------
+
+/** What one callback produced. */
+export interface Step<State> {
+  /** The result as returned (checked like the server checks it: a bad one throws FST_WS_INVALID_RESULT). */
+  readonly result: Commands<State> | undefined
+  /** The state after the callback. */
+  readonly state: State
+  /** The frames it replied with, up to and without a close frame. */
+  readonly replies: readonly OutFrame[]
+  /** The close it asked for (a `close()` frame, or `stop`: 1000), if any. */
+  readonly close: { readonly code: number, readonly reason: string } | undefined
+}
+
+export interface PendingTimer<Info> { readonly ref: TimerRef, readonly ms: number, readonly message: Info, readonly wrapped: boolean }
+
+export interface HarnessOptions<State> {
+  /** The state `websocketInit` starts from (what `init` would have returned). */
+  state?: State
+  /** Fields of `ctx.request`. */
+  request?: Partial<RequestSnapshot>
+}
+
+export interface HandlerHarness<State, Info> {
+  /** The current state. */
+  readonly state: State
+  /** The connection the callbacks see. */
+  readonly ctx: WebSocketContext<Info>
+  /** Timers started and not yet fired or cancelled. */
+  readonly timers: ReadonlyArray<PendingTimer<Info>>
+  /** Messages the handler posted to itself, not yet delivered. */
+  readonly posted: readonly Info[]
+  websocketInit(): Promise<Step<State>>
+  /** A frame to `handle`: a string is a text frame, a Buffer a binary one. */
+  handle(frame: InFrame | string | Buffer): Promise<Step<State>>
+  info(message: Info): Promise<Step<State>>
+  /** Fire a pending timer (the oldest, or by ref) as the server would: through `info`. */
+  fireTimer(ref?: TimerRef): Promise<Step<State>>
+  /** Deliver what the handler posted to itself, in order; the steps. */
+  deliverPosted(): Promise<Array<Step<State>>>
+  terminate(reason?: TerminateReason): Promise<void>
+}
+
+const silentLog: FastifyBaseLogger = {
+  level: 'silent',
+  fatal: ignore,
+  error: ignore,
+  warn: ignore,
+  info: ignore,
+  debug: ignore,
+  trace: ignore,
+  silent: ignore,
+  child: () => silentLog
+}
+
+/** Drive a handler object without a socket: callbacks in, commands and state out. */
+export function handlerHarness<State = undefined, Info = unknown> (
+  handler: WebSocketHandler<State, Info>, options: HarnessOptions<State> = {}
+): HandlerHarness<State, Info> {
+  let state = options.state as State
+  let lastRef = 0
+  let alive = true
+  const timers: Array<PendingTimer<Info>> = []
+  const posted: Info[] = []
+  const topics: string[] = []
+  const request: RequestSnapshot = Object.freeze({
+    id: 'req-test', method: 'GET', url: '/', routeUrl: '/', params: {}, query: {}, headers: {}, ip: '127.0.0.1', protocol: '', ...options.request
+  })
+  const ctx: WebSocketContext<Info> = {
+    id: 'test-1',
+    request,
+    log: silentLog,
+    get alive () { return alive },
+    bufferedAmount: 0,
+    get topics () { return [...topics] },
+    post (message) {
+      if (!alive) return false
+      posted.push(message)
+      return true
+    },
+    sendAfter (ms, message) {
+      timers.push({ ref: ++lastRef, ms, message, wrapped: false })
+      return lastRef
+    },
+    startTimer (ms, message) {
+      timers.push({ ref: ++lastRef, ms, message, wrapped: true })
+      return lastRef
+    },
+    cancelTimer (ref) {
+      const index = timers.findIndex((timer) => timer.ref === ref)
+      if (index === -1) return false
+      timers.splice(index, 1)
+      return true
+    },
+    subscribe (topic) {
+      if (topics.includes(topic)) return false
+      topics.push(topic)
+      return true
+    },
+    unsubscribe (topic) {
+      const index = topics.indexOf(topic)
+      if (index === -1) return false
+      topics.splice(index, 1)
+      return true
+    }
+  }
+
+  async function step (name: 'websocketInit' | 'handle' | 'info', run: () => unknown): Promise<Step<State>> {
+    if (!alive) throw new Error(`${name} after terminate`)
+    const result = await run()
+    const problem = resultProblem(result)
+    if (result !== undefined && problem !== undefined) throw new InvalidResultError(name, problem)
+    const commands = result as Commands<State> | undefined
+    if (commands?.state !== undefined) state = commands.state
+    const frames = commands?.reply === undefined ? [] : Array.isArray(commands.reply) ? commands.reply : [commands.reply as OutFrame]
+    const closeAt = frames.findIndex((frame) => frame.type === 'close')
+    const closeFrame = closeAt === -1 ? undefined : frames[closeAt] as CloseFrame
+    const close = closeFrame !== undefined
+      ? { code: closeFrame.code ?? 1000, reason: closeFrame.reason ?? '' }
+      : commands?.stop === true ? { code: 1000, reason: '' } : undefined
+    return { result: commands, state, replies: closeAt === -1 ? frames : frames.slice(0, closeAt), close }
+  }
+
+  return {
+    get state () { return state },
+    ctx,
+    get timers () { return timers },
+    get posted () { return posted },
+    websocketInit: async () => await step('websocketInit', () => handler.websocketInit?.(state, ctx)),
+    handle: async (frame) => {
+      const inFrame: InFrame = typeof frame === 'string'
+        ? { type: 'text', data: frame }
+        : Buffer.isBuffer(frame) ? { type: 'binary', data: frame } : frame
+      return await step('handle', () => handler.handle?.(inFrame, state, ctx))
+    },
+    info: async (message) => await step('info', () => handler.info?.(message, state, ctx)),
+    fireTimer: async (ref) => {
+      const index = ref === undefined ? 0 : timers.findIndex((timer) => timer.ref === ref)
+      const timer = timers[index]
+      if (timer === undefined) throw new Error(ref === undefined ? 'no timer is pending' : `timer ${ref} is not pending`)
+      timers.splice(index, 1)
+      const message = timer.wrapped ? { type: 'timeout' as const, ref: timer.ref, message: timer.message } : timer.message
+      return await step('info', () => handler.info?.(message, state, ctx))
+    },
+    deliverPosted: async () => {
+      const steps: Array<Step<State>> = []
+      while (posted.length > 0) {
+        const message = posted.shift()!
+        steps.push(await step('info', () => handler.info?.(message, state, ctx)))
+      }
+      return steps
+    },
+    terminate: async (reason = { type: 'remote', code: 1000, reason: '' }) => {
+      if (!alive) throw new Error('terminate runs once')
+      alive = false
+      timers.length = 0
+      topics.length = 0
+      await handler.terminate?.(reason, request, state)
+    }
+  }
+}

@@ -1,0 +1,141 @@
+/**
+ * The test toolkit (fastify-ws-handlers/testing), used as its users would: clients without and
+ * with a port that show the handshake, frames in order, the close and the server's terminate
+ * reason; and the socket-free harness.
+ */
+import t from 'tap'
+import { close, defineHandler, text } from '../lib/index.js'
+import { UpgradeRefusedError, handlerHarness, wsClient } from '../lib/testing.js'
+import { buildApp, listen } from './helpers.js'
+
+const greeter = defineHandler<{ name: string }, 'tick'>({
+  init (request, reply) {
+    const { name } = request.query as { name?: string }
+    if (name === undefined) return reply.code(400).send({ error: 'name?' })
+    return { state: { name }, protocol: request.headers['sec-websocket-protocol'] === undefined ? undefined : 'chat' }
+  },
+  websocketInit (state, ctx) {
+    ctx.startTimer(1000, 'tick')
+    return { reply: text(`hi ${state.name}`) }
+  },
+  handle: (frame) => {
+    if (frame.type !== 'text') return undefined
+    if (frame.data === 'bye') return { reply: [text('bye'), close(4000, 'done')] }
+    return { state: { name: frame.data }, reply: text(`now ${frame.data}`) }
+  },
+  info: (message, state) => typeof message === 'object' ? { reply: text(`tick for ${state.name}`) } : undefined // the startTimer wrapper
+})
+
+for (const transport of ['injected (no port)', 'real port'] as const) {
+  t.test(`a client, ${transport}: handshake, frames in order, close, terminate reason`, async (t) => {
+    const { app } = await buildApp(t)
+    app.ws('/greet', greeter, { protocols: ['chat'] })
+    const base = transport === 'real port' ? await listen(app) : ''
+    const open = transport === 'real port'
+      ? async (path: string, options = {}) => await wsClient(`${base}${path}`, options)
+      : async (path: string, options = {}) => await wsClient(app, path, options)
+    const client = await open('/greet?name=ada', { protocols: ['other', 'chat'] })
+    t.equal(client.handshake.status, 101)
+    t.equal(client.handshake.protocol, 'chat')
+    t.equal(await client.nextText(), 'hi ada')
+    client.send('grace')
+    t.same(await client.next(), { type: 'text', data: 'now grace' })
+    client.send('bye')
+    t.equal(await client.nextText(), 'bye')
+    t.same(await client.closed(), { code: 4000, reason: 'done' })
+    t.same(await client.terminated(), { type: 'stop', code: 4000, reason: 'done' })
+    await t.rejects(client.next(50), { message: 'no frame within 50 ms (3 received before)' })
+
+    const refused = await open('/greet').catch((error: unknown) => error)
+    t.ok(refused instanceof UpgradeRefusedError)
+    t.match(refused, { statusCode: 400, handshake: { status: 400, headers: { 'content-type': /json/ } } })
+    t.same((refused as UpgradeRefusedError).json(), { error: 'name?' })
+    await t.rejects(open('/greet?name=x', { protocols: ['stomp'] }), { message: /HTTP 400.*FST_WS_PROTOCOL_NOT_SUPPORTED/ })
+  })
+}
+
+t.test('a real-port client without options and without a subprotocol', async (t) => {
+  const { app } = await buildApp(t)
+  app.ws('/plain', { websocketInit: () => ({ reply: close() }) })
+  const client = await wsClient(`${await listen(app)}/plain`)
+  t.equal(client.handshake.protocol, '')
+  t.same(await client.closed(), { code: 1000, reason: '' })
+  t.same((await handlerHarness({ handle: () => ({ reply: close() }) }).handle('x')).close, { code: 1000, reason: '' })
+})
+
+t.test('a client whose peer is dropped sees its terminate reason too', async (t) => {
+  const { app } = await buildApp(t)
+  app.ws('/quiet', {})
+  const client = await wsClient(app, '/quiet', { headers: { 'X-Anything': 'yes' }, timeoutMs: 500 })
+  client.ws.terminate()
+  t.same(await client.terminated(), { type: 'closed' })
+  await t.rejects(client.closed(1).then(async () => await client.nextJson(1)), /no frame within 1 ms/)
+})
+
+t.test('nextJson parses; nextText refuses binary; a silent server fails terminated() with a message', async (t) => {
+  const { app } = await buildApp(t)
+  app.ws('/json', { websocketInit: () => ({ reply: [text('{"a":1}'), { type: 'binary', data: Buffer.from([1]) }] }) })
+  const client = await wsClient(app, '/json')
+  t.same(await client.nextJson(), { a: 1 })
+  await t.rejects(client.nextText(), { message: 'expected a text frame, got binary (1 bytes)' })
+  await t.rejects(client.terminated(20), { message: 'the server did not terminate the connection within 20 ms' })
+  await t.rejects(client.closed(20), { message: 'the connection did not close within 20 ms' })
+  client.sendJson({ ignored: true })
+  client.close()
+  t.same(await client.terminated(), { type: 'remote', code: undefined, reason: '' }, 'a close without a code')
+})
+
+t.test('the harness drives a handler without a socket: commands and state out', async (t) => {
+  const h = handlerHarness(greeter, { state: { name: 'ada' } })
+  const opened = await h.websocketInit()
+  t.same(opened.replies, [text('hi ada')])
+  t.same(h.timers.map(({ ms, message, wrapped }) => ({ ms, message, wrapped })), [{ ms: 1000, message: 'tick', wrapped: true }])
+  const renamed = await h.handle('grace')
+  t.same(renamed.state, { name: 'grace' })
+  t.same(h.state, { name: 'grace' }, 'the harness keeps it')
+  t.same(renamed.replies, [text('now grace')])
+  t.same((await h.fireTimer()).replies, [text('tick for grace')])
+  await t.rejects(h.fireTimer(), { message: 'no timer is pending' })
+  t.same((await h.handle(Buffer.from('ignored'))).result, undefined)
+  const bye = await h.handle({ type: 'text', data: 'bye' })
+  t.same(bye.replies, [text('bye')])
+  t.same(bye.close, { code: 4000, reason: 'done' })
+  await h.terminate()
+  await t.rejects(h.handle('late'), { message: 'handle after terminate' })
+})
+
+t.test('the harness checks results as the server does, and runs posts, timers, topics and terminate', async (t) => {
+  const seen: unknown[] = []
+  const h = handlerHarness(defineHandler<number, string>({
+    websocketInit: (_state, ctx) => {
+      ctx.subscribe('room')
+      ctx.post('first')
+      const ref = ctx.sendAfter(10, 'cancelled')
+      ctx.cancelTimer(ref)
+      ctx.sendAfter(20, 'later')
+      return { state: 1 }
+    },
+    info: (message, state) => message === 'bad' ? ({ reply: 'oops' } as never) : { state: state + 1, stop: message === 'later' },
+    terminate: (reason, request, state) => { seen.push(reason, request.url, state) }
+  }), { request: { url: '/counted' } })
+  await h.websocketInit()
+  t.same(h.ctx.topics, ['room'])
+  t.equal(h.ctx.subscribe('room'), false)
+  t.equal(h.ctx.unsubscribe('nope'), false)
+  t.same(h.posted, ['first'])
+  t.same((await h.deliverPosted()).map((step) => step.state), [2])
+  t.equal(h.ctx.cancelTimer(999), false)
+  const last = await h.fireTimer(h.timers[0]!.ref)
+  t.same([last.state, last.close], [3, { code: 1000, reason: '' }])
+  await t.rejects(h.fireTimer(12345), { message: 'timer 12345 is not pending' })
+  await t.rejects(h.info('bad'), { code: 'FST_WS_INVALID_RESULT', message: /info returned an invalid result/ })
+  t.equal(h.ctx.unsubscribe('room'), true)
+  t.equal(h.ctx.alive, true)
+  t.equal(h.ctx.bufferedAmount, 0)
+  h.ctx.log.info('silent')
+  t.equal(h.ctx.log.child({}).level, 'silent')
+  await h.terminate({ type: 'timeout' })
+  t.same(seen, [{ type: 'timeout' }, '/counted', 3])
+  t.equal(h.ctx.post('after'), false)
+  await t.rejects(h.terminate(), { message: 'terminate runs once' })
+})
