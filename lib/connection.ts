@@ -94,10 +94,13 @@ function sizeOf (frame: InFrame<unknown>): number {
   return frame.type === 'json' ? (frame as { size?: number }).size! : frame.data.length
 }
 
-/** Whether `log` writes info lines (pino's isLevelEnabled; Fastify's disabled logger is 'silent'). */
+/**
+ * Whether `log` writes info lines: pino's isLevelEnabled. Fastify's disabled logger (logger:
+ * false) has none, and nothing is logged then (nor a child logger made per connection).
+ */
 function logsInfo (log: FastifyBaseLogger): boolean {
   const pino = log as FastifyBaseLogger & { isLevelEnabled?: (level: string) => boolean }
-  return pino.isLevelEnabled === undefined ? log.level !== 'silent' : pino.isLevelEnabled('info')
+  return pino.isLevelEnabled?.('info') === true
 }
 
 /** The close code of the ways to end that carry none, for the close log line (1006: no close frame). */
