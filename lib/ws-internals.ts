@@ -18,7 +18,12 @@
  *   response after the 101.
  *
  * Public APIs are used where they do the job: `subprotocol.parse` (ws's own header rule),
- * `handleUpgrade`, `ping`, `pause`/`resume`.
+ * `shouldHandle` and `handleProtocols` (per-upgrade compression and subprotocol), `ping`,
+ * `pause`/`resume`. One private use is @fastify/websocket's, not ws's: its per-connection
+ * 'error' listener is removed by position (the last one, added just before our wsHandler runs),
+ * because it closes over Fastify's request and reply (+2.5 KB per connection); its public
+ * `errorHandler` option would still leave that closure in place. The test toolkit also uses
+ * ws's `setSocket`, as @fastify/websocket's `injectWS` does.
  *
  * `checkWs()` runs once per process at registration: it drives a real server-side ws, from
  * the copy that @fastify/websocket resolves, through each of these on an in-memory socket, and
