@@ -255,12 +255,7 @@ export class Connection implements WebSocketContext<unknown> {
     // The peer ended TCP and ws has not said 'close' yet: nothing to write to.
     /* c8 ignore next */
     if (ws.readyState !== ws.OPEN) return false
-    const backlog = ws.bufferedAmount
-    if (backlog > this.#options.maxBufferedBytes) {
-      const error = new OutboundOverflowError(backlog, this.#options.maxBufferedBytes)
-      this.#close(CloseCode.POLICY_VIOLATION, 'outbound buffer full', { type: 'error', code: CloseCode.POLICY_VIOLATION, error })
-      return false
-    }
+    if (this.#closedForOverflow()) return false
     const { _sender: sender, _socket: socket } = internalsOf(ws)
     if (sender._state === SENDER_DEFAULT && sender._queue.length === 0) {
       socket.write(encoded)
@@ -416,15 +411,8 @@ export class Connection implements WebSocketContext<unknown> {
   #write (reply: OutFrame | readonly OutFrame[]): void {
     // Nothing is sent once the connection is ending: after a close frame, or to a closed peer.
     if (this.#endReason !== undefined) return
+    if (this.#closedForOverflow()) return
     const ws = this.#ws
-    // A slow reader is one that has not taken what was sent before: the backlog before this
-    // write counts, so that one legitimate large reply is not mistaken for it.
-    const backlog = ws.bufferedAmount
-    if (backlog > this.#options.maxBufferedBytes) {
-      const error = new OutboundOverflowError(backlog, this.#options.maxBufferedBytes)
-      this.#close(CloseCode.POLICY_VIOLATION, 'outbound buffer full', { type: 'error', code: CloseCode.POLICY_VIOLATION, error })
-      return
-    }
     const closeFrame = writeFrames(ws, reply)
     if (frameOutChannel.hasSubscribers) frameOutChannel.publish({ ctx: this, frames: reply })
     if (closeFrame !== undefined) {
@@ -432,6 +420,19 @@ export class Connection implements WebSocketContext<unknown> {
       const reason = closeFrame.reason ?? ''
       this.#close(code, reason, { type: 'stop', code, reason })
     }
+  }
+
+  /**
+   * A slow reader is one that has not taken what was sent before: the backlog before a write
+   * counts (replies and broadcasts alike), so that one legitimate large reply is not mistaken
+   * for it. Over `maxBufferedBytes`: close 1008, and true.
+   */
+  #closedForOverflow (): boolean {
+    const backlog = this.#ws.bufferedAmount
+    if (backlog <= this.#options.maxBufferedBytes) return false
+    const error = new OutboundOverflowError(backlog, this.#options.maxBufferedBytes)
+    this.#close(CloseCode.POLICY_VIOLATION, 'outbound buffer full', { type: 'error', code: CloseCode.POLICY_VIOLATION, error })
+    return true
   }
 
   /** A close that this side decides: the close frame goes out now and queued items are dropped. */

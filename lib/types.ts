@@ -58,7 +58,10 @@ export interface LiveOptions {
   pingInterval?: number
   /** Largest frame or reassembled message, in bytes, inclusive; `Infinity` disables. Over it: close 1009. */
   maxFrameSize?: number
-  /** Outbound bytes that may wait in the socket before the connection is closed with 1008. */
+  /**
+   * Outbound bytes from earlier writes that may still wait when a reply or broadcast is written;
+   * over it the connection is closed with 1008 (a slow reader; one large reply is not one).
+   */
   maxBufferedBytes?: number
   /**
    * Mailbox items that may wait. Past it the plugin stops reading from the socket (it reads again
@@ -320,7 +323,7 @@ export interface WebSocketConnections extends Iterable<WebSocketContext<unknown>
   values(): IterableIterator<WebSocketContext<unknown>>
   /** This instance's connections of one route (its URL pattern with prefix, as `ctx.request.routeUrl`). */
   ofRoute(url: string): IterableIterator<WebSocketContext<unknown>>
-  /** How many connections a route has on this instance. */
+  /** How many connections a route has on this instance (upgrades past their admission included, as the limits count them). */
   countOfRoute(url: string): number
   /**
    * Post to a connection by id (Erlang's `Pid ! Msg`), on this instance or, through the

@@ -66,9 +66,10 @@ export function makeWebSocketRoute (
   const settings: RouteWebSocketOptions = { ...defaults.route, ...definedOnly(wsOptions) }
   // The route's logLevel applies to its connections' logs, as to its requests'.
   const log = routeOptions.logLevel === undefined ? instance.log : instance.log.child({}, { level: routeOptions.logLevel })
-  const json = settings.json === undefined || settings.json === false
+  const jsonOptions = settings.json === true ? {} : settings.json === false ? undefined : settings.json
+  const json = jsonOptions === undefined
     ? undefined
-    : { read: jsonReader(instance, url, settings.json === true ? {} : settings.json), onInvalid: settings.json === true ? 'close' as const : settings.json.onInvalid ?? 'close' }
+    : { read: jsonReader(instance, url, jsonOptions), onInvalid: jsonOptions.onInvalid ?? 'close' }
   const route: RouteContext = { url, handler, log, registry: defaults.registry, closeTimeout: defaults.closeTimeout, json }
   const connectionOptions = resolveConnectionOptions(defaults.connection, wsOptions)
   let allowOrigin: OriginCheck

@@ -115,6 +115,15 @@ t.test('compilers that answer { error }, long reasons cut to a close frame, queu
   t.same(got, [{ ok: true, n: 1 }], 'a close this side decides drops what waits, as for any close it decides')
 })
 
+t.test('json: false leaves text frames as text', async (t) => {
+  const { app } = await buildApp(t)
+  app.ws('/plain', { handle: (frame) => frame.type === 'text' ? { reply: json({ got: frame.type }) } : undefined }, { json: false })
+  const client = await wsClient(app, '/plain')
+  client.send('{"not":"parsed"}')
+  t.same(await client.nextJson(), { got: 'text' })
+  client.close()
+})
+
 t.test('a bad json option is refused at declaration', async (t) => {
   const { app } = await buildApp(t)
   t.throws(() => app.ws('/x', {}, { json: 'yes' as never }), { code: 'FST_WS_INVALID_OPTION', message: /option "json"/ })
