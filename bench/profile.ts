@@ -1,18 +1,19 @@
 /**
- * `npm run bench:profile [-- <kind>]`: the 64 B echo scenario against one server (default: the
- * plugin) under `--cpu-prof`, then the functions that took the most CPU. The .cpuprofile file
- * stays in bench/profiles/ for Chrome DevTools.
+ * `npm run bench:profile [-- <kind> [<scenario>]]`: the 64 B echo (or `async-echo`) against one
+ * server (default: the plugin) under `--cpu-prof`, then the functions that took the most CPU.
+ * The .cpuprofile file stays in bench/profiles/ for Chrome DevTools.
  */
 import { execFileSync, fork } from 'node:child_process'
 import { once } from 'node:events'
 import { mkdirSync, readFileSync, readdirSync, rmSync } from 'node:fs'
 import type { EchoResult } from './load.js'
-import type { Kind } from './server.js'
+import type { Kind, Scenario } from './server.js'
 
 interface ProfileNode { id: number, callFrame: { functionName: string, url: string, lineNumber: number }, children?: number[] }
 interface Profile { nodes: ProfileNode[], samples: number[], timeDeltas: number[] }
 
 const kind = (process.argv[2] ?? 'plugin') as Kind
+const scenario = (process.argv[3] ?? 'echo') as Scenario
 const directory = new URL(`./profiles/${kind}/`, import.meta.url).pathname
 rmSync(directory, { recursive: true, force: true })
 mkdirSync(directory, { recursive: true })
@@ -20,7 +21,7 @@ mkdirSync(directory, { recursive: true })
 const pin = (pid: number | undefined, cpu: number): void => {
   try { execFileSync('taskset', ['-a', '-p', '-c', String(cpu), String(pid)], { stdio: 'ignore' }) } catch {}
 }
-const server = fork(new URL('./server.js', import.meta.url), [kind, 'echo'], { execArgv: ['--expose-gc', '--cpu-prof', `--cpu-prof-dir=${directory}`] })
+const server = fork(new URL('./server.js', import.meta.url), [kind, scenario], { execArgv: ['--expose-gc', '--cpu-prof', `--cpu-prof-dir=${directory}`] })
 pin(server.pid, 0)
 const [{ port }] = await once(server, 'message') as [{ port: number }]
 const task = { type: 'echo', url: `ws://127.0.0.1:${port}/`, connections: 50, inFlight: 10, size: 64, binary: false, warmupMs: 500, durationMs: 4000 }

@@ -13,7 +13,9 @@ import type { CpuFigures, Kind, MemoryFigures, Scenario } from './server.js'
 const quick = process.argv.includes('--quick')
 /** `--only=<text>`: run the scenarios whose title contains it. */
 const only = process.argv.find((arg) => arg.startsWith('--only='))?.slice('--only='.length)
-const rounds = quick ? 1 : 3
+/** `--rounds=<n>`: more rounds for a steadier median on a noisy machine. */
+const roundsArg = process.argv.find((arg) => arg.startsWith('--rounds='))?.slice('--rounds='.length)
+const rounds = roundsArg !== undefined ? Number(roundsArg) : quick ? 1 : 3
 const SERVER_CPU = 0
 const LOAD_CPU = 1
 

@@ -1,13 +1,15 @@
 /**
- * Results in, socket writes out: checking what a callback returned and writing its frames.
- * The connection (connection.ts) applies the other commands, in the order documented on
- * `Commands`; this module owns the two parts that need no connection state.
+ * Results in, socket writes out: checking what a callback returned, and writing frames. The
+ * connection's interpreter (connection.ts) applies the commands; this module holds the parts
+ * that need no connection state.
  */
+import type { Socket } from 'node:net'
 import type WebSocket from 'ws'
 import { MAX_CLOSE_REASON_BYTES, isSendableCloseCode } from './close-codes.js'
 import { anything, liveChecks, mustBe, optionsProblem, shapeChecker, show, type Check } from './options.js'
+import type { BroadcastFrame } from './adapter.js'
 import type { CloseFrame, OutFrame } from './types.js'
-import { internalsOf } from './ws-internals.js'
+import { SENDER_DEFAULT, internalsOf } from './ws-internals.js'
 
 const MAX_CONTROL_PAYLOAD = 125
 const isBoolean = (value: unknown): boolean => typeof value === 'boolean'
@@ -62,19 +64,28 @@ function byteLength (data: string | Uint8Array): number {
  * close frame and returns it without sending it: closing belongs to the connection.
  */
 export function writeFrames (ws: WebSocket, reply: OutFrame | readonly OutFrame[]): CloseFrame | undefined {
+  batchUntilNextTick(internalsOf(ws)._socket)
   if (!Array.isArray(reply)) return writeFrame(ws, reply as OutFrame)
-  const frames = reply as readonly OutFrame[]
-  const socket = internalsOf(ws)._socket
-  socket.cork()
-  try {
-    for (const frame of frames) {
-      const closeFrame = writeFrame(ws, frame)
-      if (closeFrame !== undefined) return closeFrame
-    }
-    return undefined
-  } finally {
-    socket.uncork()
+  for (const frame of reply as readonly OutFrame[]) {
+    const closeFrame = writeFrame(ws, frame)
+    if (closeFrame !== undefined) return closeFrame
   }
+  return undefined
+}
+
+/**
+ * Everything written to this socket until the current tick ends leaves in one writev: the
+ * replies to all the frames of one TCP read (ws emits them in one go), or of a run of async
+ * callbacks settled in one microtask drain. A syscall per frame is most of an echo's CPU.
+ */
+export function batchUntilNextTick (socket: Socket): void {
+  if (socket.writableCorked !== 0) return
+  socket.cork()
+  process.nextTick(uncork, socket)
+}
+
+function uncork (socket: Socket): void {
+  socket.uncork()
 }
 
 const asText = { binary: false }
@@ -97,4 +108,15 @@ function writeFrame (ws: WebSocket, frame: OutFrame): CloseFrame | undefined {
       return undefined
   }
   return frame // the type system has narrowed it to the close frame
+}
+
+/**
+ * `broadcast`'s write: the frame encoded once for every subscriber goes straight to the socket
+ * when ws's sender is idle; otherwise (it is compressing a reply) through ws after what it
+ * queued, uncompressed, so that frames keep their order.
+ */
+export function writeShared (ws: WebSocket, encoded: Buffer, frame: BroadcastFrame): void {
+  const { _sender: sender, _socket: socket } = internalsOf(ws)
+  if (sender._state === SENDER_DEFAULT && sender._queue.length === 0) socket.write(encoded)
+  else ws.send(frame.data, { binary: frame.binary, compress: false })
 }

@@ -34,3 +34,33 @@ export function releaseIdleResources (ws: WebSocket): boolean {
   }
   return true
 }
+
+/**
+ * A release that waits for zlib: retried with a capped backoff until the connection is idle
+ * (ws runs 10 zlib jobs at a time, so under load this can take a while).
+ */
+export class DeferredRelease {
+  readonly #ws: WebSocket
+  #timer: NodeJS.Timeout | undefined
+
+  constructor (ws: WebSocket) {
+    this.#ws = ws
+    this.#timer = setTimeout(DeferredRelease.#retry, 1, this, 1).unref()
+  }
+
+  get pending (): boolean {
+    return this.#timer !== undefined
+  }
+
+  cancel (): void {
+    clearTimeout(this.#timer)
+    this.#timer = undefined
+  }
+
+  static #retry (self: DeferredRelease, delay: number): void {
+    self.#timer = undefined
+    if (releaseIdleResources(self.#ws)) return
+    const next = Math.min(delay * 2, 1024)
+    self.#timer = setTimeout(DeferredRelease.#retry, next, self, next).unref()
+  }
+}

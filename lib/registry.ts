@@ -6,7 +6,8 @@
  */
 import { randomBytes } from 'node:crypto'
 import { instanceOf, type BroadcastFrame, type LocalDelivery, type PubSubAdapter } from './adapter.js'
-import { kLease, kShutdown, kWriteShared, type Connection, type ConnectionRegistry } from './connection.js'
+import { kLease, kShutdown, kWriteShared, type Connection } from './connection.js'
+import type { ConnectionRegistry } from './route-context.js'
 import { encodeFrame } from './frames.js'
 import { show } from './options.js'
 import { InvalidBroadcastError, InvalidTopicError, TooManyConnectionsError } from './errors.js'

@@ -6,7 +6,8 @@
  */
 import type { FastifyInstance, FastifyReply, FastifyRequest, RouteOptions } from 'fastify'
 import type { WebSocket, WebSocketServer } from 'ws'
-import { Connection, type RouteContext } from './connection.js'
+import { Connection } from './connection.js'
+import type { RouteContext } from './route-context.js'
 import { refusedChannel } from './diagnostics.js'
 import { jsonReader } from './json-messages.js'
 import { originCheck, ownOrigin, type OriginCheck } from './origin.js'

@@ -70,6 +70,17 @@ export function internalsOf (ws: WebSocket): WsInternals {
   return ws as unknown as WsInternals
 }
 
+/** Per-connection `maxFrameSize` and `validateUtf8` (ws has them per server only). */
+export function applyReceiverLimits (ws: WebSocket, maxFrameSize: number, validateUtf8: boolean): void {
+  const internals = internalsOf(ws)
+  const maxPayload = maxFrameSize === Infinity ? 0 : maxFrameSize
+  internals._receiver._maxPayload = maxPayload
+  internals._receiver._skipUTF8Validation = !validateUtf8
+  // permessage-deflate checks the inflated size against its own copy of the limit
+  const deflate = internals._extensions['permessage-deflate']
+  if (deflate !== undefined) deflate._maxPayload = maxPayload
+}
+
 /** The close code ws sent for this error (its private `status-code` symbol), if any. */
 export function sentCloseCodeOf (error: Error): number | undefined {
   const symbol = Object.getOwnPropertySymbols(error).find((candidate) => candidate.description === 'status-code')

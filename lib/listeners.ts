@@ -1,0 +1,86 @@
+/**
+ * ws's events, turned into what the connection reacts to. The listeners are shared by every
+ * connection (no closure per connection): each finds its connection in a slot on the ws object.
+ */
+import type WebSocket from 'ws'
+import { CloseCode, closeCodeOfWsError } from './close-codes.js'
+import { frameInChannel } from './diagnostics.js'
+import type { JsonProblem, JsonReader } from './json-messages.js'
+import type { InFrame, TerminateReason } from './types.js'
+import { internalsOf } from './ws-internals.js'
+
+export const kReceived = Symbol('fastify-ws-handlers.received')
+export const kInvalidJson = Symbol('fastify-ws-handlers.invalid-json')
+export const kPeerEnded = Symbol('fastify-ws-handlers.peer-ended')
+
+export interface ConnectionEvents {
+  /** JSON routes: how text becomes `json` frames. */
+  readonly jsonReader: JsonReader | undefined
+  /** A frame for `handle`. */
+  [kReceived](frame: InFrame<unknown>): void
+  /** A message a JSON route refuses. */
+  [kInvalidJson](problem: JsonProblem): void
+  /**
+   * The connection ends without this side deciding it: the peer's close frame, a protocol
+   * error (ws has sent the close frame already) or the socket gone.
+   */
+  [kPeerEnded](reason: TerminateReason): void
+}
+
+const kEvents = Symbol('fastify-ws-handlers.events')
+
+/** The connection's slot on ws objects. */
+interface Slot { [kEvents]?: ConnectionEvents }
+
+export function listen (ws: WebSocket, events: ConnectionEvents): void {
+  ;(ws as Slot)[kEvents] = events
+  ws.on('message', onMessage)
+  ws.on('ping', onPing)
+  ws.on('pong', onPong)
+  ws.on('close', onClose)
+  ws.on('error', onError)
+  // The peer's close frame, as soon as it is parsed: ws's own 'close' waits for the TCP teardown.
+  const receiver = internalsOf(ws)._receiver
+  ;(receiver as Slot)[kEvents] = events
+  receiver.on('conclude', onConclude)
+}
+
+function received (ws: WebSocket, frame: InFrame<unknown>): void {
+  const events = (ws as Slot)[kEvents]!
+  if (frameInChannel.hasSubscribers) frameInChannel.publish({ ctx: events, frame })
+  events[kReceived](frame)
+}
+
+function onMessage (this: WebSocket, data: Buffer, isBinary: boolean): void {
+  const events = (this as Slot)[kEvents]!
+  const read = events.jsonReader
+  if (read === undefined) {
+    received(this, isBinary ? { type: 'binary', data } : { type: 'text', data: data.toString() })
+    return
+  }
+  const frame = read(isBinary ? undefined : data.toString())
+  if ('type' in frame) received(this, frame)
+  else events[kInvalidJson](frame)
+}
+
+function onPing (this: WebSocket, data: Buffer): void {
+  received(this, { type: 'ping', data })
+}
+
+function onPong (this: WebSocket, data: Buffer): void {
+  received(this, { type: 'pong', data })
+}
+
+function onConclude (this: Slot, code: number, reason: Buffer): void {
+  this[kEvents]![kPeerEnded]({ type: 'remote', code: code === CloseCode.NO_STATUS ? undefined : code, reason: reason.toString() })
+}
+
+function onClose (this: WebSocket): void {
+  // Without a close frame before it (that ended the connection already), the socket just went away.
+  (this as Slot)[kEvents]![kPeerEnded]({ type: 'closed' })
+}
+
+function onError (this: WebSocket, error: Error): void {
+  // ws has already sent the close frame with this code; frames queued before it still run.
+  (this as Slot)[kEvents]![kPeerEnded]({ type: 'error', code: closeCodeOfWsError(error), error })
+}

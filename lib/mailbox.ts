@@ -1,0 +1,131 @@
+/**
+ * A connection's mailbox and its flow control: what waits while a callback runs, oldest first,
+ * and when to stop reading the socket. Cowboy's process mailbox, with two bounds Erlang does not
+ * need (a count and the bytes of waiting frames) so that a fast peer cannot grow it without
+ * limit, and Cowboy's `active` command (frames already read while inactive are held back).
+ */
+import type WebSocket from 'ws'
+import type { InFrame } from './types.js'
+
+/**
+ * What an item is for, named after the callback that takes it; `errorFrame` is a JSON message
+ * the route refused, whose error frame goes out in order with the replies.
+ */
+export type MailKind = 'websocketInit' | 'handle' | 'info' | 'errorFrame'
+
+/** The two bounds, read live from the connection's options. */
+export interface MailboxLimits { readonly mailboxLimit: number, readonly maxFrameSize: number }
+
+// Why reading is paused: bits, so the handler's `active: false` and a full mailbox do not undo each other.
+const PAUSED_BY_HANDLER = 1
+const PAUSED_BY_MAILBOX = 2
+
+/** A waiting frame's weight for the byte bound: its bytes, or its JSON text's length. */
+function sizeOf (frame: InFrame<unknown>): number {
+  return frame.type === 'json' ? (frame as { size?: number }).size! : frame.data.length
+}
+
+export class Mailbox {
+  readonly #ws: WebSocket
+  /**
+   * (kind, payload) pairs from `#head` on: no wrapper object per item, and taking one moves the
+   * head (O(1)) instead of shifting the array.
+   */
+  readonly #items: unknown[] = []
+  #head = 0
+  /** Payload bytes (characters of text) of the frames waiting. */
+  #bytes = 0
+  #paused = 0
+  /** Frames read while the handler said `active: false`; they run first on `active: true`. */
+  #held: Array<InFrame<unknown>> | undefined
+  /** A post was refused since the mailbox was last below half its limit. */
+  refusing = false
+
+  constructor (ws: WebSocket) {
+    this.#ws = ws
+  }
+
+  get size (): number {
+    return (this.#items.length - this.#head) >> 1
+  }
+
+  /** The handler said `active: false`: frames read since wait. */
+  get inactive (): boolean {
+    return (this.#paused & PAUSED_BY_HANDLER) !== 0
+  }
+
+  push (kind: MailKind, payload: unknown, limits: MailboxLimits): void {
+    this.#items.push(kind, payload)
+    if (kind === 'handle') this.#bytes += sizeOf(payload as InFrame<unknown>)
+    // Stop reading past either bound: many small items, or a few large frames
+    // (mailboxLimit × maxFrameSize would be a gigabyte with the defaults).
+    if ((this.#paused & PAUSED_BY_MAILBOX) === 0 && (this.size > limits.mailboxLimit || this.#bytes > limits.maxFrameSize)) {
+      this.#setPaused(PAUSED_BY_MAILBOX, true)
+    }
+  }
+
+  /** The oldest item's kind; `take` next removes it and returns its payload. */
+  peekKind (): MailKind {
+    return this.#items[this.#head] as MailKind
+  }
+
+  take (limits: MailboxLimits): unknown {
+    const items = this.#items
+    const head = this.#head
+    const payload = items[head + 1]
+    if (items[head] === 'handle') this.#bytes -= sizeOf(payload as InFrame<unknown>)
+    items[head + 1] = undefined // let the payload go
+    if (head + 2 === items.length) {
+      items.length = 0
+      this.#head = 0
+    } else if (head >= 2048 && head * 2 >= items.length) {
+      items.splice(0, head + 2) // compact now and then: still O(1) per item, amortised
+      this.#head = 0
+    } else {
+      this.#head = head + 2
+    }
+    if (this.size <= limits.mailboxLimit >> 1) {
+      this.refusing = false
+      if ((this.#paused & PAUSED_BY_MAILBOX) !== 0 && this.#bytes <= limits.maxFrameSize / 2) this.#setPaused(PAUSED_BY_MAILBOX, false)
+    }
+    return payload
+  }
+
+  hold (frame: InFrame<unknown>): void {
+    (this.#held ??= []).push(frame)
+  }
+
+  /** Cowboy's `active` command: stop or resume reading; resuming puts held frames first. */
+  setActive (active: boolean): void {
+    this.#setPaused(PAUSED_BY_HANDLER, !active)
+    if (active) this.releaseHeld()
+  }
+
+  /** Held frames go back to the front: they were read before what waits now. */
+  releaseHeld (): void {
+    const held = this.#held
+    if (held === undefined) return
+    this.#held = undefined
+    const items: unknown[] = []
+    for (const frame of held) {
+      items.push('handle', frame)
+      this.#bytes += sizeOf(frame)
+    }
+    this.#items.splice(this.#head, 0, ...items)
+  }
+
+  /** This side closes: drop what waits, and read again so that the peer's close reply ends the socket. */
+  dropForClose (): void {
+    this.#items.length = 0
+    this.#head = 0
+    this.#bytes = 0
+    if (this.#paused !== 0) this.#ws.resume()
+  }
+
+  #setPaused (bit: number, on: boolean): void {
+    const before = this.#paused
+    this.#paused = on ? before | bit : before & ~bit
+    if (before === 0 && this.#paused !== 0) this.#ws.pause()
+    else if (before !== 0 && this.#paused === 0) this.#ws.resume()
+  }
+}

@@ -1,0 +1,56 @@
+/**
+ * The handler's timers (`ctx.sendAfter`, `ctx.startTimer`): Erlang's `erlang:send_after` and
+ * `erlang:start_timer`, whose messages arrive in `info` through the mailbox like any other.
+ * Cancelled all at once when the connection ends.
+ */
+import { InvalidTimerError } from './errors.js'
+import type { TimerRef } from './types.js'
+
+/** The owner's method that delivers a fired timer's message to `info`. */
+export const kTimerFired = Symbol('fastify-ws-handlers.timer-fired')
+
+export interface TimerOwner {
+  [kTimerFired](message: unknown): void
+}
+
+let lastRef = 0
+
+/** A fresh reference; refs are unique in the process, so a stale ref never cancels another timer. */
+export function nextTimerRef (ms: number): TimerRef {
+  if (!(Number.isFinite(ms) && ms >= 0)) throw new InvalidTimerError(String(ms))
+  return ++lastRef
+}
+
+export class Timers {
+  readonly #owner: TimerOwner
+  readonly #running = new Map<TimerRef, NodeJS.Timeout>()
+
+  constructor (owner: TimerOwner) {
+    this.#owner = owner
+  }
+
+  /** `wrap`: deliver `{ type: 'timeout', ref, message }` (startTimer) rather than the message (sendAfter). */
+  start (ms: number, message: unknown, wrap: boolean): TimerRef {
+    const ref = nextTimerRef(ms)
+    this.#running.set(ref, setTimeout(Timers.#fire, ms, this, ref, message, wrap))
+    return ref
+  }
+
+  cancel (ref: TimerRef): boolean {
+    const timer = this.#running.get(ref)
+    if (timer === undefined) return false
+    clearTimeout(timer)
+    this.#running.delete(ref)
+    return true
+  }
+
+  clear (): void {
+    for (const timer of this.#running.values()) clearTimeout(timer)
+    this.#running.clear()
+  }
+
+  static #fire (self: Timers, ref: TimerRef, message: unknown, wrap: boolean): void {
+    self.#running.delete(ref)
+    self.#owner[kTimerFired](wrap ? { type: 'timeout', ref, message } : message)
+  }
+}
