@@ -8,13 +8,16 @@ import type WebSocket from 'ws'
 import { MAX_CLOSE_REASON_BYTES, isSendableCloseCode } from './close-codes.js'
 import { anything, liveChecks, mustBe, optionsProblem, shapeChecker, show, type Check } from './options.js'
 import type { BroadcastFrame } from './adapter.js'
-import type { CloseFrame, OutFrame } from './types.js'
+import type { CloseFrame, Commands, OutFrame } from './types.js'
 import { SENDER_DEFAULT, internalsOf } from './ws-internals.js'
 
 const MAX_CONTROL_PAYLOAD = 125
 const isBoolean = (value: unknown): boolean => typeof value === 'boolean'
 
-/** Why a callback's result is not a valid result, as a sentence naming what was expected; undefined when it is. */
+/**
+ * Why a callback's result is not a valid result, as a sentence naming what was expected;
+ * undefined when it is. One check per command (`satisfies`: a new command cannot go unchecked).
+ */
 export const resultProblem: Check = shapeChecker({
   state: anything,
   reply: (reply) => Array.isArray(reply) ? framesProblem(reply) : frameProblem(reply),
@@ -22,7 +25,7 @@ export const resultProblem: Check = shapeChecker({
   hibernate: mustBe('hibernate', 'a boolean', isBoolean),
   active: mustBe('active', 'a boolean', isBoolean),
   options: (options) => optionsProblem(options, liveChecks)
-})
+} satisfies Record<keyof Commands<unknown>, Check>)
 
 function framesProblem (frames: readonly unknown[]): string | undefined {
   for (let i = 0; i < frames.length; i++) {

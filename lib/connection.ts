@@ -1,9 +1,10 @@
 /**
  * One upgraded connection: an actor with a mailbox, in the manner of a cowboy_websocket process.
- * Its parts, each in its own module: the mailbox (mailbox.ts), ws's events (listeners.ts), the
- * idle timeout and heartbeat (idle-timer.ts), the handler's timers (timers.ts), hibernate
- * (hibernate.ts), frame checks and writes (commands.ts). Here: the phases, the loop that runs
- * one callback at a time, and the command interpreter.
+ * Here: its phases, the loop that runs one callback at a time, and the command interpreter.
+ * Its other parts have their own modules: what `ctx` offers (context.ts), the mailbox and flow
+ * control (mailbox.ts), ws's events (listeners.ts), the idle timeout and heartbeat
+ * (idle-timer.ts), the handler's timers (timers.ts), hibernate (hibernate.ts), frame checks
+ * and writes (commands.ts).
  *
  *             upgrade ── websocketInit is the mailbox's first item
  *                ▼
@@ -18,12 +19,12 @@
  *                ▼
  *             closed              terminate(reason) ran exactly once; timers are cancelled
  */
-import type { FastifyBaseLogger } from 'fastify'
 import type WebSocket from 'ws'
 import type { BroadcastFrame } from './adapter.js'
 import { CloseCode } from './close-codes.js'
 import { resultProblem, writeFrames, writeShared } from './commands.js'
-import { closeChannel, closeLogFields, frameOutChannel, logsInfo, openChannel } from './diagnostics.js'
+import { ConnectionContext, kShutdown, kWriteShared } from './context.js'
+import { frameOutChannel } from './diagnostics.js'
 import { InvalidMessageError, InvalidResultError, OutboundOverflowError } from './errors.js'
 import { json } from './frames.js'
 import { DeferredRelease, releaseIdleResources } from './hibernate.js'
@@ -32,32 +33,15 @@ import type { JsonProblem, JsonReader } from './json-messages.js'
 import { kInvalidJson, kPeerEnded, kReceived, listen, type ConnectionEvents } from './listeners.js'
 import { Mailbox, type MailKind } from './mailbox.js'
 import { resolveConnectionOptions, type ResolvedConnectionOptions } from './options.js'
-import type { Lease } from './registry.js'
 import type { RouteContext, Upgrade } from './route-context.js'
-import { Timers, kTimerFired, nextTimerRef, type TimerOwner } from './timers.js'
-import type { Commands, InFrame, LiveOptions, OutFrame, RequestSnapshot, TerminateReason, TimerRef, WebSocketContext } from './types.js'
+import { kTimerFired } from './timers.js'
+import type { Commands, InFrame, LiveOptions, OutFrame, TerminateReason } from './types.js'
 import { applyReceiverLimits, internalsOf } from './ws-internals.js'
 
-export const kShutdown = Symbol('fastify-ws-handlers.shutdown')
-export const kWriteShared = Symbol('fastify-ws-handlers.write-shared')
-export const kLease = Symbol('fastify-ws-handlers.lease')
-
 /** See the diagram above. */
-type Phase = 'open' | 'closing' | 'closed'
+export type Phase = 'open' | 'closing' | 'closed'
 
-const noTopics: readonly string[] = Object.freeze([])
-
-/** The interpreter applies every command; this stops compiling when `Commands` gains one it does not. */
-type Interpreted = 'state' | 'options' | 'active' | 'reply' | 'stop' | 'hibernate'
-export const everyCommandInterpreted: [keyof Commands<unknown>] extends [Interpreted] ? true : never = true
-
-export class Connection implements WebSocketContext<unknown>, ConnectionEvents, IdleTimerOwner, TimerOwner {
-  readonly id: string
-  readonly request: RequestSnapshot
-  readonly [kLease]: Lease
-  readonly #route: RouteContext
-  readonly #ws: WebSocket
-  #phase: Phase = 'open'
+export class Connection extends ConnectionContext implements ConnectionEvents, IdleTimerOwner {
   /** Set on leaving `open`: what terminate will be told. */
   #endReason: TerminateReason | undefined
   #state: unknown
@@ -69,95 +53,32 @@ export class Connection implements WebSocketContext<unknown>, ConnectionEvents, 
   /** The callback whose promise is pending, for the crash log line. */
   #pending: MailKind = 'websocketInit'
   #idleTimer: IdleTimer | undefined
-  #timers: Timers | undefined
   #release: DeferredRelease | undefined
-  #log: FastifyBaseLogger | undefined
-  readonly #openedAt = performance.now()
-  /** Few per connection: an array is the smallest. */
-  #topics: string[] | undefined
   #onFulfilled: ((result: unknown) => void) | undefined
   #onRejected: ((error: unknown) => void) | undefined
 
   constructor (route: RouteContext, ws: WebSocket, upgrade: Upgrade) {
-    this.id = route.registry.nextId()
-    this.request = upgrade.request
-    this[kLease] = upgrade.lease
-    this.#route = route
-    this.#ws = ws
+    super(route, ws, upgrade)
     this.#state = upgrade.state
     this.#options = upgrade.options
     internalsOf(ws)._closeTimeout = route.closeTimeout
     listen(ws, this)
     applyReceiverLimits(ws, this.#options.maxFrameSize, this.#options.validateUtf8)
     this.#armIdleTimer()
-    route.registry.add(this)
-    if (logsInfo(route.log)) this.log.info({ ip: this.request.ip, protocol: this.request.protocol }, 'WebSocket open')
-    if (openChannel.hasSubscribers) openChannel.publish({ ctx: this, request: upgrade.raw })
+    this.announceOpen(upgrade.raw)
     if (this.#dispatch('websocketInit', undefined)) this.#drain()
-  }
-
-  // ---- the context callbacks see (ctx) --------------------------------------
-
-  get alive (): boolean {
-    return this.#phase !== 'closed'
-  }
-
-  get bufferedAmount (): number {
-    return this.#ws.bufferedAmount
-  }
-
-  get log (): FastifyBaseLogger {
-    this.#log ??= this.#route.log.child({ reqId: this.request.id, wsId: this.id, wsRoute: this.#route.url })
-    return this.#log
   }
 
   /** Refused (false) once the connection is ending or `mailboxLimit` items wait: the app's producers are bounded too. */
   post (message: unknown): boolean {
-    const mailbox = this.#mailbox
-    if (this.#phase === 'open' && this.#running && mailbox !== undefined && mailbox.size >= this.#options.mailboxLimit) {
-      if (!mailbox.refusing) {
-        mailbox.refusing = true
-        this.log.warn({ code: 'FST_WS_MAILBOX_FULL', mailboxLimit: this.#options.mailboxLimit }, 'WebSocket mailbox full: posts are refused until it drains')
-      }
-      return false
-    }
+    if (this.#running && this.#mailbox?.refuses(this.#options.mailboxLimit, this) === true) return false
     return this.#deliver('info', message)
-  }
-
-  sendAfter (ms: number, message: unknown): TimerRef {
-    return this.#phase === 'closed' ? nextTimerRef(ms) : (this.#timers ??= new Timers(this)).start(ms, message, false)
-  }
-
-  startTimer (ms: number, message: unknown): TimerRef {
-    return this.#phase === 'closed' ? nextTimerRef(ms) : (this.#timers ??= new Timers(this)).start(ms, message, true)
-  }
-
-  cancelTimer (ref: TimerRef): boolean {
-    return this.#timers?.cancel(ref) ?? false
-  }
-
-  get topics (): readonly string[] {
-    return this.#topics ?? noTopics
-  }
-
-  subscribe (topic: string): boolean {
-    if (this.#phase === 'closed' || !this.#route.registry.subscribe(this, topic)) return false
-    // A literal: an empty array's first push reserves room for 17 (+136 B per connection).
-    if (this.#topics === undefined) this.#topics = [topic]
-    else this.#topics.push(topic)
-    return true
-  }
-
-  unsubscribe (topic: string): boolean {
-    if (!this.#route.registry.unsubscribe(this, topic)) return false
-    this.#topics!.splice(this.#topics!.indexOf(topic), 1)
-    return true
   }
 
   // ---- what reaches it from ws, timers and the app --------------------------
 
   get jsonReader (): JsonReader | undefined {
-    return this.#route.json?.read
+    return this.route.json?.read
   }
 
   [kReceived] (frame: InFrame<unknown>): void {
@@ -166,12 +87,12 @@ export class Connection implements WebSocketContext<unknown>, ConnectionEvents, 
 
   [kInvalidJson] (problem: JsonProblem): void {
     // As the route chose: an error frame (in order, through the mailbox), or a close.
-    if (this.#route.json!.onInvalid === 'error-frame') this.#deliver('errorFrame', problem)
+    if (this.route.json!.onInvalid === 'error-frame') this.#deliver('errorFrame', problem)
     else this.#close(problem.code, problem.reason, { type: 'error', code: problem.code, error: new InvalidMessageError(problem.reason) })
   }
 
   [kPeerEnded] (reason: TerminateReason): void {
-    if (this.#phase !== 'open') return
+    if (this.phase !== 'open') return
     this.#mailbox?.releaseHeld() // frames read before the handler paused reading still run
     this.#end(reason)
   }
@@ -184,25 +105,24 @@ export class Connection implements WebSocketContext<unknown>, ConnectionEvents, 
     this.#close(CloseCode.NORMAL, '', { type: 'timeout' })
   }
 
-  /** app.close(): close with 1001 now; terminate follows the callback in progress. */
+  /** Close with 1001 now; terminate follows the callback in progress. */
   [kShutdown] (): void {
     this.#close(CloseCode.GOING_AWAY, '', { type: 'shutdown' })
   }
 
-  /** `broadcast`: a frame encoded once for every subscriber, without running the handler. False when not written. */
   [kWriteShared] (encoded: Buffer, frame: BroadcastFrame): boolean {
     // readyState: the peer ended TCP and ws has not said 'close' yet.
-    if (this.#phase !== 'open' || this.#ws.readyState !== this.#ws.OPEN || this.#closedForOverflow()) return false
-    writeShared(this.#ws, encoded, frame)
+    if (this.phase !== 'open' || this.ws.readyState !== this.ws.OPEN || this.#closedForOverflow()) return false
+    writeShared(this.ws, encoded, frame)
     return true
   }
 
   // ---- the loop: one callback at a time --------------------------------------
 
   #deliver (kind: MailKind, payload: unknown): boolean {
-    if (this.#phase !== 'open') return false
+    if (this.phase !== 'open') return false
     if (this.#running) {
-      (this.#mailbox ??= new Mailbox(this.#ws)).push(kind, payload, this.#options)
+      (this.#mailbox ??= new Mailbox(this.ws)).push(kind, payload, this.#options)
     } else {
       this.#running = true
       if (this.#dispatch(kind, payload)) this.#drain()
@@ -218,7 +138,7 @@ export class Connection implements WebSocketContext<unknown>, ConnectionEvents, 
       if (!this.#dispatch(kind, mailbox.take(this.#options))) return
     }
     this.#running = false
-    if (this.#phase === 'closing') this.#terminate()
+    if (this.phase === 'closing') this.#terminate()
   }
 
   /**
@@ -231,13 +151,13 @@ export class Connection implements WebSocketContext<unknown>, ConnectionEvents, 
       this.#write(json({ type: 'error', code, message: reason }))
       return true
     }
-    if (kind === 'handle' && this.#phase === 'open' && this.#mailbox?.inactive === true) {
+    if (kind === 'handle' && this.phase === 'open' && this.#mailbox?.inactive === true) {
       // Read in the same TCP chunk before the handler paused: it waits for `active: true`
       // (unless the peer has ended the connection: then it runs, as queued frames do).
       this.#mailbox.hold(payload as InFrame<unknown>)
       return true
     }
-    const handler = this.#route.handler
+    const handler = this.route.handler
     let result: unknown
     try {
       if (kind === 'handle') result = handler.handle?.(payload as InFrame, this.#state, this)
@@ -280,7 +200,7 @@ export class Connection implements WebSocketContext<unknown>, ConnectionEvents, 
     const commands = result as Commands<unknown>
     if (commands.state !== undefined) this.#state = commands.state
     if (commands.options !== undefined) this.#setOptions(commands.options)
-    if (commands.active !== undefined) (this.#mailbox ??= new Mailbox(this.#ws)).setActive(commands.active)
+    if (commands.active !== undefined) (this.#mailbox ??= new Mailbox(this.ws)).setActive(commands.active)
     if (commands.reply !== undefined) this.#write(commands.reply)
     if (commands.stop === true) this.#close(CloseCode.NORMAL, '', { type: 'stop', code: CloseCode.NORMAL, reason: '' })
     if (commands.hibernate === true) this.#hibernate()
@@ -293,8 +213,8 @@ export class Connection implements WebSocketContext<unknown>, ConnectionEvents, 
 
   #write (reply: OutFrame | readonly OutFrame[]): void {
     // Nothing is sent once the connection is ending: after a close frame, or to a closed peer.
-    if (this.#phase !== 'open' || this.#closedForOverflow()) return
-    const closeFrame = writeFrames(this.#ws, reply)
+    if (this.phase !== 'open' || this.#closedForOverflow()) return
+    const closeFrame = writeFrames(this.ws, reply)
     if (frameOutChannel.hasSubscribers) frameOutChannel.publish({ ctx: this, frames: reply })
     if (closeFrame !== undefined) {
       const code = closeFrame.code ?? CloseCode.NORMAL
@@ -308,7 +228,7 @@ export class Connection implements WebSocketContext<unknown>, ConnectionEvents, 
    * and broadcasts alike), so one large reply is not mistaken for it. Over the limit: close 1008.
    */
   #closedForOverflow (): boolean {
-    const backlog = this.#ws.bufferedAmount
+    const backlog = this.ws.bufferedAmount
     if (backlog <= this.#options.maxBufferedBytes) return false
     const error = new OutboundOverflowError(backlog, this.#options.maxBufferedBytes)
     this.#close(CloseCode.POLICY_VIOLATION, 'outbound buffer full', { type: 'error', code: CloseCode.POLICY_VIOLATION, error })
@@ -319,15 +239,15 @@ export class Connection implements WebSocketContext<unknown>, ConnectionEvents, 
 
   /** A close this side decides: the close frame goes out now and what waits is dropped. */
   #close (code: number, reason: string, terminateReason: TerminateReason): void {
-    if (this.#phase !== 'open') return
-    this.#ws.close(code, reason)
+    if (this.phase !== 'open') return
+    this.ws.close(code, reason)
     this.#mailbox?.dropForClose()
     this.#end(terminateReason)
   }
 
   /** Enter `closing`: terminate runs once the callback in progress and what waits are done. */
   #end (reason: TerminateReason): void {
-    this.#phase = 'closing'
+    this.phase = 'closing'
     this.#endReason = reason
     this.#idleTimer?.stop()
     this.#release?.cancel()
@@ -338,22 +258,17 @@ export class Connection implements WebSocketContext<unknown>, ConnectionEvents, 
   }
 
   #terminate (): void {
-    this.#phase = 'closed'
+    this.phase = 'closed'
     const reason = this.#endReason!
-    const registry = this.#route.registry
-    for (const topic of this.#topics ?? noTopics) registry.unsubscribe(this, topic)
-    this.#topics = undefined
-    this.#timers?.clear()
-    if (closeChannel.hasSubscribers) closeChannel.publish({ ctx: this, reason })
-    if (logsInfo(this.#route.log)) this.log.info(closeLogFields(reason, this.#openedAt), 'WebSocket closed')
-    const done = (): void => { registry.remove(this) }
+    this.announceClose(reason)
+    const done = (): void => { this.route.registry.remove(this) }
     const failed = (error: unknown): void => {
       this.log.error({ err: error }, 'WebSocket terminate threw')
       done()
     }
     let settled: Promise<void> | void
     try {
-      settled = this.#route.handler.terminate?.(reason, this.request, this.#state)
+      settled = this.route.handler.terminate?.(reason, this.request, this.#state)
     } catch (error) {
       failed(error)
       return
@@ -367,18 +282,18 @@ export class Connection implements WebSocketContext<unknown>, ConnectionEvents, 
   #setOptions (live: LiveOptions): void {
     this.#options = resolveConnectionOptions(this.#options, live)
     if (live.idleTimeout !== undefined || live.pingInterval !== undefined) this.#armIdleTimer()
-    if (live.maxFrameSize !== undefined) applyReceiverLimits(this.#ws, this.#options.maxFrameSize, this.#options.validateUtf8)
+    if (live.maxFrameSize !== undefined) applyReceiverLimits(this.ws, this.#options.maxFrameSize, this.#options.validateUtf8)
   }
 
   #armIdleTimer (): void {
     const { idleTimeout, pingInterval } = this.#options
     if (this.#idleTimer === undefined && idleTimeout === 0 && pingInterval === 0) return
-    (this.#idleTimer ??= new IdleTimer(this, this.#ws)).arm(idleTimeout, pingInterval)
+    (this.#idleTimer ??= new IdleTimer(this, this.ws)).arm(idleTimeout, pingInterval)
   }
 
   /** Release what can be rebuilt on the next message (hibernate.ts), once zlib is idle. */
   #hibernate (): void {
-    if (this.#phase !== 'open' || this.#release?.pending === true) return
-    if (!releaseIdleResources(this.#ws)) this.#release = new DeferredRelease(this.#ws)
+    if (this.phase !== 'open' || this.#release?.pending === true) return
+    if (!releaseIdleResources(this.ws)) this.#release = new DeferredRelease(this.ws)
   }
 }

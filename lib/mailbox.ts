@@ -4,6 +4,7 @@
  * need (a count and the bytes of waiting frames) so that a fast peer cannot grow it without
  * limit, and Cowboy's `active` command (frames already read while inactive are held back).
  */
+import type { FastifyBaseLogger } from 'fastify'
 import type WebSocket from 'ws'
 import type { InFrame } from './types.js'
 
@@ -39,7 +40,7 @@ export class Mailbox {
   /** Frames read while the handler said `active: false`; they run first on `active: true`. */
   #held: Array<InFrame<unknown>> | undefined
   /** A post was refused since the mailbox was last below half its limit. */
-  refusing = false
+  #refusing = false
 
   constructor (ws: WebSocket) {
     this.#ws = ws
@@ -47,6 +48,16 @@ export class Mailbox {
 
   get size (): number {
     return (this.#items.length - this.#head) >> 1
+  }
+
+  /** A post while `limit` items wait is refused; the first refusal of an episode is logged. */
+  refuses (limit: number, owner: { readonly log: FastifyBaseLogger }): boolean {
+    if (this.size < limit) return false
+    if (!this.#refusing) {
+      this.#refusing = true
+      owner.log.warn({ code: 'FST_WS_MAILBOX_FULL', mailboxLimit: limit }, 'WebSocket mailbox full: posts are refused until it drains')
+    }
+    return true
   }
 
   /** The handler said `active: false`: frames read since wait. */
@@ -85,7 +96,7 @@ export class Mailbox {
       this.#head = head + 2
     }
     if (this.size <= limits.mailboxLimit >> 1) {
-      this.refusing = false
+      this.#refusing = false
       if ((this.#paused & PAUSED_BY_MAILBOX) !== 0 && this.#bytes <= limits.maxFrameSize / 2) this.#setPaused(PAUSED_BY_MAILBOX, false)
     }
     return payload

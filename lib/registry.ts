@@ -6,7 +6,7 @@
  */
 import { randomBytes } from 'node:crypto'
 import { instanceOf, type BroadcastFrame, type LocalDelivery, type PubSubAdapter } from './adapter.js'
-import { kLease, kShutdown, kWriteShared, type Connection } from './connection.js'
+import { kLease, kShutdown, kWriteShared, type ConnectionContext } from './context.js'
 import type { ConnectionRegistry } from './route-context.js'
 import { encodeFrame } from './frames.js'
 import { show } from './options.js'
@@ -22,13 +22,13 @@ export interface Lease { readonly route: string, readonly ip: string, open: bool
 export class Registry implements ConnectionRegistry, WebSocketConnections {
   /** The prefix of this instance's connection ids; other instances route posts by it. */
   readonly instanceId = randomBytes(4).toString('hex')
-  readonly #live = new Map<string, Connection>()
+  readonly #live = new Map<string, ConnectionContext>()
   /** Admitted (upgrading or open) connections: all, per route, per client IP. */
   #admitted = 0
   readonly #perRoute = new Map<string, number>()
   readonly #perIp = new Map<string, number>()
   readonly #limits: ConnectionLimits
-  readonly #topics = new Map<string, Set<Connection>>()
+  readonly #topics = new Map<string, Set<ConnectionContext>>()
   readonly #adapter: PubSubAdapter
   #lastId = 0
   #onEmpty: (() => void) | undefined
@@ -85,7 +85,7 @@ export class Registry implements ConnectionRegistry, WebSocketConnections {
     decrement(this.#perIp, lease.ip)
   }
 
-  add (connection: Connection): void {
+  add (connection: ConnectionContext): void {
     this.#live.set(connection.id, connection)
     // init refuses upgrades once app.close() began (503); one that was already between that
     // check and the 101 (a microtask's gap) opens, then closes with 1001.
@@ -93,13 +93,13 @@ export class Registry implements ConnectionRegistry, WebSocketConnections {
     if (this.#closing) queueMicrotask(() => connection[kShutdown]())
   }
 
-  remove (connection: Connection): void {
+  remove (connection: ConnectionContext): void {
     this.#live.delete(connection.id)
     this.release(connection[kLease])
     if (this.#live.size === 0) this.#onEmpty?.()
   }
 
-  get (id: string): Connection | undefined {
+  get (id: string): ConnectionContext | undefined {
     return this.#live.get(id)
   }
 
@@ -129,7 +129,7 @@ export class Registry implements ConnectionRegistry, WebSocketConnections {
   // ---- topics ---------------------------------------------------------------
 
   /** Called by the connection (ctx.subscribe); true when it was not subscribed yet. */
-  subscribe (connection: Connection, topic: string): boolean {
+  subscribe (connection: ConnectionContext, topic: string): boolean {
     assertTopic(topic)
     let subscribers = this.#topics.get(topic)
     if (subscribers === undefined) {
@@ -141,7 +141,7 @@ export class Registry implements ConnectionRegistry, WebSocketConnections {
     return subscribers.add(connection).size !== before
   }
 
-  unsubscribe (connection: Connection, topic: string): boolean {
+  unsubscribe (connection: ConnectionContext, topic: string): boolean {
     const subscribers = this.#topics.get(topic)
     if (subscribers === undefined || !subscribers.delete(connection)) return false
     if (subscribers.size === 0) {
@@ -223,7 +223,7 @@ export class Registry implements ConnectionRegistry, WebSocketConnections {
   }
 }
 
-const noSubscribers: ReadonlySet<Connection> = new Set()
+const noSubscribers: ReadonlySet<ConnectionContext> = new Set()
 
 function decrement (counts: Map<string, number>, key: string): void {
   const left = counts.get(key)! - 1

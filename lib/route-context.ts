@@ -1,7 +1,7 @@
 /** What a connection is handed: by its route (shared), and by its upgrade (its own). */
 import type { IncomingMessage } from 'node:http'
 import type { FastifyBaseLogger } from 'fastify'
-import type { Connection } from './connection.js'
+import type { ConnectionContext } from './context.js'
 import type { JsonReader } from './json-messages.js'
 import type { ResolvedConnectionOptions } from './options.js'
 import type { Lease } from './registry.js'
@@ -22,11 +22,11 @@ export interface RouteContext {
 /** Where connections announce themselves and keep their topics; see registry.ts. */
 export interface ConnectionRegistry {
   nextId(): string
-  add(connection: Connection): void
-  subscribe(connection: Connection, topic: string): boolean
-  unsubscribe(connection: Connection, topic: string): boolean
+  add(connection: ConnectionContext): void
+  subscribe(connection: ConnectionContext, topic: string): boolean
+  unsubscribe(connection: ConnectionContext, topic: string): boolean
   /** The connection's terminate has settled (or it had none). */
-  remove(connection: Connection): void
+  remove(connection: ConnectionContext): void
 }
 
 /** What the upgrade hands over: the state and options `init` produced, and the request snapshot. */

@@ -159,23 +159,29 @@ t.test('a partial frame is received data too: a slow large frame is not cut off'
   client.socket.destroy()
 })
 
-t.test('idleTimeout can be changed live, and 0 turns it off', async (t) => {
+t.test('idleTimeout can be changed live, and 0 turns it off; a connection opened without any timer gets one', async (t) => {
   const { app } = await buildApp(t)
   const recorder = terminateRecorder()
-  app.ws('/live', {
-    handle: (frame) => frame.type === 'text' ? { options: { idleTimeout: Number(frame.data) }, reply: text(frame.data) } : undefined,
+  const setsIdleTimeout = {
+    handle: (frame: InFrame) => frame.type === 'text' ? { options: { idleTimeout: Number(frame.data) }, reply: text(frame.data) } : undefined,
     terminate: recorder.terminate
-  }, { idleTimeout: 100, pingInterval: 0 })
+  }
+  app.ws('/live', setsIdleTimeout, { idleTimeout: 100, pingInterval: 0 })
+  app.ws('/late', setsIdleTimeout, { idleTimeout: 0, pingInterval: 0 })
   const base = await listen(app)
   const clock = fakeClock(t)
-  const { ws, seen } = await connect(`${base}/live`)
-  ws.send('0')
-  await seen.frameCount(1)
+  const live = await connect(`${base}/live`)
+  const late = await connect(`${base}/late`)
+  live.ws.send('0')
+  await live.seen.frameCount(1)
   clock.tick(3_600_000)
-  t.equal(recorder.calls.length, 0, 'no idle timeout while it is 0')
-  ws.send('50')
-  await seen.frameCount(2)
+  t.equal(recorder.calls.length, 0, 'no idle timeout while it is 0, nor without a timer')
+  live.ws.send('50')
+  late.ws.send('50')
+  await Promise.all([live.seen.frameCount(2), late.seen.frameCount(1)])
   clock.tick(50)
-  t.same(await seen.closed, { code: 1000, reason: '' })
-  t.same((await recorder.first).reason, { type: 'timeout' })
+  t.same(await live.seen.closed, { code: 1000, reason: '' })
+  t.same(await late.seen.closed, { code: 1000, reason: '' })
+  await until(() => recorder.calls.length === 2, 'both terminated')
+  t.same(recorder.calls.map((call) => call.reason), [{ type: 'timeout' }, { type: 'timeout' }])
 })

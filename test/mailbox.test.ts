@@ -162,6 +162,7 @@ t.test('sendAfter delivers the message; startTimer delivers { type: timeout, ref
   let refs: Record<string, number> = {}
   app.ws('/timers', defineHandler<undefined, string>({
     websocketInit: (_state, ctx) => {
+      t.notOk(ctx.cancelTimer(12345), 'cancelTimer is false before any timer')
       refs = {
         after: ctx.sendAfter(10, 'after'),
         timer: ctx.startTimer(20, 'timer'),
@@ -208,6 +209,7 @@ t.test('timers end at terminate: nothing is delivered after, no timer is left', 
   // Exact counts are in leaks.test.ts; here other tests' timers may expire meanwhile.
   t.ok(timeouts() <= before, 'the connection timers were cleared')
   ctxOf!.sendAfter(1, 'after the end')
+  t.type(ctxOf!.startTimer(1, 'after the end'), 'number', 'a ref, and nothing else')
   await sleep(300)
   t.equal(delivered, 0)
 })

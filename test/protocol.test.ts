@@ -2,9 +2,10 @@
  * Protocol duties on a real socket, with frames written byte by byte: close codes are read off
  * the wire (DESIGN.md §5).
  */
+import type net from 'node:net'
 import t from 'tap'
 import { CloseCode, text, type InFrame } from '../lib/index.js'
-import { RawClient, buildApp, connect, listen, terminateRecorder } from './helpers.js'
+import { RawClient, buildApp, connect, listen, terminateRecorder, until } from './helpers.js'
 
 const TEXT = 0x1
 const BINARY = 0x2
@@ -231,4 +232,22 @@ t.test('the inflated size of a compressed message counts against maxFrameSize', 
   ws.send('x'.repeat(50_000)) // a few dozen bytes on the wire
   t.equal((await seen.closed).code, 1009)
   t.match((await recorder.first).reason, { type: 'error', code: 1009 })
+})
+
+t.test('replies to frames read together leave in one write: one syscall, not one per frame', async (t) => {
+  const { app, base } = await rawApp(t)
+  let writes = 0
+  app.websocketServer.on('connection', (ws) => {
+    const socket = (ws as unknown as { _socket: net.Socket & { _write: Function, _writev: Function } })._socket
+    const write = socket._write
+    const writev = socket._writev
+    socket._write = function (...args: unknown[]) { writes++; return write.apply(this, args) }
+    socket._writev = function (...args: unknown[]) { writes++; return writev.apply(this, args) }
+  })
+  const client = await RawClient.open(base, '/raw')
+  client.socket.write(Buffer.concat(['a', 'bb', 'ccc', 'dddd', 'eeeee'].map((data) => RawClient.frame(TEXT, data))))
+  await until(() => client.frames.length === 5, 'five replies')
+  t.same(client.frames.map((frame) => frame.payload.toString()), ['echo:1', 'echo:2', 'echo:3', 'echo:4', 'echo:5'])
+  t.equal(writes, 1)
+  client.socket.destroy()
 })

@@ -1,0 +1,115 @@
+/**
+ * The connection as callbacks and the registry see it (`ctx`): who it is, its logger, the
+ * handler's timers, its topics. The actor that runs the callbacks (connection.ts) extends it
+ * with the mailbox (`post`), broadcast writes and shutdown.
+ */
+import type { IncomingMessage } from 'node:http'
+import type { FastifyBaseLogger } from 'fastify'
+import type WebSocket from 'ws'
+import type { BroadcastFrame } from './adapter.js'
+import type { Phase } from './connection.js'
+import { closeChannel, closeLogFields, logsInfo, openChannel } from './diagnostics.js'
+import type { Lease } from './registry.js'
+import type { RouteContext, Upgrade } from './route-context.js'
+import { Timers, kTimerFired, nextTimerRef, type TimerOwner } from './timers.js'
+import type { RequestSnapshot, TerminateReason, TimerRef, WebSocketContext } from './types.js'
+
+export const kLease = Symbol('fastify-ws-handlers.lease')
+export const kShutdown = Symbol('fastify-ws-handlers.shutdown')
+export const kWriteShared = Symbol('fastify-ws-handlers.write-shared')
+
+const noTopics: readonly string[] = Object.freeze([])
+
+export abstract class ConnectionContext implements WebSocketContext<unknown>, TimerOwner {
+  readonly id: string
+  readonly request: RequestSnapshot
+  /** The admission that counts this connection against the limits, released after terminate. */
+  readonly [kLease]: Lease
+  protected readonly route: RouteContext
+  protected readonly ws: WebSocket
+  protected phase: Phase = 'open'
+  #timers: Timers | undefined
+  #log: FastifyBaseLogger | undefined
+  /** Few per connection: an array is the smallest. */
+  #topics: string[] | undefined
+  readonly #openedAt = performance.now()
+
+  constructor (route: RouteContext, ws: WebSocket, upgrade: Upgrade) {
+    this.id = route.registry.nextId()
+    this.request = upgrade.request
+    this[kLease] = upgrade.lease
+    this.route = route
+    this.ws = ws
+  }
+
+  abstract post (message: unknown): boolean
+  abstract [kTimerFired] (message: unknown): void
+  /** app.close(): close with 1001. */
+  abstract [kShutdown] (): void
+  /** `broadcast`: write a frame encoded once for every subscriber; false when not written. */
+  abstract [kWriteShared] (encoded: Buffer, frame: BroadcastFrame): boolean
+
+  get alive (): boolean {
+    return this.phase !== 'closed'
+  }
+
+  get bufferedAmount (): number {
+    return this.ws.bufferedAmount
+  }
+
+  get log (): FastifyBaseLogger {
+    this.#log ??= this.route.log.child({ reqId: this.request.id, wsId: this.id, wsRoute: this.route.url })
+    return this.#log
+  }
+
+  sendAfter (ms: number, message: unknown): TimerRef {
+    return this.#startTimer(ms, message, false)
+  }
+
+  startTimer (ms: number, message: unknown): TimerRef {
+    return this.#startTimer(ms, message, true)
+  }
+
+  cancelTimer (ref: TimerRef): boolean {
+    return this.#timers?.cancel(ref) ?? false
+  }
+
+  get topics (): readonly string[] {
+    return this.#topics ?? noTopics
+  }
+
+  subscribe (topic: string): boolean {
+    if (this.phase === 'closed' || !this.route.registry.subscribe(this, topic)) return false
+    // A literal: an empty array's first push reserves room for 17 (+136 B per connection).
+    if (this.#topics === undefined) this.#topics = [topic]
+    else this.#topics.push(topic)
+    return true
+  }
+
+  unsubscribe (topic: string): boolean {
+    if (!this.route.registry.unsubscribe(this, topic)) return false
+    this.#topics!.splice(this.#topics!.indexOf(topic), 1)
+    return true
+  }
+
+  /** Once wired: join the registry, log the open line, tell the open channel. */
+  protected announceOpen (raw: IncomingMessage): void {
+    this.route.registry.add(this)
+    if (logsInfo(this.route.log)) this.log.info({ ip: this.request.ip, protocol: this.request.protocol }, 'WebSocket open')
+    if (openChannel.hasSubscribers) openChannel.publish({ ctx: this, request: raw })
+  }
+
+  /** Before terminate: leave every topic, cancel every timer, tell the close channel, log the close line. */
+  protected announceClose (reason: TerminateReason): void {
+    for (const topic of this.#topics ?? noTopics) this.route.registry.unsubscribe(this, topic)
+    this.#topics = undefined
+    this.#timers?.clear()
+    if (closeChannel.hasSubscribers) closeChannel.publish({ ctx: this, reason })
+    if (logsInfo(this.route.log)) this.log.info(closeLogFields(reason, this.#openedAt), 'WebSocket closed')
+  }
+
+  #startTimer (ms: number, message: unknown, wrap: boolean): TimerRef {
+    if (this.phase === 'closed') return nextTimerRef(ms)
+    return (this.#timers ??= new Timers(this)).start(ms, message, wrap)
+  }
+}
