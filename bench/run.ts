@@ -102,14 +102,17 @@ const median = (xs: number[]): number => {
 }
 const fmt = (x: number): string => Math.abs(x) >= 100 ? Math.round(x).toLocaleString('en-US') : x.toFixed(2)
 
+/** Every variant's median (min–max); then the last variant (the plugin) ÷ each other one, nearest first. */
 function print (): void {
   for (const [name, { variants, samples }] of tables) {
-    const [a, b, c] = variants.map((v) => v.label) as [string, string, string]
+    const labels = variants.map((v) => v.label)
+    const plugin = labels.at(-1)!
+    const others = labels.slice(0, -1).reverse()
     console.log(`\n### ${name}\n`)
-    console.log(`| metric | ${a} | ${b} | ${c} | ${c} ÷ ${b} | ${c} ÷ ${a} |`)
-    console.log('|---|---|---|---|---|---|')
+    console.log(`| metric | ${labels.join(' | ')} | ${others.map((other) => `${plugin} ÷ ${other}`).join(' | ')} |`)
+    console.log(`|---|${labels.map(() => '---|').join('')}${others.map(() => '---|').join('')}`)
     for (const [metric, byVariant] of samples) {
-      const cells = [a, b, c].map((label) => {
+      const cells = labels.map((label) => {
         const xs = byVariant.get(label) ?? []
         return xs.length === 0 ? '–' : `${fmt(median(xs))} (${fmt(Math.min(...xs))}–${fmt(Math.max(...xs))})`
       })
@@ -118,7 +121,7 @@ function print (): void {
         const ys = byVariant.get(y)
         return xs === undefined || ys === undefined ? '–' : (median(xs) / median(ys)).toFixed(2)
       }
-      console.log(`| ${metric} | ${cells.join(' | ')} | ${ratio(c, b)} | ${ratio(c, a)} |`)
+      console.log(`| ${metric} | ${cells.join(' | ')} | ${others.map((other) => ratio(plugin, other)).join(' | ')} |`)
     }
   }
 }
@@ -268,7 +271,12 @@ console.log(`# fastify-ws-handlers benchmark\n\n${os.cpus()[0]?.model ?? 'unknow
   `Node ${process.version}, ${rounds} round(s)${quick ? ' (quick)' : ''}; medians (min–max)`)
 
 const echoShape = { connections: 50, inFlight: 10, size: 64, binary: false, warmupMs: quick ? 300 : 1000, durationMs: quick ? 1000 : 3000 }
-await echoScenario('Echo, 64 B text, 50 connections × 10 in flight', 'echo', echoShape)
+// A fourth server: raw @fastify/websocket that decodes the text and sends a string back, as the
+// plugin's API does (frame.data is a string): the plugin's own overhead apart from its API's.
+const [rawWs, rawFastifyWebsocket, plugin] = variantsOf('echo') as [Variant, Variant, Variant]
+await echoVariants('Echo, 64 B text, 50 connections × 10 in flight', [
+  rawWs, rawFastifyWebsocket, { label: '@fastify/websocket decoding', kind: 'fastify-websocket', scenario: 'echo-decode' }, plugin
+], echoShape)
 await echoScenario('Echo, 1 connection × 1 in flight (latency floor)', 'echo', { ...echoShape, connections: 1, inFlight: 1 })
 await echoScenario('Echo, 16 KiB binary, 50 connections × 10 in flight', 'echo', { ...echoShape, size: 16 * 1024, binary: true })
 await echoScenario('Async handler (awaits a resolved promise per message), 64 B, 50 × 10', 'async-echo', echoShape)

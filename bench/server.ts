@@ -14,6 +14,7 @@ import { redisAdapter } from '../lib/redis.js'
 export type Kind = 'ws' | 'fastify-websocket' | 'plugin'
 export type Scenario =
   | 'echo' | 'async-echo' | 'compressed' | 'compressed-hibernate'
+  | 'echo-decode' // raw servers only: text is decoded to a string and the string sent back
   | 'fanout' | 'fanout-loop' // broadcast to a topic / a loop of ws.send over websocketServer.clients
   | 'topics-1' | 'topics-10' // every connection in 1 or 10 topics
   | 'redis' // text frames received are broadcast to the topic over the Redis adapter (REDIS_URL)
@@ -29,6 +30,10 @@ const gc = globalThis.gc as () => void
 
 /** The raw servers' echo: what an app writes by hand on ws or @fastify/websocket. */
 function rawEcho (socket: WebSocket): void {
+  if (scenario === 'echo-decode') {
+    socket.on('message', (data: Buffer, isBinary) => { socket.send(isBinary ? data : data.toString(), { binary: isBinary }) })
+    return
+  }
   socket.on('message', scenario === 'async-echo'
     ? async (data, isBinary) => {
       await Promise.resolve()

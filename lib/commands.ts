@@ -93,12 +93,27 @@ function uncork (socket: Socket): void {
 
 const asText = { binary: false }
 
+/**
+ * The last text received (on any connection) and its bytes: a reply of that same text (an echo,
+ * a relay) is sent from the bytes instead of encoded again. Only for text whose bytes are
+ * exactly its UTF-8 (validated on receipt) and small (the slot keeps its read buffer alive).
+ */
+let receivedText: string | undefined
+let receivedBytes: Buffer | undefined
+const REUSE_LIMIT = 16 * 1024
+
+export function rememberReceivedText (text: string, bytes: Buffer): void {
+  if (bytes.length > REUSE_LIMIT) return
+  receivedText = text
+  receivedBytes = bytes
+}
+
 function writeFrame (ws: WebSocket, frame: OutFrame): CloseFrame | undefined {
   switch (frame.type) {
     case 'text':
       // Encoded here: ws would write the string beside its header buffer, and a writev of mixed
       // strings and buffers (writevGeneric) costs more than encoding a small string into the pool.
-      ws.send(Buffer.from(frame.data), asText)
+      ws.send(frame.data === receivedText ? receivedBytes! : Buffer.from(frame.data), asText)
       return undefined
     case 'binary':
       ws.send(frame.data)

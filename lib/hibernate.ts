@@ -1,8 +1,9 @@
 /**
  * What `hibernate` releases, as measured (shared/reference/hibernate-measurements.md and
  * `npm run bench`): an idle uncompressed connection holds nothing worth freeing, while
- * permessage-deflate holds two zlib contexts, ≈240 KB RSS per connection. Both are rebuilt by
- * ws on the next message, at a cost of tens of µs of CPU.
+ * permessage-deflate holds two zlib contexts, ≈240 KB RSS per connection. Released contexts
+ * are reset and pooled for the next connection that wakes (zlib-pool.ts), so a wake costs a
+ * reset, not a rebuild.
  *
  * - The deflater can always go: a fresh one writes a stream without back-references, which
  *   any peer inflater decodes (only the compression ratio of the next message suffers).
@@ -14,6 +15,7 @@
  */
 import type WebSocket from 'ws'
 import { RECEIVER_INFLATING, SENDER_DEFAULT, internalsOf } from './ws-internals.js'
+import { recycle } from './zlib-pool.js'
 
 /** Release what this connection can rebuild. False when zlib is busy: try again later. */
 export function releaseIdleResources (ws: WebSocket): boolean {
@@ -25,11 +27,11 @@ export function releaseIdleResources (ws: WebSocket): boolean {
   if (sender._state !== SENDER_DEFAULT || sender._queue.length !== 0) return false
   if (receiver._state === RECEIVER_INFLATING || receiver._fragmented !== 0) return false
   if (deflate._deflate !== null) {
-    deflate._deflate.close()
+    recycle(deflate, 'deflate', deflate._deflate)
     deflate._deflate = null
   }
   if (deflate._inflate !== null && deflate.params.client_no_context_takeover === true) {
-    deflate._inflate.close()
+    recycle(deflate, 'inflate', deflate._inflate)
     deflate._inflate = null
   }
   return true

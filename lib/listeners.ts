@@ -4,6 +4,7 @@
  */
 import type WebSocket from 'ws'
 import { CloseCode, closeCodeOfWsError } from './close-codes.js'
+import { rememberReceivedText } from './commands.js'
 import { frameInChannel } from './diagnostics.js'
 import type { JsonProblem, JsonReader } from './json-messages.js'
 import type { InFrame, TerminateReason } from './types.js'
@@ -55,7 +56,14 @@ function onMessage (this: WebSocket, data: Buffer, isBinary: boolean): void {
   const events = (this as Slot)[kEvents]!
   const read = events.jsonReader
   if (read === undefined) {
-    received(this, isBinary ? { type: 'binary', data } : { type: 'text', data: data.toString() })
+    if (isBinary) {
+      received(this, { type: 'binary', data })
+      return
+    }
+    const text = data.toString()
+    // Validated UTF-8 decodes and encodes back to the same bytes: an echo can send these.
+    if (!internalsOf(this)._receiver._skipUTF8Validation) rememberReceivedText(text, data)
+    received(this, { type: 'text', data: text })
     return
   }
   const frame = read(isBinary ? undefined : data.toString())

@@ -11,7 +11,8 @@
  *   reports what went on the wire;
  * - `_sender._state`/`_queue`, `_receiver._state`/`_fragmented` and permessage-deflate's
  *   `_deflate`/`_inflate`/`params`: `hibernate` releases zlib contexts only when no zlib job
- *   runs or waits (hibernate.ts);
+ *   runs or waits (hibernate.ts); permessage-deflate's `_options`, `_compress`/`_decompress`
+ *   and its inflaters' owner symbol: released contexts are pooled and reused (zlib-pool.ts);
  * - `_closeTimeout`: how long this connection waits for the peer's close reply (ws has it per
  *   server only; the app's own routes keep the server's);
  * - `_socket`: corked for multi-frame replies, read for the idle timer, detached from the HTTP
@@ -36,15 +37,24 @@ import type { Socket } from 'node:net'
 import type WebSocket from 'ws'
 import { WsInternalsError } from './errors.js'
 import { memorySocketPair, type MemorySocket } from './memory-socket.js'
+import { recycle, zlibPoolStats } from './zlib-pool.js'
 
-interface Closable { close(): void }
+/** A zlib stream of ws's (DeflateRaw or InflateRaw). */
+export interface ZlibContext { close(): void, reset(): void }
+
+type ZlibMethod = (this: PermessageDeflateInternals, data: unknown, fin: boolean, callback: unknown) => void
 
 export interface PermessageDeflateInternals {
   /** Its own copy of the size limit, checked on the inflated size. */
   _maxPayload: number
-  /** The zlib contexts; ws creates them on demand, so hibernate may close and drop them. */
-  _deflate: Closable | null
-  _inflate: Closable | null
+  /** The zlib contexts; ws creates them on demand, so hibernate may recycle and drop them. */
+  _deflate: ZlibContext | null
+  _inflate: ZlibContext | null
+  /** The server's options: contexts are only shared between connections with the same zlib options. */
+  _options: { zlibDeflateOptions?: object, zlibInflateOptions?: object }
+  /** Where ws creates a missing context and runs a zlib job; the pool wraps them per connection. */
+  _compress: ZlibMethod
+  _decompress: ZlibMethod
   /** The negotiated parameters (`client_no_context_takeover`). */
   params: Record<string, unknown>
 }
@@ -253,14 +263,19 @@ async function driveChecks (open: () => ReturnType<typeof serverSide>): Promise<
   expect(sender._state === SENDER_DEFAULT && receiver._state !== RECEIVER_INFLATING && deflate!._deflate !== null,
     'the sender, receiver or deflater state at rest is not as expected')
   expect((fromServer.at(-1)![0]! & 0x40) !== 0, 'the server did not compress')
-  deflate!._deflate!.close()
+  // Released contexts go to the pool, and ws takes them from there on the next message.
+  expect(typeof deflate!._compress === 'function' && typeof deflate!._decompress === 'function',
+    'permessage-deflate has no _compress/_decompress')
+  const reused = zlibPoolStats.reused
+  recycle(deflate!, 'deflate', deflate!._deflate!)
   deflate!._deflate = null
-  deflate!._inflate!.close()
+  recycle(deflate!, 'inflate', deflate!._inflate!)
   deflate!._inflate = null
   const again = within(once(server, 'message'))
   client.write(clientFrame(0x1, compressed, true))
   await new Promise<void>((resolve) => server.send('again', () => resolve()))
   expect(String((await again as [Buffer] | [])[0]) === 'hello', 'ws does not rebuild released zlib contexts')
+  expect(zlibPoolStats.reused === reused + 2, 'ws does not take pooled zlib contexts (or its inflater has no "permessage-deflate" owner slot)')
   const concluded = within(once(receiver, 'conclude'))
   client.write(clientFrame(0x8, Buffer.from([0x03, 0xe8, 0x62, 0x79, 0x65]))) // 1000 "bye"
   const conclusion = await concluded as [number, Buffer] | []

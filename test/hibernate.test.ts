@@ -1,12 +1,17 @@
 /**
- * hibernate releases the zlib contexts of an idle compressed connection and the next message
- * rebuilds them: echoes stay correct with and without context takeover.
+ * hibernate releases the zlib contexts of an idle compressed connection into a pool, and the
+ * next message (of any connection) takes them back: echoes stay correct with and without context
+ * takeover, and no connection ever uses another one's zlib state.
  */
+import { randomBytes } from 'node:crypto'
 import { createRequire } from 'node:module'
 import t from 'tap'
 import type WebSocket from 'ws'
 import { releaseIdleResources } from '../lib/hibernate.js'
+import type { FastifyInstance } from 'fastify'
 import { text } from '../lib/index.js'
+import { internalsOf } from '../lib/ws-internals.js'
+import { POOL_LIMIT, zlibPoolStats } from '../lib/zlib-pool.js'
 import { buildApp, connect, listen, sleep, until } from './helpers.js'
 
 // ws reaches zlib through require(): the same module object, so creations can be counted.
@@ -42,6 +47,20 @@ function countZlib (t: { teardown(fn: () => void): void }): ZlibCounts {
   return counts
 }
 
+/**
+ * Pools are keyed by the server's zlib options objects: fresh ones give a test a pool of its own,
+ * so that counts do not depend on what earlier tests left in the pool.
+ */
+const ownPool = () => ({ zlibDeflateOptions: {}, zlibInflateOptions: {} })
+
+/** Every server-side connection of the app has released its contexts (the inflater too, unless `keepsInflater`). */
+function allHibernated (app: FastifyInstance, keepsInflater = false): () => boolean {
+  return () => [...app.websocketServer.clients].every((ws) => {
+    const deflate = internalsOf(ws)._extensions['permessage-deflate']!
+    return deflate._deflate === null && (keepsInflater || deflate._inflate === null)
+  })
+}
+
 const hibernatingEcho = {
   handle: (frame: { type: string, data: unknown }) => frame.type === 'text' ? { reply: text(String(frame.data)), hibernate: true } : undefined
 }
@@ -63,27 +82,29 @@ async function echoRounds (url: string, clientNoContextTakeover: boolean, rounds
   return seen.frames
 }
 
-t.test('with client_no_context_takeover, hibernate releases both contexts; each message rebuilds them', async (t) => {
+t.test('with client_no_context_takeover, hibernate releases both contexts; each wake takes them back from the pool', async (t) => {
   const counts = countZlib(t)
-  const { app } = await buildApp(t, { perMessageDeflate: { clientNoContextTakeover: true, threshold: 0 } })
+  const { app } = await buildApp(t, { perMessageDeflate: { clientNoContextTakeover: true, threshold: 0, ...ownPool() } })
   app.ws('/h', hibernatingEcho, { compress: true })
   const base = await listen(app)
   counts.deflaters = counts.inflaters = 0
-  await echoRounds(`${base}/h`, true, 8, () => counts.live() === 2) // the client's own two
-  // client side: 1 deflater, 1 inflater; server side: one of each per message
-  t.equal(counts.deflaters, 1 + 8, 'the server deflater was rebuilt for every reply')
-  t.equal(counts.inflaters, 1 + 8, 'the server inflater was rebuilt for every message')
+  const reused = zlibPoolStats.reused
+  await echoRounds(`${base}/h`, true, 8, allHibernated(app))
+  // client side: 1 deflater, 1 inflater; server side: one of each, built once, reset and reused
+  t.equal(counts.deflaters, 1 + 1, 'the server deflater was built once')
+  t.equal(counts.inflaters, 1 + 1, 'the server inflater was built once')
+  t.equal(zlibPoolStats.reused - reused, 2 * 7, 'both came back from the pool for each of the 7 later messages')
 })
 
 t.test('with context takeover the inflater is kept (the window is needed) and only the deflater goes', async (t) => {
   const counts = countZlib(t)
-  const { app } = await buildApp(t, { perMessageDeflate: { threshold: 0 } })
+  const { app } = await buildApp(t, { perMessageDeflate: { threshold: 0, ...ownPool() } })
   const terminated: string[] = []
   app.ws('/h', { ...hibernatingEcho, terminate: (reason) => { terminated.push(reason.type) } }, { compress: true })
   const base = await listen(app)
   counts.deflaters = counts.inflaters = 0
-  await echoRounds(`${base}/h`, false, 8, () => counts.live() === 3) // the client's two, the server's inflater
-  t.equal(counts.deflaters, 1 + 8)
+  await echoRounds(`${base}/h`, false, 8, allHibernated(app, true))
+  t.equal(counts.deflaters, 1 + 1)
   t.equal(counts.inflaters, 1 + 1, 'the server inflater was never dropped')
   await sleep(20)
   t.same(terminated, ['remote'], 'no 1007 from a lost window')
@@ -91,7 +112,7 @@ t.test('with context takeover the inflater is kept (the window is needed) and on
 
 t.test('without hibernate the contexts live as long as the connection', async (t) => {
   const counts = countZlib(t)
-  const { app } = await buildApp(t, { perMessageDeflate: { clientNoContextTakeover: true, threshold: 0 } })
+  const { app } = await buildApp(t, { perMessageDeflate: { clientNoContextTakeover: true, threshold: 0, ...ownPool() } })
   app.ws('/h', { handle: (frame) => frame.type === 'text' ? { reply: text(frame.data) } : undefined }, { compress: true })
   const base = await listen(app)
   counts.deflaters = counts.inflaters = 0
@@ -100,7 +121,7 @@ t.test('without hibernate the contexts live as long as the connection', async (t
 })
 
 t.test('hibernate while messages keep coming waits for zlib and never breaks a message', async (t) => {
-  const { app } = await buildApp(t, { perMessageDeflate: { clientNoContextTakeover: true, threshold: 0 } })
+  const { app } = await buildApp(t, { perMessageDeflate: { clientNoContextTakeover: true, threshold: 0, ...ownPool() } })
   app.ws('/busy', hibernatingEcho, { compress: true })
   const base = await listen(app)
   const { ws, seen } = await connect(`${base}/busy`, undefined, { perMessageDeflate: { threshold: 0, clientNoContextTakeover: true } })
@@ -112,7 +133,7 @@ t.test('hibernate while messages keep coming waits for zlib and never breaks a m
 
 t.test('under load (zlib jobs queued behind ws\'s limit of 10) every connection still releases its contexts', async (t) => {
   const counts = countZlib(t)
-  const { app } = await buildApp(t, { perMessageDeflate: { clientNoContextTakeover: true, threshold: 0 } })
+  const { app } = await buildApp(t, { perMessageDeflate: { clientNoContextTakeover: true, threshold: 0, ...ownPool() } })
   app.ws('/many', hibernatingEcho, { compress: true })
   const base = await listen(app)
   const clients = await Promise.all(Array.from({ length: 40 }, async () =>
@@ -121,12 +142,75 @@ t.test('under load (zlib jobs queued behind ws\'s limit of 10) every connection 
   for (const round of [1, 2]) {
     for (const { ws } of clients) ws.send(`round ${round} `.repeat(30)) // all at once: the zlib queue fills
     await Promise.all(clients.map(async ({ seen }) => await seen.frameCount(round)))
-    await until(() => counts.live() === 80) // the clients' 40 + 40; every server context released
+    await until(allHibernated(app), `round ${round}: every server context released`)
+    t.equal(counts.live(), 80 + 2 * POOL_LIMIT, 'alive: the clients\' 80 and a full pool of each kind; the rest were closed')
   }
-  // client side: 40 deflaters and 40 inflaters, once; server side: one of each per message
-  t.equal(counts.deflaters, 40 + 80, 'every server deflater was released and rebuilt')
-  t.equal(counts.inflaters, 40 + 80, 'every server inflater was released and rebuilt')
+  // client side: 40 of each, once; server side: 40 of each in round 1; in round 2 the pool served
+  // at least its 16 (more as early connections gave theirs back), and ws built the rest
+  t.ok(counts.deflaters - 80 <= 40 - POOL_LIMIT && counts.inflaters - 80 <= 40 - POOL_LIMIT, 'round 2 built at most what the pool could not serve')
   for (const { ws } of clients) ws.close()
+})
+
+t.test('the pool keeps at most POOL_LIMIT contexts of each kind; past it they are closed, and a wake that finds it empty gets new ones', async (t) => {
+  const counts = countZlib(t)
+  const { app } = await buildApp(t, { perMessageDeflate: { clientNoContextTakeover: true, threshold: 0, ...ownPool() } })
+  app.ws('/p', { handle: (frame) => frame.type === 'text' ? { reply: text(frame.data), hibernate: frame.data !== 'stay' } : undefined }, { compress: true })
+  const base = await listen(app)
+  const clients = []
+  for (let i = 0; i <= POOL_LIMIT; i++) {
+    clients.push(await connect(`${base}/p`, undefined, { perMessageDeflate: { threshold: 0, clientNoContextTakeover: true } }))
+  }
+  counts.deflaters = counts.inflaters = 0
+  const closedBefore = zlibPoolStats.closed
+  // One at a time: POOL_LIMIT + 1 connections hibernate; the last one's contexts find the pool full.
+  for (const { ws, seen } of clients) {
+    ws.send('sleep')
+    await seen.frameCount(1)
+    await until(allHibernated(app), 'released')
+  }
+  t.equal(zlibPoolStats.closed - closedBefore, 2, 'one deflater and one inflater closed for want of room')
+  t.equal(counts.live() - 2 * clients.length, 2 * POOL_LIMIT, 'the pool holds POOL_LIMIT of each kind')
+  // They all wake and stay awake: POOL_LIMIT take from the pool, the last finds it empty.
+  const before = [counts.deflaters, counts.inflaters]
+  for (const { ws, seen } of clients) {
+    ws.send('stay')
+    await seen.frameCount(2)
+  }
+  t.same([counts.deflaters - before[0]!, counts.inflaters - before[1]!], [1, 1], 'ws built one pair, for the last')
+  for (const { ws } of clients) ws.close()
+})
+
+t.test('pooled contexts never carry one connection\'s zlib state to another: many connections interleaved, every byte checked', async (t) => {
+  const { app } = await buildApp(t, { perMessageDeflate: { clientNoContextTakeover: true, threshold: 0, ...ownPool() } })
+  // Two size limits: an inflater that still answered to its former owner would apply the wrong one.
+  app.ws('/small', hibernatingEcho, { compress: true, maxFrameSize: 600 })
+  app.ws('/large', hibernatingEcho, { compress: true, maxFrameSize: 100_000 })
+  const base = await listen(app)
+  const reused = zlibPoolStats.reused
+  // The server's deflater keeps context takeover (the client's inflater keeps its window): a reused
+  // deflater that was not reset would refer to another connection's text, and the echo would break.
+  // A third of the clients ask for 1 KiB windows: a 32 KiB deflater handed to one of them would
+  // refer 2 KiB back (the repeated random block), which its inflater cannot follow.
+  const run = async (i: number): Promise<void> => {
+    const route = i % 2 === 0 ? 'small' : 'large'
+    const smallWindow = i % 3 === 2 ? { serverMaxWindowBits: 10, clientMaxWindowBits: 10 } : {}
+    const { ws, seen } = await connect(`${base}/${route}`, undefined, { perMessageDeflate: { threshold: 0, clientNoContextTakeover: true, ...smallWindow } })
+    const sent: string[] = []
+    for (let n = 0; n < 12; n++) {
+      const block = randomBytes(1536).toString('base64')
+      const message = route === 'small'
+        ? `c${i}m${n} `.repeat(40 + n)
+        : `${i}:${n}:${block}${block}`.repeat(1 + n % 3) // several KB, over the small route's limit
+      sent.push(`text:${message}`)
+      ws.send(message)
+      await seen.frameCount(n + 1)
+    }
+    t.same(seen.frames, sent, `${route} connection ${i}: every echo intact`)
+    ws.close()
+    t.equal((await seen.closed).code, 1005, `${route} connection ${i}: closed by the client, not by a size or inflate error`)
+  }
+  await Promise.all(Array.from({ length: 24 }, async (_, i) => await run(i)))
+  t.ok(zlibPoolStats.reused - reused >= 24 * 11, 'the messages after the first ran on pooled contexts')
 })
 
 t.test('hibernate on an uncompressed connection is accepted and changes nothing', async (t) => {
@@ -143,9 +227,12 @@ t.test('hibernate on an uncompressed connection is accepted and changes nothing'
 t.test('the release guards, one by one (ws 8.23 internals)', async (t) => {
   function fakeWs ({ sender = 0, queued = 0, receiver = 0, fragmented = 0, takeover = false, compressed = true } = {}) {
     const closed: string[] = []
+    // Released: closed, or reset for the pool (a fake inflater has no owner slot, so it is closed).
+    const context = (kind: string) => ({ close: () => closed.push(kind), reset: () => closed.push(kind) })
     const extension = {
-      _deflate: { close: () => closed.push('deflate') } as { close: () => void } | null,
-      _inflate: { close: () => closed.push('inflate') } as { close: () => void } | null,
+      _deflate: context('deflate') as ReturnType<typeof context> | null,
+      _inflate: context('inflate') as ReturnType<typeof context> | null,
+      _options: {},
       params: takeover ? {} : { client_no_context_takeover: true }
     }
     const ws = {
@@ -159,7 +246,7 @@ t.test('the release guards, one by one (ws 8.23 internals)', async (t) => {
   const idle = fakeWs()
   t.ok(releaseIdleResources(idle.ws))
   t.same(idle.closed, ['deflate', 'inflate'], 'both contexts go when idle without client context takeover')
-  t.same([idle.extension._deflate, idle.extension._inflate], [null, null], 'ws rebuilds them on the next message')
+  t.same([idle.extension._deflate, idle.extension._inflate], [null, null], 'ws takes or rebuilds them on the next message')
   t.ok(releaseIdleResources(idle.ws), 'releasing twice is harmless')
   const takeover = fakeWs({ takeover: true })
   t.ok(releaseIdleResources(takeover.ws))

@@ -251,3 +251,33 @@ t.test('replies to frames read together leave in one write: one syscall, not one
   t.equal(writes, 1)
   client.socket.destroy()
 })
+
+t.test('an echo sends the received bytes again, without encoding; unvalidated text is encoded from the string', async (t) => {
+  const { app } = await buildApp(t)
+  const echo = { handle: (frame: InFrame) => frame.type === 'text' ? { reply: text(frame.data) } : undefined }
+  app.ws('/checked', echo)
+  app.ws('/unchecked', echo, { validateUtf8: false })
+  const received: Buffer[] = []
+  const sent: unknown[] = []
+  app.websocketServer.on('connection', (ws) => {
+    ws.on('message', (data: Buffer) => received.push(data))
+    const send = ws.send.bind(ws) as (...args: unknown[]) => void
+    ws.send = ((data: unknown, ...rest: unknown[]) => {
+      sent.push(data)
+      send(data, ...rest)
+    }) as typeof ws.send
+  })
+  const base = await listen(app)
+  const checked = await RawClient.open(base, '/checked')
+  checked.send(RawClient.frame(TEXT, 'héllo'))
+  await until(() => checked.frames.length === 1, 'the echo')
+  t.equal(checked.frames[0]!.payload.toString(), 'héllo')
+  t.equal(sent[0], received[0], 'the very Buffer that was received')
+  const unchecked = await RawClient.open(base, '/unchecked')
+  unchecked.send(RawClient.frame(TEXT, Buffer.from([0x61, 0xff, 0x62])))
+  await until(() => unchecked.frames.length === 1, 'the echo')
+  t.same([...unchecked.frames[0]!.payload], [0x61, 0xef, 0xbf, 0xbd, 0x62], 'what the handler saw (U+FFFD), not the invalid bytes')
+  t.not(sent[1], received[1])
+  checked.socket.destroy()
+  unchecked.socket.destroy()
+})
