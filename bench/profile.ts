@@ -1,5 +1,6 @@
 /**
- * `npm run bench:profile [-- <kind> [<scenario>]]`: the 64 B echo (or `async-echo`) against one
+ * `npm run bench:profile [-- <kind> [<scenario>]]`: the 64 B echo (or `async-echo`, or a
+ * `compressed` one) against one
  * server (default: the plugin) under `--cpu-prof`, then the functions that took the most CPU.
  * The .cpuprofile file stays in bench/profiles/ for Chrome DevTools.
  */
@@ -24,7 +25,10 @@ const pin = (pid: number | undefined, cpu: number): void => {
 const server = fork(new URL('./server.js', import.meta.url), [kind, scenario], { execArgv: ['--expose-gc', '--cpu-prof', `--cpu-prof-dir=${directory}`] })
 pin(server.pid, 0)
 const [{ port }] = await once(server, 'message') as [{ port: number }]
-const task = { type: 'echo', url: `ws://127.0.0.1:${port}/`, connections: 50, inFlight: 10, size: 64, binary: false, warmupMs: 500, durationMs: 4000 }
+// The compressed scenarios as the bench runs them: one connection, 200 B, 5 ms of idle after each echo.
+const task = scenario.startsWith('compressed')
+  ? { type: 'echo', url: `ws://127.0.0.1:${port}/`, connections: 1, inFlight: 1, size: 200, binary: false, compress: true, gapMs: 5, warmupMs: 500, durationMs: 4000 }
+  : { type: 'echo', url: `ws://127.0.0.1:${port}/`, connections: 50, inFlight: 10, size: 64, binary: false, warmupMs: 500, durationMs: 4000 }
 const load = fork(new URL('./load.js', import.meta.url), [JSON.stringify(task)])
 pin(load.pid, 1)
 const [{ result }] = await once(load, 'message') as [{ result: EchoResult }]

@@ -63,14 +63,15 @@ function byteLength (data: string | Uint8Array): number {
 }
 
 /**
- * Write checked frames in order, corked so that several frames leave in one write. Stops at a
- * close frame and returns it without sending it: closing belongs to the connection.
+ * Write checked frames in order, batched with what else this tick writes. Stops at a close
+ * frame and returns it without sending it: closing belongs to the connection. `onSent` is
+ * ws's send callback for each text and binary frame.
  */
-export function writeFrames (ws: WebSocket, reply: OutFrame | readonly OutFrame[]): CloseFrame | undefined {
+export function writeFrames (ws: WebSocket, reply: OutFrame | readonly OutFrame[], onSent?: () => void): CloseFrame | undefined {
   batchUntilNextTick(internalsOf(ws)._socket)
-  if (!Array.isArray(reply)) return writeFrame(ws, reply as OutFrame)
+  if (!Array.isArray(reply)) return writeFrame(ws, reply as OutFrame, onSent)
   for (const frame of reply as readonly OutFrame[]) {
-    const closeFrame = writeFrame(ws, frame)
+    const closeFrame = writeFrame(ws, frame, onSent)
     if (closeFrame !== undefined) return closeFrame
   }
   return undefined
@@ -108,15 +109,15 @@ export function rememberReceivedText (text: string, bytes: Buffer): void {
   receivedBytes = bytes
 }
 
-function writeFrame (ws: WebSocket, frame: OutFrame): CloseFrame | undefined {
+function writeFrame (ws: WebSocket, frame: OutFrame, onSent?: () => void): CloseFrame | undefined {
   switch (frame.type) {
     case 'text':
       // Encoded here: ws would write the string beside its header buffer, and a writev of mixed
       // strings and buffers (writevGeneric) costs more than encoding a small string into the pool.
-      ws.send(frame.data === receivedText ? receivedBytes! : Buffer.from(frame.data), asText)
+      ws.send(frame.data === receivedText ? receivedBytes! : Buffer.from(frame.data), asText, onSent)
       return undefined
     case 'binary':
-      ws.send(frame.data)
+      ws.send(frame.data, onSent)
       return undefined
     case 'ping':
       ws.ping(frame.data)

@@ -27,7 +27,7 @@ import { ConnectionContext, kShutdown, kWriteShared } from './context.js'
 import { frameOutChannel } from './diagnostics.js'
 import { InvalidMessageError, InvalidResultError, OutboundOverflowError } from './errors.js'
 import { json } from './frames.js'
-import { DeferredRelease, releaseIdleResources } from './hibernate.js'
+import { Hibernation } from './hibernate.js'
 import { IdleTimer, kIdleTimeout, type IdleTimerOwner } from './idle-timer.js'
 import type { JsonProblem, JsonReader } from './json-messages.js'
 import { kInvalidJson, kPeerEnded, kReceived, listen, type ConnectionEvents } from './listeners.js'
@@ -53,7 +53,8 @@ export class Connection extends ConnectionContext implements ConnectionEvents, I
   /** The callback whose promise is pending, for the crash log line. */
   #pending: MailKind = 'websocketInit'
   #idleTimer: IdleTimer | undefined
-  #release: DeferredRelease | undefined
+  /** What `hibernate` released and when (hibernate.ts); made on the first `hibernate`. */
+  #hibernation: Hibernation | undefined
   #onFulfilled: ((result: unknown) => void) | undefined
   #onRejected: ((error: unknown) => void) | undefined
 
@@ -201,9 +202,11 @@ export class Connection extends ConnectionContext implements ConnectionEvents, I
     if (commands.state !== undefined) this.#state = commands.state
     if (commands.options !== undefined) this.#setOptions(commands.options)
     if (commands.active !== undefined) (this.#mailbox ??= new Mailbox(this.ws)).setActive(commands.active)
-    if (commands.reply !== undefined) this.#write(commands.reply)
+    const hibernation = commands.hibernate === true ? (this.#hibernation ??= new Hibernation(this.ws)) : undefined
+    const onSent = hibernation?.callbackFor(commands.reply)
+    if (commands.reply !== undefined) this.#write(commands.reply, onSent)
     if (commands.stop === true) this.#close(CloseCode.NORMAL, '', { type: 'stop', code: CloseCode.NORMAL, reason: '' })
-    if (commands.hibernate === true) this.#hibernate()
+    if (hibernation !== undefined && this.phase === 'open') hibernation.request(onSent !== undefined)
   }
 
   #crash (callback: MailKind, error: unknown): void {
@@ -211,10 +214,10 @@ export class Connection extends ConnectionContext implements ConnectionEvents, I
     this.#close(CloseCode.INTERNAL_ERROR, '', { type: 'crash', error })
   }
 
-  #write (reply: OutFrame | readonly OutFrame[]): void {
+  #write (reply: OutFrame | readonly OutFrame[], onSent?: () => void): void {
     // Nothing is sent once the connection is ending: after a close frame, or to a closed peer.
     if (this.phase !== 'open' || this.#closedForOverflow()) return
-    const closeFrame = writeFrames(this.ws, reply)
+    const closeFrame = writeFrames(this.ws, reply, onSent)
     if (frameOutChannel.hasSubscribers) frameOutChannel.publish({ ctx: this, frames: reply })
     if (closeFrame !== undefined) {
       const code = closeFrame.code ?? CloseCode.NORMAL
@@ -250,7 +253,7 @@ export class Connection extends ConnectionContext implements ConnectionEvents, I
     this.phase = 'closing'
     this.#endReason = reason
     this.#idleTimer?.stop()
-    this.#release?.cancel()
+    this.#hibernation?.cancel()
     if (!this.#running) {
       this.#running = true
       this.#drain()
@@ -277,7 +280,7 @@ export class Connection extends ConnectionContext implements ConnectionEvents, I
     else done()
   }
 
-  // ---- options and hibernate -------------------------------------------------
+  // ---- options ---------------------------------------------------------------
 
   #setOptions (live: LiveOptions): void {
     this.#options = resolveConnectionOptions(this.#options, live)
@@ -289,11 +292,5 @@ export class Connection extends ConnectionContext implements ConnectionEvents, I
     const { idleTimeout, pingInterval } = this.#options
     if (this.#idleTimer === undefined && idleTimeout === 0 && pingInterval === 0) return
     (this.#idleTimer ??= new IdleTimer(this, this.ws)).arm(idleTimeout, pingInterval)
-  }
-
-  /** Release what can be rebuilt on the next message (hibernate.ts), once zlib is idle. */
-  #hibernate (): void {
-    if (this.phase !== 'open' || this.#release?.pending === true) return
-    if (!releaseIdleResources(this.ws)) this.#release = new DeferredRelease(this.ws)
   }
 }

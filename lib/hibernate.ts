@@ -14,6 +14,7 @@
  * These are ws private fields (ws-internals.ts); test/hibernate.test.ts covers them.
  */
 import type WebSocket from 'ws'
+import type { OutFrame } from './types.js'
 import { RECEIVER_INFLATING, SENDER_DEFAULT, internalsOf } from './ws-internals.js'
 import { recycle } from './zlib-pool.js'
 
@@ -38,31 +39,52 @@ export function releaseIdleResources (ws: WebSocket): boolean {
 }
 
 /**
- * A release that waits for zlib: retried with a capped backoff until the connection is idle
- * (ws runs 10 zlib jobs at a time, so under load this can take a while).
+ * One connection's `hibernate` requests. The release waits for zlib to be idle: when the reply
+ * that came with `hibernate` has been sent (ws's send callback: compressed and written, no extra
+ * wake-up of the process), or else by polling with a capped backoff (ws runs 10 zlib jobs at a
+ * time, so under load this can take a while).
  */
-export class DeferredRelease {
+export class Hibernation {
   readonly #ws: WebSocket
   #timer: NodeJS.Timeout | undefined
+  #cancelled = false
+  /** ws's send callback for the reply that comes with `hibernate`. */
+  readonly #sent = (): void => { this.request(false) }
 
   constructor (ws: WebSocket) {
     this.#ws = ws
-    this.#timer = setTimeout(DeferredRelease.#retry, 1, this, 1).unref()
   }
 
-  get pending (): boolean {
-    return this.#timer !== undefined
+  /** The send callback to give a reply's frames: only a text or binary frame goes through zlib. */
+  callbackFor (reply: OutFrame | readonly OutFrame[] | undefined): (() => void) | undefined {
+    return reply !== undefined && carriesData(reply) ? this.#sent : undefined
   }
 
+  /** Release now if zlib is idle; else when the reply is sent (`afterSend`), or by polling. */
+  request (afterSend: boolean): void {
+    if (this.#cancelled || this.#timer !== undefined || releaseIdleResources(this.#ws)) return
+    if (!afterSend) this.#timer = setTimeout(Hibernation.#retry, 1, this, 1).unref()
+  }
+
+  /** The connection is ending: ws closes its contexts itself. */
   cancel (): void {
+    this.#cancelled = true
     clearTimeout(this.#timer)
-    this.#timer = undefined
   }
 
-  static #retry (self: DeferredRelease, delay: number): void {
+  static #retry (self: Hibernation, delay: number): void {
     self.#timer = undefined
     if (releaseIdleResources(self.#ws)) return
     const next = Math.min(delay * 2, 1024)
-    self.#timer = setTimeout(DeferredRelease.#retry, next, self, next).unref()
+    self.#timer = setTimeout(Hibernation.#retry, next, self, next).unref()
   }
+}
+
+/** Whether a reply sends a text or binary frame (before any close frame): one that ws may compress. */
+function carriesData (reply: OutFrame | readonly OutFrame[]): boolean {
+  for (const frame of Array.isArray(reply) ? reply as readonly OutFrame[] : [reply as OutFrame]) {
+    if (frame.type === 'close') return false
+    if (frame.type === 'text' || frame.type === 'binary') return true
+  }
+  return false
 }

@@ -4,12 +4,13 @@
  * takeover, and no connection ever uses another one's zlib state.
  */
 import { randomBytes } from 'node:crypto'
+import { once } from 'node:events'
 import { createRequire } from 'node:module'
 import t from 'tap'
 import type WebSocket from 'ws'
 import { releaseIdleResources } from '../lib/hibernate.js'
 import type { FastifyInstance } from 'fastify'
-import { text } from '../lib/index.js'
+import { close, ping, text, type OutFrame } from '../lib/index.js'
 import { internalsOf } from '../lib/ws-internals.js'
 import { POOL_LIMIT, zlibPoolStats } from '../lib/zlib-pool.js'
 import { buildApp, connect, listen, sleep, until } from './helpers.js'
@@ -211,6 +212,27 @@ t.test('pooled contexts never carry one connection\'s zlib state to another: man
   }
   await Promise.all(Array.from({ length: 24 }, async (_, i) => await run(i)))
   t.ok(zlibPoolStats.reused - reused >= 24 * 11, 'the messages after the first ran on pooled contexts')
+})
+
+t.test('hibernate releases whatever the reply: several frames, no data frame, or a close first', async (t) => {
+  const { app } = await buildApp(t, { perMessageDeflate: { clientNoContextTakeover: true, threshold: 0, ...ownPool() } })
+  const replies: Record<string, OutFrame[]> = {
+    several: [text('one'), text('two'), ping()],
+    'no data': [ping('p')],
+    'close first': [close(4000, 'bye'), text('never sent')]
+  }
+  app.ws('/r', { handle: (frame) => frame.type === 'text' ? { reply: replies[frame.data], hibernate: true } : undefined }, { compress: true })
+  const base = await listen(app)
+  const { ws, seen } = await connect(`${base}/r`, undefined, { perMessageDeflate: { threshold: 0, clientNoContextTakeover: true } })
+  ws.send('several')
+  t.same(await seen.frameCount(2), ['text:one', 'text:two'])
+  await until(allHibernated(app), 'released after two compressed frames')
+  ws.send('no data')
+  await once(ws, 'ping')
+  await until(allHibernated(app), 'released after a ping only')
+  ws.send('close first')
+  t.same(await seen.closed, { code: 4000, reason: 'bye' })
+  t.same(seen.frames, ['text:one', 'text:two'], 'nothing after the close frame')
 })
 
 t.test('hibernate on an uncompressed connection is accepted and changes nothing', async (t) => {
