@@ -14,12 +14,12 @@ const quick = process.argv.includes('--quick')
 /** `--only=<text>`: run the scenarios whose title contains it. */
 const only = process.argv.find((arg) => arg.startsWith('--only='))?.slice('--only='.length)
 /**
- * `--rounds=<n>`: rounds of every scenario. By default 5 for the echo scenarios (their ratios
- * move by 10 % between runs on a shared machine: medians of 5 hold better) and 3 for the others.
+ * `--rounds=<n>`: rounds of every scenario. By default 7 for the echo scenarios (their ratios
+ * move by 10 % between runs on a shared machine: a median of 7 holds better) and 3 for the others.
  */
 const roundsArg = process.argv.find((arg) => arg.startsWith('--rounds='))?.slice('--rounds='.length)
 const rounds = roundsArg !== undefined ? Number(roundsArg) : quick ? 1 : 3
-const echoRounds = roundsArg !== undefined ? Number(roundsArg) : quick ? 1 : 5
+const echoRounds = roundsArg !== undefined ? Number(roundsArg) : quick ? 1 : 7
 const SERVER_CPU = 0
 const LOAD_CPU = 1
 

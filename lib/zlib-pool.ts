@@ -7,7 +7,9 @@
  * pending output, so no connection ever reads or writes through another one's history.
  *
  * Memory stays bounded: busy connections hold their contexts as before, and the pool keeps at
- * most POOL_LIMIT of each kind (≈ 4 MB at the default window); the rest are closed.
+ * most POOL_LIMIT of each kind (10: ≈ 3 MB at the default window, about 260 KB per deflater and
+ * 40 KB per inflater); the rest are closed. 10 is ws's own zlib concurrency: no more jobs than
+ * that run at once, so a burst of wakes past it waits for zlib anyway; more would add idle memory.
  *
  * ws creates a context on demand when `_deflate` or `_inflate` is null. A connection that
  * hibernated once gets its own `_compress`/`_decompress`, which first take a context from here.
@@ -19,7 +21,7 @@ import { constants as zlib } from 'node:zlib'
 import type { PermessageDeflateInternals, ZlibContext } from './ws-internals.js'
 
 /** Contexts kept per (kind, window bits, options); beyond it, released contexts are closed. */
-export const POOL_LIMIT = 16
+export const POOL_LIMIT = 10
 
 type Kind = 'deflate' | 'inflate'
 
