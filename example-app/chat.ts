@@ -69,7 +69,7 @@ export function chat (connections: WebSocketConnections) {
     },
 
     info (message, state) {
-      if (message.type === 'timeout' || message.id === state.id) return undefined // no timers here; our own join
+      if (message.id === state.id) return undefined // our own join
       const members = new Map(state.members)
       if (message.type === 'leave') {
         members.delete(message.id)

@@ -321,7 +321,8 @@ export interface Step<State> {
   readonly close: { readonly code: number, readonly reason: string } | undefined
 }
 
-export interface PendingTimer<Info> { readonly ref: TimerRef, readonly ms: number, readonly message: Info, readonly wrapped: boolean }
+/** A timer the handler started: `message` is what `sendAfter` got (an Info), or `startTimer`'s payload (`wrapped`: delivered as a TimeoutMessage). */
+export interface PendingTimer { readonly ref: TimerRef, readonly ms: number, readonly message: unknown, readonly wrapped: boolean }
 
 export interface HarnessOptions<State> {
   /** The state `websocketInit` starts from (what `init` would have returned). */
@@ -336,7 +337,7 @@ export interface HandlerHarness<State, Info> {
   /** The connection the callbacks see. */
   readonly ctx: WebSocketContext<Info>
   /** Timers started and not yet fired or cancelled. */
-  readonly timers: ReadonlyArray<PendingTimer<Info>>
+  readonly timers: ReadonlyArray<PendingTimer>
   /** Messages the handler posted to itself, not yet delivered. */
   readonly posted: readonly Info[]
   websocketInit(): Promise<Step<State>>
@@ -369,7 +370,7 @@ export function handlerHarness<State = undefined, Info = unknown> (
   let state = options.state as State
   let lastRef = 0
   let alive = true
-  const timers: Array<PendingTimer<Info>> = []
+  const timers: Array<PendingTimer> = []
   const posted: Info[] = []
   const topics: string[] = []
   const request: RequestSnapshot = Object.freeze({
@@ -448,7 +449,8 @@ export function handlerHarness<State = undefined, Info = unknown> (
       const timer = timers[index]
       if (timer === undefined) throw new Error(ref === undefined ? 'no timer is pending' : `timer ${ref} is not pending`)
       timers.splice(index, 1)
-      const message = timer.wrapped ? { type: 'timeout' as const, ref: timer.ref, message: timer.message } : timer.message
+      // As the server delivers them: startTimer's payload wrapped (Info includes TimeoutMessage then).
+      const message = (timer.wrapped ? { type: 'timeout', ref: timer.ref, message: timer.message } : timer.message) as Info
       return await step('info', () => handler.info?.(message, state, ctx))
     },
     deliverPosted: async () => {

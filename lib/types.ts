@@ -240,8 +240,19 @@ export interface RequestSnapshot<Route extends RouteGenericInterface = RouteGene
 /** A timer reference from `sendAfter` or `startTimer`. */
 export type TimerRef = number
 
-/** What `startTimer` delivers to `info` (Erlang's `{timeout, Ref, Msg}`). */
-export interface TimeoutMessage<Info> { readonly type: 'timeout', readonly ref: TimerRef, readonly message: Info }
+/**
+ * What `startTimer` delivers to `info` (Erlang's `{timeout, Ref, Msg}`). A handler that starts
+ * timers names it in its Info type: `defineHandler<State, Msg | TimeoutMessage<Tick>>`; the
+ * other handlers' `info` never sees it.
+ */
+export interface TimeoutMessage<Message = unknown> { readonly type: 'timeout', readonly ref: TimerRef, readonly message: Message }
+
+/**
+ * What `startTimer` takes: the payload of the `TimeoutMessage`s in Info (never when Info has
+ * none, so that a timer cannot deliver what `info` does not expect), or anything when Info is
+ * `unknown`.
+ */
+export type TimerMessage<Info> = unknown extends Info ? unknown : Info extends TimeoutMessage<infer Message> ? Message : never
 
 /**
  * One connection, as callbacks see it (the `ctx` argument). It is also the handle the app can
@@ -265,8 +276,12 @@ export interface WebSocketContext<Info = unknown, Route extends RouteGenericInte
   post(message: Info): boolean
   /** Deliver `message` to `info` in `ms` milliseconds. */
   sendAfter(ms: number, message: Info): TimerRef
-  /** Deliver `{ type: 'timeout', ref, message }` to `info` in `ms` milliseconds. */
-  startTimer(ms: number, message: Info): TimerRef
+  /**
+   * Deliver `{ type: 'timeout', ref, message }` to `info` in `ms` milliseconds; Info must include
+   * `TimeoutMessage<…>` (see `TimerMessage`). `I` is not for callers: it keeps handlers of any
+   * Info assignable to the route option, and `[I][…]` keeps it from being inferred.
+   */
+  startTimer<I extends Info = Info>(ms: number, message: TimerMessage<[I][I extends unknown ? 0 : never]>): TimerRef
   /** Cancel a pending timer; true when it had not fired yet. */
   cancelTimer(ref: TimerRef): boolean
   /**
@@ -300,7 +315,7 @@ export interface WebSocketHandler<
   /** Every text, binary, ping and pong frame, one at a time, in order. */
   handle?(frame: InFrame<Message>, state: State, ctx: WebSocketContext<Info, Route>): MaybePromise<Result<State>>
   /** Every message posted to the connection, in the same mailbox as frames. */
-  info?(message: Info | TimeoutMessage<Info>, state: State, ctx: WebSocketContext<Info, Route>): MaybePromise<Result<State>>
+  info?(message: Info, state: State, ctx: WebSocketContext<Info, Route>): MaybePromise<Result<State>>
   /** Exactly once per upgraded connection, however it ended. Errors here are logged, never thrown. */
   terminate?(reason: TerminateReason, request: RequestSnapshot<Route>, state: State): MaybePromise<void>
 }

@@ -4,7 +4,7 @@
  * This file runs in its own process, so the counts are exact.
  */
 import t from 'tap'
-import { defineHandler, text } from '../lib/index.js'
+import { defineHandler, text, type TimeoutMessage } from '../lib/index.js'
 import { buildApp, connect, listen, sleep, until } from './helpers.js'
 
 const resources = (): Record<string, number> => {
@@ -16,7 +16,7 @@ const resources = (): Record<string, number> => {
 t.test('no timer, socket or listener outlives its connection', async (t) => {
   const { app } = await buildApp(t, { idleTimeout: 30_000 })
   let terminated = 0
-  app.ws('/churn', defineHandler<undefined, string>({
+  app.ws('/churn', defineHandler<undefined, string | TimeoutMessage<string>>({
     websocketInit: (_state, ctx) => {
       ctx.sendAfter(60_000, 'never')
       ctx.startTimer(60_000, 'never')

@@ -3,7 +3,7 @@
  * bounded; messages from the app (post, timers) in the same queue.
  */
 import t from 'tap'
-import { defineHandler, text, type WebSocketContext } from '../lib/index.js'
+import { defineHandler, text, type TimeoutMessage, type WebSocketContext } from '../lib/index.js'
 import { buildApp, connect, inject, listen, sleep, until, terminateRecorder } from './helpers.js'
 
 t.test('1,000 messages to an async handler with random delays come back in order, none lost', async (t) => {
@@ -160,7 +160,7 @@ t.test('sendAfter delivers the message; startTimer delivers { type: timeout, ref
   const { app } = await buildApp(t)
   const infos: unknown[] = []
   let refs: Record<string, number> = {}
-  app.ws('/timers', defineHandler<undefined, string>({
+  app.ws('/timers', defineHandler<undefined, string | TimeoutMessage<string>>({
     websocketInit: (_state, ctx) => {
       t.notOk(ctx.cancelTimer(12345), 'cancelTimer is false before any timer')
       refs = {

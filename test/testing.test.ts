@@ -4,11 +4,11 @@
  * reason; and the socket-free harness.
  */
 import t from 'tap'
-import { close, defineHandler, text } from '../lib/index.js'
+import { close, defineHandler, text, type TimeoutMessage } from '../lib/index.js'
 import { UpgradeRefusedError, handlerHarness, wsClient } from '../lib/testing.js'
 import { buildApp, listen } from './helpers.js'
 
-const greeter = defineHandler<{ name: string }, 'tick'>({
+const greeter = defineHandler<{ name: string }, TimeoutMessage<'tick'>>({
   init (request, reply) {
     const { name } = request.query as { name?: string }
     if (name === undefined) return reply.code(400).send({ error: 'name?' })
@@ -23,7 +23,7 @@ const greeter = defineHandler<{ name: string }, 'tick'>({
     if (frame.data === 'bye') return { reply: [text('bye'), close(4000, 'done')] }
     return { state: { name: frame.data }, reply: text(`now ${frame.data}`) }
   },
-  info: (message, state) => typeof message === 'object' ? { reply: text(`tick for ${state.name}`) } : undefined // the startTimer wrapper
+  info: (message, state) => ({ reply: text(`${message.message} for ${state.name}`) }) // the startTimer wrapper
 })
 
 for (const transport of ['injected (no port)', 'real port'] as const) {

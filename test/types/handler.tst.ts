@@ -34,22 +34,44 @@ test('the state type is inferred from init without naming it', () => {
   })
 })
 
-test('the Info type flows to info and to ctx.post; a `type` discriminant narrows past timeouts', () => {
+test('the Info type flows to info and to ctx.post; timer messages only where Info names them', () => {
   type Info = { type: 'tick' } | { type: 'say', text: string }
   defineHandler<undefined, Info>({
     websocketInit: (_state, ctx) => {
       ctx.post({ type: 'tick' })
       expect(ctx.post).type.toBeCallableWith({ type: 'say', text: 'hi' })
       expect(ctx.post).type.not.toBeCallableWith({ type: 'shout' })
-      ctx.startTimer(1000, { type: 'tick' })
+      expect(ctx.startTimer).type.not.toBeCallableWith(1000, { type: 'tick' }) // info does not expect TimeoutMessage
+      ctx.sendAfter(1000, { type: 'tick' })
     },
     info: (message) => {
-      expect(message).type.toBe<Info | TimeoutMessage<Info>>()
-      if (message.type === 'say') return { reply: text(message.text) }
-      if (message.type === 'timeout') expect(message.message).type.toBe<Info>()
+      expect(message).type.toBe<Info>()
+      return message.type === 'say' ? { reply: text(message.text) } : undefined
+    }
+  })
+  // A plain string Info is a string in info: no timer wrapper to rule out first.
+  defineHandler<undefined, string>({ info: (message) => ({ reply: text(message.toUpperCase()) }) })
+})
+
+test('a handler that starts timers names TimeoutMessage in its Info, and gets it narrowed', () => {
+  type Tick = { every: number }
+  type Info = { type: 'timeout', note: string } | TimeoutMessage<Tick> // an app message may be called timeout too
+  const ticking = defineHandler<undefined, Info>({
+    websocketInit: (_state, ctx) => {
+      ctx.startTimer(1000, { every: 1000 })
+      expect(ctx.startTimer).type.not.toBeCallableWith(1000, 'tick')
+    },
+    info: (message) => {
+      if ('ref' in message) expect(message.message).type.toBe<Tick>()
+      else expect(message.note).type.toBe<string>()
       return undefined
     }
   })
+  const app = Fastify()
+  app.route({ method: 'GET', url: '/t', handler: async () => 'http', ws: ticking })
+  app.ws('/t', ticking)
+  // With the default Info (unknown) any timer payload goes, and info gets unknown.
+  defineHandler({ websocketInit: (_state, ctx) => { ctx.startTimer(5, 'anything') }, info: (message) => { expect(message).type.toBe<unknown>() } })
 })
 
 test('terminate reasons narrow by type', () => {
