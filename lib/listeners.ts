@@ -1,6 +1,7 @@
 /**
  * ws's events, turned into what the connection reacts to. The listeners are shared by every
- * connection (no closure per connection): each finds its connection in a slot on the ws object.
+ * connection (no closure per connection): each finds its connection in a slot on ws's receiver
+ * (one slot serves both: ws keeps its receiver for life, and a slot costs 8 B per object).
  */
 import type WebSocket from 'ws'
 import { CloseCode, closeCodeOfWsError } from './close-codes.js'
@@ -30,11 +31,14 @@ export interface ConnectionEvents {
 
 const kEvents = Symbol('fastify-ws-handlers.events')
 
-/** The connection's slot on ws objects. */
+/** The connection's slot on ws's receiver. */
 interface Slot { [kEvents]?: ConnectionEvents }
 
+function eventsOf (ws: WebSocket): ConnectionEvents {
+  return (internalsOf(ws)._receiver as Slot)[kEvents]!
+}
+
 export function listen (ws: WebSocket, events: ConnectionEvents): void {
-  ;(ws as Slot)[kEvents] = events
   ws.on('message', onMessage)
   ws.on('ping', onPing)
   ws.on('pong', onPong)
@@ -47,13 +51,13 @@ export function listen (ws: WebSocket, events: ConnectionEvents): void {
 }
 
 function received (ws: WebSocket, frame: InFrame<unknown>): void {
-  const events = (ws as Slot)[kEvents]!
+  const events = eventsOf(ws)
   if (frameInChannel.hasSubscribers) frameInChannel.publish({ ctx: events, frame })
   events[kReceived](frame)
 }
 
 function onMessage (this: WebSocket, data: Buffer, isBinary: boolean): void {
-  const events = (this as Slot)[kEvents]!
+  const events = eventsOf(this)
   const read = events.jsonReader
   if (read === undefined) {
     if (isBinary) {
@@ -85,10 +89,10 @@ function onConclude (this: Slot, code: number, reason: Buffer): void {
 
 function onClose (this: WebSocket): void {
   // Without a close frame before it (that ended the connection already), the socket just went away.
-  (this as Slot)[kEvents]![kPeerEnded]({ type: 'closed' })
+  eventsOf(this)[kPeerEnded]({ type: 'closed' })
 }
 
 function onError (this: WebSocket, error: Error): void {
   // ws has already sent the close frame with this code; frames queued before it still run.
-  (this as Slot)[kEvents]![kPeerEnded]({ type: 'error', code: closeCodeOfWsError(error), error })
+  eventsOf(this)[kPeerEnded]({ type: 'error', code: closeCodeOfWsError(error), error })
 }

@@ -25,7 +25,9 @@ export interface ConnectionRegistry {
   add(connection: ConnectionContext): void
   subscribe(connection: ConnectionContext, topic: string): boolean
   unsubscribe(connection: ConnectionContext, topic: string): boolean
-  /** The connection's terminate has settled (or it had none). */
+  /** The upgrade's admission now counts as this connection (see `remove`). */
+  handOver(lease: Lease): void
+  /** The connection's terminate has settled (or it had none): it no longer counts. */
   remove(connection: ConnectionContext): void
 }
 
@@ -34,7 +36,7 @@ export interface Upgrade {
   readonly state: unknown
   readonly options: ResolvedConnectionOptions
   readonly request: RequestSnapshot
-  /** The admission that counts this connection against the limits, released after terminate. */
+  /** The admission that counts this connection against the limits; its route and ip are the request's. */
   readonly lease: Lease
   /** The raw HTTP request, for the open channel's observers only (not kept). */
   readonly raw: IncomingMessage

@@ -91,7 +91,7 @@ export function makeWebSocketRoute (
     socket.removeListener('error', errorListeners[errorListeners.length - 1] as () => void)
     // The response stays assigned to the socket and pins request and reply: let them go.
     pending.response.detachSocket(internalsOf(socket)._socket)
-    const snapshot = snapshotOf(request, pending, url)
+    const snapshot = snapshotOf(request, pending)
     // eslint-disable-next-line no-new -- the connection lives through the socket's listeners
     new Connection(route, socket, { state: pending.state, options: pending.options, request: snapshot, lease: pending.lease, raw })
   }
@@ -297,7 +297,15 @@ function offeredProtocols (header: string | string[] | undefined): string[] {
   return header === undefined ? [] : [...parseSubprotocols(String(header))]
 }
 
-function snapshotOf (request: FastifyRequest, pending: PendingUpgrade, routeUrl: string): RequestSnapshot {
+/** Nothing to keep: one frozen empty object for every connection whose params or query are empty. */
+const noParams: Readonly<Record<string, string>> = Object.freeze({})
+const noQuery: Readonly<Record<string, string>> = Object.freeze(Object.create(null) as Record<string, string>)
+
+function isEmpty (value: unknown): boolean {
+  return value !== null && typeof value === 'object' && Object.keys(value).length === 0
+}
+
+function snapshotOf (request: FastifyRequest, pending: PendingUpgrade): RequestSnapshot {
   const keep = pending.options.keepHeaders
   let headers = noHeaders
   if (keep.length > 0) {
@@ -309,11 +317,11 @@ function snapshotOf (request: FastifyRequest, pending: PendingUpgrade, routeUrl:
     id: request.id,
     method: request.method,
     url: request.url,
-    routeUrl,
-    params: request.params,
-    query: request.query,
+    routeUrl: pending.lease.route, // what the limits counted; the route's URL pattern
+    params: isEmpty(request.params) ? noParams : request.params,
+    query: isEmpty(request.query) ? noQuery : request.query,
     headers,
-    ip: request.ip ?? '', // injectWS has no socket, hence no ip
+    ip: pending.lease.ip, // what the limits counted (request.ip; '' under injectWS, which has no socket)
     protocol: pending.protocol
   })
 }

@@ -1,9 +1,9 @@
 /**
  * After the upgrade a connection keeps neither Fastify's request nor its reply alive
- * (raw @fastify/websocket keeps both for the connection's lifetime).
+ * (raw @fastify/websocket keeps both for the connection's lifetime), nor objects it can share.
  */
 import t from 'tap'
-import { text } from '../lib/index.js'
+import { text, type RequestSnapshot, type WebSocketContext } from '../lib/index.js'
 import { buildApp, connect, listen, sleep } from './helpers.js'
 
 const gc = globalThis.gc as (() => void) | undefined
@@ -30,4 +30,21 @@ t.test("an open connection does not retain Fastify's request and reply", { skip:
   ws.send('still alive')
   t.same(await seen.frameCount(2), ['text:kept', 'text:kept'], 'while the connection works on')
   ws.close()
+})
+
+t.test('connections without params or query share one frozen empty object for each', async (t) => {
+  const { app } = await buildApp(t)
+  const requests: RequestSnapshot[] = []
+  const keep = { websocketInit: (_state: unknown, ctx: WebSocketContext) => { requests.push(ctx.request) } }
+  app.ws('/plain', keep)
+  app.ws('/room/:name', keep)
+  const base = await listen(app)
+  const clients = [await connect(`${base}/plain`), await connect(`${base}/plain`), await connect(`${base}/room/blue?x=1`)]
+  const [a, b, room] = requests as [RequestSnapshot, RequestSnapshot, RequestSnapshot]
+  t.equal(a.params, b.params, 'the same params object')
+  t.equal(a.query, b.query, 'the same query object')
+  t.ok(Object.isFrozen(a.params) && Object.isFrozen(a.query), 'frozen: no connection can change what the others see')
+  t.same([a.params, { ...a.query as object }], [{}, {}])
+  t.same([room.params, { ...room.query as object }], [{ name: 'blue' }, { x: '1' }], 'a route with params and a query keeps its own')
+  for (const { ws } of clients) ws.close()
 })
