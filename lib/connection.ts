@@ -23,7 +23,7 @@ import type WebSocket from 'ws'
 import type { BroadcastFrame } from './adapter.js'
 import { CloseCode } from './close-codes.js'
 import { resultProblem, writeFrames, writeShared } from './commands.js'
-import { ConnectionContext, kShutdown, kWriteShared } from './context.js'
+import { ConnectionContext, kPhase, kRoute, kShutdown, kWriteShared, kWs } from './context.js'
 import { frameOutChannel } from './diagnostics.js'
 import { InvalidMessageError, InvalidResultError, OutboundOverflowError } from './errors.js'
 import { json } from './frames.js'
@@ -79,7 +79,7 @@ export class Connection extends ConnectionContext implements ConnectionEvents, I
   // ---- what reaches it from ws, timers and the app --------------------------
 
   get jsonReader (): JsonReader | undefined {
-    return this.route.json?.read
+    return this[kRoute].json?.read
   }
 
   [kReceived] (frame: InFrame<unknown>): void {
@@ -88,12 +88,12 @@ export class Connection extends ConnectionContext implements ConnectionEvents, I
 
   [kInvalidJson] (problem: JsonProblem): void {
     // As the route chose: an error frame (in order, through the mailbox), or a close.
-    if (this.route.json!.onInvalid === 'error-frame') this.#deliver('errorFrame', problem)
+    if (this[kRoute].json!.onInvalid === 'error-frame') this.#deliver('errorFrame', problem)
     else this.#close(problem.code, problem.reason, { type: 'error', code: problem.code, error: new InvalidMessageError(problem.reason) })
   }
 
   [kPeerEnded] (reason: TerminateReason): void {
-    if (this.phase !== 'open') return
+    if (this[kPhase] !== 'open') return
     this.#mailbox?.releaseHeld() // frames read before the handler paused reading still run
     this.#end(reason)
   }
@@ -113,17 +113,17 @@ export class Connection extends ConnectionContext implements ConnectionEvents, I
 
   [kWriteShared] (encoded: Buffer, frame: BroadcastFrame): boolean {
     // readyState: the peer ended TCP and ws has not said 'close' yet.
-    if (this.phase !== 'open' || this.ws.readyState !== this.ws.OPEN || this.#closedForOverflow()) return false
-    writeShared(this.ws, encoded, frame)
+    if (this[kPhase] !== 'open' || this[kWs].readyState !== this[kWs].OPEN || this.#closedForOverflow()) return false
+    writeShared(this[kWs], encoded, frame)
     return true
   }
 
   // ---- the loop: one callback at a time --------------------------------------
 
   #deliver (kind: MailKind, payload: unknown): boolean {
-    if (this.phase !== 'open') return false
+    if (this[kPhase] !== 'open') return false
     if (this.#running) {
-      (this.#mailbox ??= new Mailbox(this.ws)).push(kind, payload, this.#options)
+      (this.#mailbox ??= new Mailbox(this[kWs])).push(kind, payload, this.#options)
     } else {
       this.#running = true
       if (this.#dispatch(kind, payload)) this.#drain()
@@ -139,7 +139,7 @@ export class Connection extends ConnectionContext implements ConnectionEvents, I
       if (!this.#dispatch(kind, mailbox.take(this.#options))) return
     }
     this.#running = false
-    if (this.phase === 'closing') this.#terminate()
+    if (this[kPhase] === 'closing') this.#terminate()
   }
 
   /**
@@ -152,13 +152,13 @@ export class Connection extends ConnectionContext implements ConnectionEvents, I
       this.#write(json({ type: 'error', code, message: reason }))
       return true
     }
-    if (kind === 'handle' && this.phase === 'open' && this.#mailbox?.inactive === true) {
+    if (kind === 'handle' && this[kPhase] === 'open' && this.#mailbox?.inactive === true) {
       // Read in the same TCP chunk before the handler paused: it waits for `active: true`
       // (unless the peer has ended the connection: then it runs, as queued frames do).
       this.#mailbox.hold(payload as InFrame<unknown>)
       return true
     }
-    const handler = this.route.handler
+    const handler = this[kRoute].handler
     let result: unknown
     try {
       if (kind === 'handle') result = handler.handle?.(payload as InFrame, this.#state, this)
@@ -201,12 +201,12 @@ export class Connection extends ConnectionContext implements ConnectionEvents, I
     const commands = result as Commands<unknown>
     if (commands.state !== undefined) this.#state = commands.state
     if (commands.options !== undefined) this.#setOptions(commands.options)
-    if (commands.active !== undefined) (this.#mailbox ??= new Mailbox(this.ws)).setActive(commands.active)
-    const hibernation = commands.hibernate === true ? (this.#hibernation ??= new Hibernation(this.ws)) : undefined
+    if (commands.active !== undefined) (this.#mailbox ??= new Mailbox(this[kWs])).setActive(commands.active)
+    const hibernation = commands.hibernate === true ? (this.#hibernation ??= new Hibernation(this[kWs])) : undefined
     const onSent = hibernation?.callbackFor(commands.reply)
     if (commands.reply !== undefined) this.#write(commands.reply, onSent)
     if (commands.stop === true) this.#close(CloseCode.NORMAL, '', { type: 'stop', code: CloseCode.NORMAL, reason: '' })
-    if (hibernation !== undefined && this.phase === 'open') hibernation.request(onSent !== undefined)
+    if (hibernation !== undefined && this[kPhase] === 'open') hibernation.request(onSent !== undefined)
   }
 
   #crash (callback: MailKind, error: unknown): void {
@@ -216,8 +216,8 @@ export class Connection extends ConnectionContext implements ConnectionEvents, I
 
   #write (reply: OutFrame | readonly OutFrame[], onSent?: () => void): void {
     // Nothing is sent once the connection is ending: after a close frame, or to a closed peer.
-    if (this.phase !== 'open' || this.#closedForOverflow()) return
-    const closeFrame = writeFrames(this.ws, reply, onSent)
+    if (this[kPhase] !== 'open' || this.#closedForOverflow()) return
+    const closeFrame = writeFrames(this[kWs], reply, onSent)
     if (frameOutChannel.hasSubscribers) frameOutChannel.publish({ ctx: this, frames: reply })
     if (closeFrame !== undefined) {
       const code = closeFrame.code ?? CloseCode.NORMAL
@@ -231,7 +231,7 @@ export class Connection extends ConnectionContext implements ConnectionEvents, I
    * and broadcasts alike), so one large reply is not mistaken for it. Over the limit: close 1008.
    */
   #closedForOverflow (): boolean {
-    const backlog = this.ws.bufferedAmount
+    const backlog = this[kWs].bufferedAmount
     if (backlog <= this.#options.maxBufferedBytes) return false
     const error = new OutboundOverflowError(backlog, this.#options.maxBufferedBytes)
     this.#close(CloseCode.POLICY_VIOLATION, 'outbound buffer full', { type: 'error', code: CloseCode.POLICY_VIOLATION, error })
@@ -242,15 +242,15 @@ export class Connection extends ConnectionContext implements ConnectionEvents, I
 
   /** A close this side decides: the close frame goes out now and what waits is dropped. */
   #close (code: number, reason: string, terminateReason: TerminateReason): void {
-    if (this.phase !== 'open') return
-    this.ws.close(code, reason)
+    if (this[kPhase] !== 'open') return
+    this[kWs].close(code, reason)
     this.#mailbox?.dropForClose()
     this.#end(terminateReason)
   }
 
   /** Enter `closing`: terminate runs once the callback in progress and what waits are done. */
   #end (reason: TerminateReason): void {
-    this.phase = 'closing'
+    this[kPhase] = 'closing'
     this.#endReason = reason
     this.#idleTimer?.stop()
     this.#hibernation?.cancel()
@@ -261,17 +261,17 @@ export class Connection extends ConnectionContext implements ConnectionEvents, I
   }
 
   #terminate (): void {
-    this.phase = 'closed'
+    this[kPhase] = 'closed'
     const reason = this.#endReason!
     this.announceClose(reason)
-    const done = (): void => { this.route.registry.remove(this) }
+    const done = (): void => { this[kRoute].registry.remove(this) }
     const failed = (error: unknown): void => {
       this.log.error({ err: error }, 'WebSocket terminate threw')
       done()
     }
     let settled: Promise<void> | void
     try {
-      settled = this.route.handler.terminate?.(reason, this.request, this.#state)
+      settled = this[kRoute].handler.terminate?.(reason, this.request, this.#state)
     } catch (error) {
       failed(error)
       return
@@ -285,12 +285,12 @@ export class Connection extends ConnectionContext implements ConnectionEvents, I
   #setOptions (live: LiveOptions): void {
     this.#options = resolveConnectionOptions(this.#options, live)
     if (live.idleTimeout !== undefined || live.pingInterval !== undefined) this.#armIdleTimer()
-    if (live.maxFrameSize !== undefined) applyReceiverLimits(this.ws, this.#options.maxFrameSize, this.#options.validateUtf8)
+    if (live.maxFrameSize !== undefined) applyReceiverLimits(this[kWs], this.#options.maxFrameSize, this.#options.validateUtf8)
   }
 
   #armIdleTimer (): void {
     const { idleTimeout, pingInterval } = this.#options
     if (this.#idleTimer === undefined && idleTimeout === 0 && pingInterval === 0) return
-    (this.#idleTimer ??= new IdleTimer(this, this.ws)).arm(idleTimeout, pingInterval)
+    (this.#idleTimer ??= new IdleTimer(this, this[kWs])).arm(idleTimeout, pingInterval)
   }
 }

@@ -13,6 +13,11 @@ import type { RouteContext, Upgrade } from './route-context.js'
 import { Timers, kTimerFired, nextTimerRef, type TimerOwner } from './timers.js'
 import type { RequestSnapshot, TerminateReason, TimerRef, WebSocketContext } from './types.js'
 
+// Symbol keys for what the actor (connection.ts) shares with this base: ctx stays what the
+// typed API says, with nothing at `ctx.ws` or `ctx.phase` for JavaScript to reach around the actor.
+export const kRoute = Symbol('fastify-ws-handlers.route')
+export const kWs = Symbol('fastify-ws-handlers.ws')
+export const kPhase = Symbol('fastify-ws-handlers.phase')
 export const kShutdown = Symbol('fastify-ws-handlers.shutdown')
 export const kWriteShared = Symbol('fastify-ws-handlers.write-shared')
 
@@ -21,9 +26,9 @@ const noTopics: readonly string[] = Object.freeze([])
 export abstract class ConnectionContext implements WebSocketContext<unknown>, TimerOwner {
   readonly id: string
   readonly request: RequestSnapshot
-  protected readonly route: RouteContext
-  protected readonly ws: WebSocket
-  protected phase: Phase = 'open'
+  protected readonly [kRoute]: RouteContext
+  protected readonly [kWs]: WebSocket
+  protected [kPhase]: Phase = 'open'
   #timers: Timers | undefined
   #log: FastifyBaseLogger | undefined
   /** Few per connection: an array is the smallest. */
@@ -35,8 +40,8 @@ export abstract class ConnectionContext implements WebSocketContext<unknown>, Ti
     this.id = route.registry.nextId()
     this.request = upgrade.request
     route.registry.handOver(upgrade.lease) // counted from now on by its request's routeUrl and ip
-    this.route = route
-    this.ws = ws
+    this[kRoute] = route
+    this[kWs] = ws
   }
 
   abstract post (message: unknown): boolean
@@ -47,15 +52,15 @@ export abstract class ConnectionContext implements WebSocketContext<unknown>, Ti
   abstract [kWriteShared] (encoded: Buffer, frame: BroadcastFrame): boolean
 
   get alive (): boolean {
-    return this.phase !== 'closed'
+    return this[kPhase] !== 'closed'
   }
 
   get bufferedAmount (): number {
-    return this.ws.bufferedAmount
+    return this[kWs].bufferedAmount
   }
 
   get log (): FastifyBaseLogger {
-    this.#log ??= this.route.log.child({ reqId: this.request.id, wsId: this.id, wsRoute: this.route.url })
+    this.#log ??= this[kRoute].log.child({ reqId: this.request.id, wsId: this.id, wsRoute: this[kRoute].url })
     return this.#log
   }
 
@@ -76,7 +81,7 @@ export abstract class ConnectionContext implements WebSocketContext<unknown>, Ti
   }
 
   subscribe (topic: string): boolean {
-    if (this.phase === 'closed' || !this.route.registry.subscribe(this, topic)) return false
+    if (this[kPhase] === 'closed' || !this[kRoute].registry.subscribe(this, topic)) return false
     // A literal: an empty array's first push reserves room for 17 (+136 B per connection).
     if (this.#topics === undefined) this.#topics = [topic]
     else this.#topics.push(topic)
@@ -84,30 +89,30 @@ export abstract class ConnectionContext implements WebSocketContext<unknown>, Ti
   }
 
   unsubscribe (topic: string): boolean {
-    if (!this.route.registry.unsubscribe(this, topic)) return false
+    if (!this[kRoute].registry.unsubscribe(this, topic)) return false
     this.#topics!.splice(this.#topics!.indexOf(topic), 1)
     return true
   }
 
   /** Once wired: join the registry, log the open line, tell the open channel. */
   protected announceOpen (raw: IncomingMessage): void {
-    this.route.registry.add(this)
-    if (logsInfo(this.route.log)) this.log.info({ ip: this.request.ip, protocol: this.request.protocol }, 'WebSocket open')
+    this[kRoute].registry.add(this)
+    if (logsInfo(this[kRoute].log)) this.log.info({ ip: this.request.ip, protocol: this.request.protocol }, 'WebSocket open')
     if (openChannel.hasSubscribers) openChannel.publish({ ctx: this, request: raw })
   }
 
   /** Before terminate: leave every topic, cancel every timer, tell the close channel, log the close line. */
   protected announceClose (reason: TerminateReason): void {
-    for (const topic of this.#topics ?? noTopics) this.route.registry.unsubscribe(this, topic)
+    for (const topic of this.#topics ?? noTopics) this[kRoute].registry.unsubscribe(this, topic)
     this.#topics = undefined
     this.#timers?.clear()
     if (closeChannel.hasSubscribers) closeChannel.publish({ ctx: this, reason })
-    if (logsInfo(this.route.log)) this.log.info(closeLogFields(reason, this.#openedAt), 'WebSocket closed')
+    if (logsInfo(this[kRoute].log)) this.log.info(closeLogFields(reason, this.#openedAt), 'WebSocket closed')
   }
 
   // Static: a private instance method would cost every instance a brand slot (8 B).
   static #startTimer (self: ConnectionContext, ms: number, message: unknown, wrap: boolean): TimerRef {
-    if (self.phase === 'closed') return nextTimerRef(ms)
+    if (self[kPhase] === 'closed') return nextTimerRef(ms)
     return (self.#timers ??= new Timers(self)).start(ms, message, wrap)
   }
 }

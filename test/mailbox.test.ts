@@ -271,3 +271,13 @@ t.test('a handler without info ignores posted messages', async (t) => {
   t.same(await seen.frameCount(1), ['text:still here'])
   ws.close()
 })
+
+t.test('ctx is what the typed API says: no socket or internal state to reach around the mailbox', async (t) => {
+  const { app } = await buildApp(t)
+  let ctxOf: WebSocketContext | undefined
+  app.ws('/ctx', { websocketInit: (_state, ctx) => { ctxOf = ctx } })
+  const { ws } = await inject(app, '/ctx')
+  t.same(Object.keys(ctxOf!).sort(), ['id', 'request'])
+  for (const name of ['ws', 'route', 'phase', 'socket']) t.equal((ctxOf as unknown as Record<string, unknown>)[name], undefined, `no ctx.${name}`)
+  ws.close()
+})
