@@ -296,7 +296,7 @@ const compressedConnections = quick ? 500 : 2000
 const compressedTitle = `Idle memory, compressed (permessage-deflate), ${compressedConnections.toLocaleString('en-US')} connections after one 200 B message each way`
 await idleMemory(compressedTitle, compressedVariants(), compressedConnections, true)
 // The price of hibernate: with 5 ms of idle after each echo, every message finds both zlib
-// contexts released and rebuilds them.
+// contexts released and takes them back (from the pool, reset).
 await echoVariants('Compressed echo, 200 B, 1 connection, 5 ms idle between messages: waking from hibernate every time',
   compressedVariants(), { ...echoShape, connections: 1, inFlight: 1, size: 200, compress: true, gapMs: 5 })
 await churnScenario(`Churn, ${quick ? '1,000' : '10,000'} connect/close cycles (20 at a time)`, quick ? 1000 : 10_000)
