@@ -67,7 +67,7 @@ export class Connection extends ConnectionContext implements ConnectionEvents, I
     applyReceiverLimits(ws, this.#options.maxFrameSize, this.#options.validateUtf8)
     this.#armIdleTimer()
     this.announceOpen(upgrade.raw)
-    if (this.#dispatch('websocketInit', undefined)) this.#drain()
+    if (this.#dispatch('websocketInit', undefined, 0)) this.#drain()
   }
 
   /** Refused (false) once the connection is ending or `mailboxLimit` items wait: the app's producers are bounded too. */
@@ -82,8 +82,8 @@ export class Connection extends ConnectionContext implements ConnectionEvents, I
     return this[kRoute].json?.read
   }
 
-  [kReceived] (frame: InFrame<unknown>): void {
-    this.#deliver('handle', frame)
+  [kReceived] (frame: InFrame<unknown>, bytes: number): void {
+    this.#deliver('handle', frame, bytes)
   }
 
   [kInvalidJson] (problem: JsonProblem): void {
@@ -120,13 +120,14 @@ export class Connection extends ConnectionContext implements ConnectionEvents, I
 
   // ---- the loop: one callback at a time --------------------------------------
 
-  #deliver (kind: MailKind, payload: unknown): boolean {
+  /** `bytes`: a frame's size as received, for the mailbox's byte bound (0 for other items). */
+  #deliver (kind: MailKind, payload: unknown, bytes = 0): boolean {
     if (this[kPhase] !== 'open') return false
     if (this.#running) {
-      (this.#mailbox ??= new Mailbox(this[kWs])).push(kind, payload, this.#options)
+      (this.#mailbox ??= new Mailbox(this[kWs])).push(kind, payload, bytes, this.#options)
     } else {
       this.#running = true
-      if (this.#dispatch(kind, payload)) this.#drain()
+      if (this.#dispatch(kind, payload, bytes)) this.#drain()
     }
     return true
   }
@@ -136,7 +137,8 @@ export class Connection extends ConnectionContext implements ConnectionEvents, I
     // Re-read each turn: a callback may create the mailbox (a post).
     for (let mailbox = this.#mailbox; mailbox !== undefined && mailbox.size !== 0; mailbox = this.#mailbox) {
       const kind = mailbox.peekKind()
-      if (!this.#dispatch(kind, mailbox.take(this.#options))) return
+      const bytes = mailbox.peekBytes()
+      if (!this.#dispatch(kind, mailbox.take(this.#options), bytes)) return
     }
     this.#running = false
     if (this[kPhase] === 'closing') this.#terminate()
@@ -146,7 +148,7 @@ export class Connection extends ConnectionContext implements ConnectionEvents, I
    * The one place that calls websocketInit, handle and info: a throw becomes close 1011 and a
    * `crash`, a promise makes the mailbox wait. Returns false while a callback is pending.
    */
-  #dispatch (kind: MailKind, payload: unknown): boolean {
+  #dispatch (kind: MailKind, payload: unknown, bytes: number): boolean {
     if (kind === 'errorFrame') {
       const { code, reason } = payload as JsonProblem
       this.#write(json({ type: 'error', code, message: reason }))
@@ -155,7 +157,7 @@ export class Connection extends ConnectionContext implements ConnectionEvents, I
     if (kind === 'handle' && this[kPhase] === 'open' && this.#mailbox?.inactive === true) {
       // Read in the same TCP chunk before the handler paused: it waits for `active: true`
       // (unless the peer has ended the connection: then it runs, as queued frames do).
-      this.#mailbox.hold(payload as InFrame<unknown>)
+      this.#mailbox.hold(payload as InFrame<unknown>, bytes)
       return true
     }
     const handler = this[kRoute].handler

@@ -21,7 +21,6 @@ import { inProcessAdapter } from './adapter.js'
 
 declare module 'fastify' {
   interface FastifyInstance {
-    /** Declare a WebSocket route: `app.ws('/echo', handler, { idleTimeout: 30_000 })`. Plain GETs get 426. */
     /**
      * Declare a WebSocket route: `app.ws('/echo', handler, { idleTimeout: 30_000 })`. The options
      * may also carry Fastify's route options (`schema` for the upgrade request, `config`,
@@ -63,15 +62,18 @@ const plugin: FastifyPluginAsync<WebSocketHandlersOptions> = async function wsHa
   fastify.decorate('ws', function ws<State, Info, Message> (
     this: FastifyInstance, url: string, handler: WebSocketHandler<State, Info, Message>, options: Record<string, unknown> = {}
   ) {
-    const wsOptions: Record<string, unknown> = {}
     const fastifyOptions: Record<string, unknown> = {}
-    if (options !== null && typeof options === 'object') {
-      // Fastify's own route options go to the route; the rest is checked as WebSocket options (typos included).
-      for (const [key, value] of Object.entries(options)) (fastifyRouteOptionKeys.has(key) ? fastifyOptions : wsOptions)[key] = value
+    // Fastify's own route options go to the route; the rest is checked as WebSocket options (typos
+    // included). What is not an object goes to that check as it is, to be refused.
+    let wsOptions: unknown = options
+    if (options !== null && typeof options === 'object' && !Array.isArray(options)) {
+      const rest: Record<string, unknown> = {}
+      for (const [key, value] of Object.entries(options)) (fastifyRouteOptionKeys.has(key) ? fastifyOptions : rest)[key] = value
+      wsOptions = rest
     }
     // The route context wants the URL with its prefix, as onRoute hooks see it; route() adds it itself.
     const routeOptions = { ...fastifyOptions, method: 'GET', url: this.prefix + url, handler: upgradeRequired } as RouteOptions
-    makeWebSocketRoute(this, routeOptions, handler as WebSocketHandler<unknown, unknown>, options === null ? null as never : wsOptions, defaults)
+    makeWebSocketRoute(this, routeOptions, handler as WebSocketHandler<unknown, unknown>, wsOptions as RouteWebSocketOptions, defaults)
     return this.route({ ...routeOptions, url })
   })
 

@@ -35,8 +35,7 @@ export function jsonReader (instance: FastifyInstance, url: string, options: Jso
       const problem = validationProblem(validate, data)
       if (problem !== undefined) return { code: CloseCode.POLICY_VIOLATION, reason: problem }
     }
-    // The text's length, for the mailbox's byte bound (not enumerable: the frame stays { type, data }).
-    return Object.defineProperty({ type: 'json', data }, 'size', { value: text.length }) as JsonFrame
+    return { type: 'json', data }
   }
 }
 

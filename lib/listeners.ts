@@ -18,8 +18,8 @@ export const kPeerEnded = Symbol('fastify-ws-handlers.peer-ended')
 export interface ConnectionEvents {
   /** JSON routes: how text becomes `json` frames. */
   readonly jsonReader: JsonReader | undefined
-  /** A frame for `handle`. */
-  [kReceived](frame: InFrame<unknown>): void
+  /** A frame for `handle`, and its size as received (for the mailbox's byte bound). */
+  [kReceived](frame: InFrame<unknown>, bytes: number): void
   /** A message a JSON route refuses. */
   [kInvalidJson](problem: JsonProblem): void
   /**
@@ -50,10 +50,9 @@ export function listen (ws: WebSocket, events: ConnectionEvents): void {
   receiver.on('conclude', onConclude)
 }
 
-function received (ws: WebSocket, frame: InFrame<unknown>): void {
-  const events = eventsOf(ws)
+function received (events: ConnectionEvents, frame: InFrame<unknown>, bytes: number): void {
   if (frameInChannel.hasSubscribers) frameInChannel.publish({ ctx: events, frame })
-  events[kReceived](frame)
+  events[kReceived](frame, bytes)
 }
 
 function onMessage (this: WebSocket, data: Buffer, isBinary: boolean): void {
@@ -61,26 +60,26 @@ function onMessage (this: WebSocket, data: Buffer, isBinary: boolean): void {
   const read = events.jsonReader
   if (read === undefined) {
     if (isBinary) {
-      received(this, { type: 'binary', data })
+      received(events, { type: 'binary', data }, data.length)
       return
     }
     const text = data.toString()
     // Validated UTF-8 decodes and encodes back to the same bytes: an echo can send these.
     if (!internalsOf(this)._receiver._skipUTF8Validation) rememberReceivedText(text, data)
-    received(this, { type: 'text', data: text })
+    received(events, { type: 'text', data: text }, data.length)
     return
   }
   const frame = read(isBinary ? undefined : data.toString())
-  if ('type' in frame) received(this, frame)
+  if ('type' in frame) received(events, frame, data.length)
   else events[kInvalidJson](frame)
 }
 
 function onPing (this: WebSocket, data: Buffer): void {
-  received(this, { type: 'ping', data })
+  received(eventsOf(this), { type: 'ping', data }, data.length)
 }
 
 function onPong (this: WebSocket, data: Buffer): void {
-  received(this, { type: 'pong', data })
+  received(eventsOf(this), { type: 'pong', data }, data.length)
 }
 
 function onConclude (this: Slot, code: number, reason: Buffer): void {

@@ -21,24 +21,20 @@ export interface MailboxLimits { readonly mailboxLimit: number, readonly maxFram
 const PAUSED_BY_HANDLER = 1
 const PAUSED_BY_MAILBOX = 2
 
-/** A waiting frame's weight for the byte bound: its bytes, or its JSON text's length. */
-function sizeOf (frame: InFrame<unknown>): number {
-  return frame.type === 'json' ? (frame as { size?: number }).size! : frame.data.length
-}
-
 export class Mailbox {
   readonly #ws: WebSocket
   /**
-   * (kind, payload) pairs from `#head` on: no wrapper object per item, and taking one moves the
-   * head (O(1)) instead of shifting the array.
+   * (kind, payload, bytes) triples from `#head` on: no wrapper object per item, and taking one
+   * moves the head (O(1)) instead of shifting the array. `bytes` is a frame's size as received
+   * (0 for other items), for the byte bound.
    */
   readonly #items: unknown[] = []
   #head = 0
-  /** Payload bytes (characters of text) of the frames waiting. */
+  /** Received bytes of the frames waiting. */
   #bytes = 0
   #paused = 0
-  /** Frames read while the handler said `active: false`; they run first on `active: true`. */
-  #held: Array<InFrame<unknown>> | undefined
+  /** (frame, bytes) pairs read while the handler said `active: false`; they run first on `active: true`. */
+  #held: unknown[] | undefined
   /** A post was refused since the mailbox was last below half its limit. */
   #refusing = false
 
@@ -47,7 +43,7 @@ export class Mailbox {
   }
 
   get size (): number {
-    return (this.#items.length - this.#head) >> 1
+    return (this.#items.length - this.#head) / 3
   }
 
   /** A post while `limit` items wait is refused; the first refusal of an episode is logged. */
@@ -65,9 +61,9 @@ export class Mailbox {
     return (this.#paused & PAUSED_BY_HANDLER) !== 0
   }
 
-  push (kind: MailKind, payload: unknown, limits: MailboxLimits): void {
-    this.#items.push(kind, payload)
-    if (kind === 'handle') this.#bytes += sizeOf(payload as InFrame<unknown>)
+  push (kind: MailKind, payload: unknown, bytes: number, limits: MailboxLimits): void {
+    this.#items.push(kind, payload, bytes)
+    this.#bytes += bytes
     // Stop reading past either bound: many small items, or a few large frames
     // (mailboxLimit × maxFrameSize would be a gigabyte with the defaults).
     if ((this.#paused & PAUSED_BY_MAILBOX) === 0 && (this.size > limits.mailboxLimit || this.#bytes > limits.maxFrameSize)) {
@@ -75,25 +71,29 @@ export class Mailbox {
     }
   }
 
-  /** The oldest item's kind; `take` next removes it and returns its payload. */
+  /** The oldest item's kind and size; `take` next removes it and returns its payload. */
   peekKind (): MailKind {
     return this.#items[this.#head] as MailKind
+  }
+
+  peekBytes (): number {
+    return this.#items[this.#head + 2] as number
   }
 
   take (limits: MailboxLimits): unknown {
     const items = this.#items
     const head = this.#head
     const payload = items[head + 1]
-    if (items[head] === 'handle') this.#bytes -= sizeOf(payload as InFrame<unknown>)
+    this.#bytes -= items[head + 2] as number
     items[head + 1] = undefined // let the payload go
-    if (head + 2 === items.length) {
+    if (head + 3 === items.length) {
       items.length = 0
       this.#head = 0
-    } else if (head >= 2048 && head * 2 >= items.length) {
-      items.splice(0, head + 2) // compact now and then: still O(1) per item, amortised
+    } else if (head >= 3072 && head * 2 >= items.length) {
+      items.splice(0, head + 3) // compact now and then: still O(1) per item, amortised
       this.#head = 0
     } else {
-      this.#head = head + 2
+      this.#head = head + 3
     }
     if (this.size <= limits.mailboxLimit >> 1) {
       this.#refusing = false
@@ -102,8 +102,8 @@ export class Mailbox {
     return payload
   }
 
-  hold (frame: InFrame<unknown>): void {
-    (this.#held ??= []).push(frame)
+  hold (frame: InFrame<unknown>, bytes: number): void {
+    (this.#held ??= []).push(frame, bytes)
   }
 
   /** Cowboy's `active` command: stop or resume reading; resuming puts held frames first. */
@@ -118,9 +118,9 @@ export class Mailbox {
     if (held === undefined) return
     this.#held = undefined
     const items: unknown[] = []
-    for (const frame of held) {
-      items.push('handle', frame)
-      this.#bytes += sizeOf(frame)
+    for (let i = 0; i < held.length; i += 2) {
+      items.push('handle', held[i], held[i + 1])
+      this.#bytes += held[i + 1] as number
     }
     this.#items.splice(this.#head, 0, ...items)
   }

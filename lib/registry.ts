@@ -16,7 +16,7 @@ import type { BroadcastOptions, OutFrame, WebSocketConnections, WebSocketContext
 /** App-wide connection limits (plugin options). */
 export interface ConnectionLimits { readonly maxConnections?: number | undefined, readonly maxConnectionsPerIp?: number | undefined }
 
-/** One admitted upgrade: it counts against the limits until released (at terminate, or if the upgrade fails). */
+/** One admitted upgrade: it counts against the limits until released (the upgrade failed) or handed over to its connection. */
 export interface Lease { readonly route: string, readonly ip: string, open: boolean }
 
 export class Registry implements ConnectionRegistry, WebSocketConnections {

@@ -310,7 +310,10 @@ function snapshotOf (request: FastifyRequest, pending: PendingUpgrade): RequestS
   let headers = noHeaders
   if (keep.length > 0) {
     const picked: Record<string, string | string[] | undefined> = {}
-    for (const name of keep) picked[name.toLowerCase()] = request.headers[name.toLowerCase()] // as Node names them
+    for (const name of keep) {
+      const lower = name.toLowerCase() // as Node names them
+      picked[lower] = request.headers[lower]
+    }
     headers = Object.freeze(picked)
   }
   return Object.freeze({

@@ -15,8 +15,8 @@
  *   and its inflaters' owner symbol: released contexts are pooled and reused (zlib-pool.ts);
  * - `_closeTimeout`: how long this connection waits for the peer's close reply (ws has it per
  *   server only; the app's own routes keep the server's);
- * - `_socket`: corked for multi-frame replies, read for the idle timer, detached from the HTTP
- *   response after the 101.
+ * - `_socket`: corked so that a tick's replies leave in one write, read for the idle timer,
+ *   detached from the HTTP response after the 101.
  *
  * Public APIs are used where they do the job: `subprotocol.parse` (ws's own header rule),
  * `shouldHandle` and `handleProtocols` (per-upgrade compression and subprotocol), `ping`,

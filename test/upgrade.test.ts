@@ -343,6 +343,8 @@ t.test('bad plugin and route options are refused with a coded error at declarati
   t.throws(() => other.ws('/y', echo, { protocol: ['mqtt'] } as never), { message: /unknown option "protocol"/ })
   t.throws(() => other.ws('/z', echo, { protocols: 'mqtt' } as never), { message: /array of non-empty strings, got "mqtt"/ })
   t.throws(() => other.ws('/w', echo, null as never), { message: /options must be an object, got null/ })
+  t.throws(() => other.ws('/w', echo, 5 as never), { message: /options must be an object, got 5/ }, 'not taken for no options')
+  t.throws(() => other.ws('/w', echo, ['idleTimeout'] as never), { message: /options must be an object/ })
   t.throws(() => other.ws('/v', echo, { compress: 'yes' } as never), { message: /option "compress": expected a boolean, got "yes"/ })
   t.doesNotThrow(() => other.ws('/u', echo, { idleTimeout: undefined }), 'an undefined option is the default')
 })
