@@ -82,9 +82,14 @@ export class Hibernation {
 
 /** Whether a reply sends a text or binary frame (before any close frame): one that ws may compress. */
 function carriesData (reply: OutFrame | readonly OutFrame[]): boolean {
-  for (const frame of Array.isArray(reply) ? reply as readonly OutFrame[] : [reply as OutFrame]) {
+  if (!Array.isArray(reply)) return isData(reply as OutFrame)
+  for (const frame of reply as readonly OutFrame[]) {
     if (frame.type === 'close') return false
-    if (frame.type === 'text' || frame.type === 'binary') return true
+    if (isData(frame)) return true
   }
   return false
+}
+
+function isData (frame: OutFrame): boolean {
+  return frame.type === 'text' || frame.type === 'binary'
 }
