@@ -13,6 +13,7 @@ type GatewayInfo =
   | { type: 'broker-drain' }
   | { type: 'broker-closed' }
   | { type: 'client-drain-check' }
+  | { type: 'mailbox-drained' }
 
 interface GatewayState {
   user: string
@@ -32,7 +33,14 @@ export const BROKER_LOST = 1014
 export function mqttGateway (broker: Broker, stats: GatewayStats) {
   function openLink (ctx: WebSocketContext<GatewayInfo>): Duplex {
     const link = broker.connect()
-    link.on('data', (chunk: Buffer) => ctx.post({ type: 'broker-data', chunk }))
+    link.on('data', (chunk: Buffer) => {
+      if (ctx.post({ type: 'broker-data', chunk })) return
+      // The mailbox is full (a burst the gateway has not handled yet): keep the chunk and stop
+      // reading the broker; a timer message queues behind the burst and resumes it.
+      link.pause()
+      link.unshift(chunk)
+      ctx.sendAfter(0, { type: 'mailbox-drained' })
+    })
     link.on('drain', () => ctx.post({ type: 'broker-drain' }))
     link.on('close', () => ctx.post({ type: 'broker-closed' }))
     link.on('error', (error) => ctx.log.warn({ err: error }, 'MQTT broker connection failed'))
@@ -75,6 +83,9 @@ export function mqttGateway (broker: Broker, stats: GatewayStats) {
           }
           state.link!.resume()
           return { state: { ...state, brokerPaused: false } }
+        case 'mailbox-drained':
+          if (!state.brokerPaused) state.link!.resume()
+          return undefined
         case 'broker-drain':
           return { active: true }
         case 'broker-closed':

@@ -28,6 +28,13 @@ export interface LocalDelivery {
  * called synchronously on the hot path: queue, never wait. Delivery is at most once.
  */
 export interface PubSubAdapter {
+  /**
+   * How messages travel: 'json' when they cross a process boundary as JSON text. Then `publish`
+   * and `post` by id give every subscriber, local ones too, the JSON copy (one rule on one
+   * instance or many), and refuse what JSON cannot carry (FST_WS_NOT_SERIALIZABLE). Unset: messages
+   * are passed as they are (the in-process adapter).
+   */
+  readonly wire?: 'json'
   /** Once, at registration (awaited): connect, and deliver what arrives through `local`. */
   start(local: LocalDelivery, log: FastifyBaseLogger): void | Promise<void>
   /** The first local connection joined `topic`: start receiving it. */
@@ -40,8 +47,12 @@ export interface PubSubAdapter {
   broadcast(topic: string, frame: BroadcastFrame, except: string | undefined): void
   /** Post to a connection of another instance; false when no instance can have this id. */
   post(id: string, message: unknown): boolean
-  /** At app.close(), after every connection has ended. */
-  close(): void | Promise<void>
+  /**
+   * At app.close(), after every connection has ended. `timeoutMs` (the plugin's `closeTimeout`)
+   * bounds it: by then nothing of the adapter may be left (no socket, no timer, no
+   * subscription), whatever its broker does; the plugin stops waiting then in any case.
+   */
+  close(timeoutMs: number): void | Promise<void>
 }
 
 /** Instances of one process that exchange publications: pass the same bus to each app's adapter. */

@@ -26,6 +26,21 @@ export function isSendableCloseCode (code: unknown): code is number {
 export const MAX_CLOSE_REASON_BYTES = 123
 
 /**
+ * `reason` as it can go in a close frame: unchanged when it fits in 123 bytes of UTF-8, else cut
+ * on a character boundary to at most 120 bytes and ended with '…' (3 bytes). Every close this
+ * plugin sends goes through here, so a close never throws (ws's close() throws a RangeError on a
+ * longer reason) and a protocol that puts client input in its reason keeps its close code.
+ */
+export function fitCloseReason (reason: string): string {
+  // A UTF-16 code unit is at most 3 bytes of UTF-8: short strings need no counting.
+  if (reason.length <= MAX_CLOSE_REASON_BYTES / 3 || Buffer.byteLength(reason) <= MAX_CLOSE_REASON_BYTES) return reason
+  const bytes = Buffer.from(reason)
+  let end = MAX_CLOSE_REASON_BYTES - 3
+  while ((bytes[end]! & 0xc0) === 0x80) end-- // back to the first byte of the character cut in two
+  return bytes.toString('utf8', 0, end) + '…'
+}
+
+/**
  * The close code ws sent for one of its errors: ws puts it on the error (a private symbol, see
  * ws-internals.ts), so terminate reports exactly what went on the wire. Without it, 1002.
  */

@@ -5,7 +5,7 @@
  */
 import type { Socket } from 'node:net'
 import type WebSocket from 'ws'
-import { MAX_CLOSE_REASON_BYTES, isSendableCloseCode } from './close-codes.js'
+import { isSendableCloseCode } from './close-codes.js'
 import { anything, liveChecks, mustBe, optionsProblem, shapeChecker, show, type Check } from './options.js'
 import type { BroadcastFrame } from './adapter.js'
 import type { CloseFrame, Commands, OutFrame } from './types.js'
@@ -50,9 +50,8 @@ function frameProblem (frame: unknown): string | undefined {
       return byteLength(data) <= MAX_CONTROL_PAYLOAD ? undefined : `a ${type} payload is at most ${MAX_CONTROL_PAYLOAD} bytes, got ${byteLength(data)}`
     case 'close':
       if (code !== undefined && !isSendableCloseCode(code)) return `close code ${show(code)} cannot be sent (1000-1003, 1007-1014 or 3000-4999)`
-      if (reason === undefined) return undefined
-      if (typeof reason !== 'string') return `a close reason must be a string, got ${show(reason)}`
-      return byteLength(reason) <= MAX_CLOSE_REASON_BYTES ? undefined : `a close reason is at most ${MAX_CLOSE_REASON_BYTES} bytes, got ${byteLength(reason)}`
+      // A longer reason is cut when it is sent (fitCloseReason): the close code is what matters.
+      return reason === undefined || typeof reason === 'string' ? undefined : `a close reason must be a string, got ${show(reason)}`
     default:
       return `unknown frame type ${show(type)}, expected text, binary, ping, pong or close`
   }

@@ -18,22 +18,30 @@
  *                │  after the callback in progress (and what is kept of the queue)
  *                ▼
  *             closed              terminate(reason) ran exactly once; timers are cancelled
+ *
+ * Where outside events enter (ws's events, the socket's data, timers, promises the handler
+ * returned, queued posts), a throw is caught here or in listeners.ts and becomes a logged close
+ * with 1011 of this one connection (`kFault`), never a process crash. Code the app hands us runs
+ * on its own stack: on a ws event or timer of this connection, or from the run queue (a post,
+ * the terminate that follows a close decided elsewhere), never inside the caller of `post`,
+ * `publish`, `broadcast` or app.close().
  */
 import type WebSocket from 'ws'
 import type { BroadcastFrame } from './adapter.js'
-import { CloseCode } from './close-codes.js'
+import { CloseCode, fitCloseReason } from './close-codes.js'
 import { resultProblem, writeFrames, writeShared } from './commands.js'
 import { ConnectionContext, kPhase, kRoute, kShutdown, kWriteShared, kWs } from './context.js'
 import { frameOutChannel } from './diagnostics.js'
-import { InvalidMessageError, InvalidResultError, OutboundOverflowError } from './errors.js'
+import { InternalError, InvalidMessageError, InvalidResultError, OutboundOverflowError } from './errors.js'
 import { json } from './frames.js'
 import { Hibernation } from './hibernate.js'
 import { IdleTimer, kIdleTimeout, type IdleTimerOwner } from './idle-timer.js'
 import type { JsonProblem, JsonReader } from './json-messages.js'
-import { kInvalidJson, kPeerEnded, kReceived, listen, type ConnectionEvents } from './listeners.js'
+import { kFault, kInvalidJson, kPeerEnded, kReceived, listen, type ConnectionEvents } from './listeners.js'
 import { Mailbox, type MailKind } from './mailbox.js'
 import { resolveConnectionOptions, type ResolvedConnectionOptions } from './options.js'
 import type { RouteContext, Upgrade } from './route-context.js'
+import { kRun, runSoon, type Runnable } from './run-queue.js'
 import { kTimerFired } from './timers.js'
 import type { Commands, InFrame, LiveOptions, OutFrame, TerminateReason } from './types.js'
 import { applyReceiverLimits, internalsOf } from './ws-internals.js'
@@ -41,15 +49,31 @@ import { applyReceiverLimits, internalsOf } from './ws-internals.js'
 /** See the diagram above. */
 export type Phase = 'open' | 'closing' | 'closed'
 
-export class Connection extends ConnectionContext implements ConnectionEvents, IdleTimerOwner {
+// What the loop is doing (a small integer: one field, stored inline).
+/** Nothing runs or waits: the next item runs at once. */
+const IDLE = 0
+/** A callback is running or its promise is pending: what arrives waits in the mailbox. */
+const BUSY = 1
+/** A run is queued (run-queue.ts): what arrives waits behind it. */
+const QUEUED = 2
+/** A run is queued, and this side closed meanwhile: its message is dropped, as the mailbox's are. */
+const QUEUED_DROPPED = 3
+
+/** Callbacks run in a row from the mailbox before the loop yields to the event loop (see #drain). */
+const DRAIN_BUDGET = 128
+
+/** The queued run's payload when it only drains (and terminates): no message to deliver. */
+const kDrainOnly = Symbol('fastify-ws-handlers.drain-only')
+
+export class Connection extends ConnectionContext implements ConnectionEvents, IdleTimerOwner, Runnable {
   /** Set on leaving `open`: what terminate will be told. */
   #endReason: TerminateReason | undefined
   #state: unknown
   #options: ResolvedConnectionOptions
   /** Allocated when something first has to wait (most connections are idle). */
   #mailbox: Mailbox | undefined
-  /** A callback is running or its promise is pending: what arrives waits in the mailbox. */
-  #running = true
+  /** IDLE, BUSY, QUEUED or QUEUED_DROPPED (above). */
+  #loop = BUSY
   /** The callback whose promise is pending, for the crash log line. */
   #pending: MailKind = 'websocketInit'
   #idleTimer: IdleTimer | undefined
@@ -57,6 +81,12 @@ export class Connection extends ConnectionContext implements ConnectionEvents, I
   #hibernation: Hibernation | undefined
   #onFulfilled: ((result: unknown) => void) | undefined
   #onRejected: ((error: unknown) => void) | undefined
+  /**
+   * The socket's backlog when this tick's batch of writes began: what earlier writes left behind.
+   * While the socket is corked, `bufferedAmount` also counts this tick's replies, which leave at
+   * the end of the tick: a prompt reader is judged by the former.
+   */
+  #backlogAtBatch = 0
 
   constructor (route: RouteContext, ws: WebSocket, upgrade: Upgrade) {
     super(route, ws, upgrade)
@@ -70,10 +100,44 @@ export class Connection extends ConnectionContext implements ConnectionEvents, I
     if (this.#dispatch('websocketInit', undefined, 0)) this.#drain()
   }
 
-  /** Refused (false) once the connection is ending or `mailboxLimit` items wait: the app's producers are bounded too. */
+  /**
+   * Refused (false) once the connection is ending or `mailboxLimit` items wait: the app's
+   * producers are bounded too. `info` never runs on the caller's stack: an idle connection's run
+   * is queued (run-queue.ts), a busy one's message waits in its mailbox.
+   */
   post (message: unknown): boolean {
-    if (this.#running && this.#mailbox?.refuses(this.#options.mailboxLimit, this) === true) return false
+    if (this[kPhase] !== 'open') return false
+    if (this.#loop === IDLE) {
+      this.#loop = QUEUED
+      runSoon(this, message)
+      return true
+    }
+    if (this.#mailbox?.refuses(this.#options.mailboxLimit, this) === true) return false
     return this.#deliver('info', message)
+  }
+
+  /** The queued run: the posted message, then what waits; or, after a close, only the drain. */
+  [kRun] (payload: unknown): void {
+    const deliver = this.#loop === QUEUED && payload !== kDrainOnly
+    this.#loop = BUSY
+    try {
+      if (!deliver || this.#dispatch('info', payload, 0)) this.#drain()
+      /* c8 ignore start -- dispatch and drain catch what the app's code throws: this is for a bug of
+         ours, which must not stop the run queue (every other connection's deliveries) */
+    } catch (error) {
+      this[kFault](error)
+    }
+    /* c8 ignore stop */
+  }
+
+  /**
+   * Something of the plugin's own threw where an outside event entered (listeners.ts, the run
+   * queue): this connection closes with 1011, the process goes on.
+   */
+  [kFault] (cause: unknown): void {
+    const error = new InternalError(cause instanceof Error ? cause.message : String(cause), { cause })
+    this.log.error({ err: error }, 'WebSocket event failed; closing with 1011')
+    this.#close(CloseCode.INTERNAL_ERROR, '', { type: 'error', code: CloseCode.INTERNAL_ERROR, error })
   }
 
   // ---- what reaches it from ws, timers and the app --------------------------
@@ -111,7 +175,19 @@ export class Connection extends ConnectionContext implements ConnectionEvents, I
     this.#close(CloseCode.GOING_AWAY, '', { type: 'shutdown' })
   }
 
+  /**
+   * A broadcast frame: written now when nothing runs or waits; else it waits in the mailbox
+   * behind what was posted before it (publications and broadcasts keep their order for each
+   * subscriber), or is missed when the mailbox is full, as a publication would be.
+   */
   [kWriteShared] (encoded: Buffer, frame: BroadcastFrame): boolean {
+    if (this[kPhase] !== 'open') return false
+    if (this.#loop === IDLE) return this.#writeShared(encoded, frame)
+    if (this.#mailbox?.refuses(this.#options.mailboxLimit, this) === true) return false
+    return this.#deliver('broadcast', [encoded, frame])
+  }
+
+  #writeShared (encoded: Buffer, frame: BroadcastFrame): boolean {
     // readyState: the peer ended TCP and ws has not said 'close' yet.
     if (this[kPhase] !== 'open' || this[kWs].readyState !== this[kWs].OPEN || this.#closedForOverflow()) return false
     writeShared(this[kWs], encoded, frame)
@@ -123,68 +199,99 @@ export class Connection extends ConnectionContext implements ConnectionEvents, I
   /** `bytes`: a frame's size as received, for the mailbox's byte bound (0 for other items). */
   #deliver (kind: MailKind, payload: unknown, bytes = 0): boolean {
     if (this[kPhase] !== 'open') return false
-    if (this.#running) {
+    if (this.#loop !== IDLE) {
       (this.#mailbox ??= new Mailbox(this[kWs])).push(kind, payload, bytes, this.#options)
     } else {
-      this.#running = true
+      this.#loop = BUSY
       if (this.#dispatch(kind, payload, bytes)) this.#drain()
     }
     return true
   }
 
-  /** Run what waits until the mailbox is empty or a callback goes async; then terminate if closing. */
+  /**
+   * Run what waits until the mailbox is empty or a callback goes async; then terminate if
+   * closing. At most DRAIN_BUDGET callbacks in a row: then the rest waits for the event loop's
+   * next turn, so that a handler that keeps posting to itself neither starves the process
+   * (sockets, timers, other connections) nor writes without bound before its socket can push
+   * back (this tick's batch is written at its end, and maxBufferedBytes judges what is left).
+   */
   #drain (): void {
+    let budget = DRAIN_BUDGET
     // Re-read each turn: a callback may create the mailbox (a post).
     for (let mailbox = this.#mailbox; mailbox !== undefined && mailbox.size !== 0; mailbox = this.#mailbox) {
+      if (budget-- === 0) {
+        setImmediate(Connection.#drainLater, this)
+        return
+      }
       const kind = mailbox.peekKind()
       const bytes = mailbox.peekBytes()
       if (!this.#dispatch(kind, mailbox.take(this.#options), bytes)) return
     }
-    this.#running = false
+    this.#loop = IDLE
     if (this[kPhase] === 'closing') this.#terminate()
   }
 
+  static #drainLater (self: Connection): void {
+    try {
+      self.#drain()
+      /* c8 ignore start -- as in [kRun]: a timer's callback must not throw, even for a bug of ours */
+    } catch (error) {
+      self[kFault](error)
+    }
+    /* c8 ignore stop */
+  }
+
   /**
-   * The one place that calls websocketInit, handle and info: a throw becomes close 1011 and a
-   * `crash`, a promise makes the mailbox wait. Returns false while a callback is pending.
+   * The one place that calls websocketInit, handle and info: a throw (of the callback, or of
+   * reading its result) becomes close 1011 and a `crash`, a promise makes the mailbox wait.
+   * Returns false while a callback is pending.
    */
   #dispatch (kind: MailKind, payload: unknown, bytes: number): boolean {
+    if ((kind === 'handle' || kind === 'errorFrame') && this[kPhase] === 'open' && this.#mailbox?.inactive === true) {
+      // Read in the same TCP chunk before the handler paused: it waits for `active: true`
+      // (unless the peer has ended the connection: then it runs, as queued frames do). A JSON
+      // route's error frame waits with the frames around it, so replies keep the client's order.
+      this.#mailbox.hold(kind, payload, bytes)
+      return true
+    }
     if (kind === 'errorFrame') {
       const { code, reason } = payload as JsonProblem
       this.#write(json({ type: 'error', code, message: reason }))
       return true
     }
-    if (kind === 'handle' && this[kPhase] === 'open' && this.#mailbox?.inactive === true) {
-      // Read in the same TCP chunk before the handler paused: it waits for `active: true`
-      // (unless the peer has ended the connection: then it runs, as queued frames do).
-      this.#mailbox.hold(payload as InFrame<unknown>, bytes)
+    if (kind === 'broadcast') {
+      const [encoded, frame] = payload as [Buffer, BroadcastFrame]
+      this.#writeShared(encoded, frame)
       return true
     }
     const handler = this[kRoute].handler
-    let result: unknown
     try {
+      let result: unknown
       if (kind === 'handle') result = handler.handle?.(payload as InFrame, this.#state, this)
       else if (kind === 'info') result = handler.info?.(payload, this.#state, this)
       else result = handler.websocketInit?.(this.#state, this)
+      if (result === undefined) return true
+      if (result !== null && typeof (result as PromiseLike<unknown>).then === 'function') {
+        this.#pending = kind
+        this.#onFulfilled ??= (settled) => {
+          try {
+            if (settled !== undefined) this.#interpret(this.#pending, settled)
+          } catch (error) {
+            this.#crash(this.#pending, error)
+          }
+          this.#drain()
+        }
+        this.#onRejected ??= (error) => {
+          this.#crash(this.#pending, error)
+          this.#drain()
+        }
+        ;(result as PromiseLike<unknown>).then(this.#onFulfilled, this.#onRejected)
+        return false
+      }
+      this.#interpret(kind, result)
     } catch (error) {
       this.#crash(kind, error)
-      return true
     }
-    if (result === undefined) return true
-    if (result !== null && typeof (result as PromiseLike<unknown>).then === 'function') {
-      this.#pending = kind
-      this.#onFulfilled ??= (settled) => {
-        if (settled !== undefined) this.#interpret(this.#pending, settled)
-        this.#drain()
-      }
-      this.#onRejected ??= (error) => {
-        this.#crash(this.#pending, error)
-        this.#drain()
-      }
-      ;(result as PromiseLike<unknown>).then(this.#onFulfilled, this.#onRejected)
-      return false
-    }
-    this.#interpret(kind, result)
     return true
   }
 
@@ -219,11 +326,14 @@ export class Connection extends ConnectionContext implements ConnectionEvents, I
   #write (reply: OutFrame | readonly OutFrame[], onSent?: () => void): void {
     // Nothing is sent once the connection is ending: after a close frame, or to a closed peer.
     if (this[kPhase] !== 'open' || this.#closedForOverflow()) return
+    // The first write of this tick: it corks the socket (commands.ts), and later checks in this
+    // tick judge the backlog as it was before the batch.
+    if (internalsOf(this[kWs])._socket.writableCorked === 0) this.#backlogAtBatch = this[kWs].bufferedAmount
     const closeFrame = writeFrames(this[kWs], reply, onSent)
     if (frameOutChannel.hasSubscribers) frameOutChannel.publish({ ctx: this, frames: reply })
     if (closeFrame !== undefined) {
       const code = closeFrame.code ?? CloseCode.NORMAL
-      const reason = closeFrame.reason ?? ''
+      const reason = fitCloseReason(closeFrame.reason ?? '') // terminate is told what was sent
       this.#close(code, reason, { type: 'stop', code, reason })
     }
   }
@@ -233,7 +343,8 @@ export class Connection extends ConnectionContext implements ConnectionEvents, I
    * and broadcasts alike), so one large reply is not mistaken for it. Over the limit: close 1008.
    */
   #closedForOverflow (): boolean {
-    const backlog = this[kWs].bufferedAmount
+    const ws = this[kWs]
+    const backlog = internalsOf(ws)._socket.writableCorked === 0 ? ws.bufferedAmount : this.#backlogAtBatch
     if (backlog <= this.#options.maxBufferedBytes) return false
     const error = new OutboundOverflowError(backlog, this.#options.maxBufferedBytes)
     this.#close(CloseCode.POLICY_VIOLATION, 'outbound buffer full', { type: 'error', code: CloseCode.POLICY_VIOLATION, error })
@@ -245,33 +356,42 @@ export class Connection extends ConnectionContext implements ConnectionEvents, I
   /** A close this side decides: the close frame goes out now and what waits is dropped. */
   #close (code: number, reason: string, terminateReason: TerminateReason): void {
     if (this[kPhase] !== 'open') return
-    this[kWs].close(code, reason)
+    this[kWs].close(code, fitCloseReason(reason))
     this.#mailbox?.dropForClose()
+    if (this.#loop === QUEUED) this.#loop = QUEUED_DROPPED
     this.#end(terminateReason)
   }
 
-  /** Enter `closing`: terminate runs once the callback in progress and what waits are done. */
+  /**
+   * Enter `closing`: terminate runs once the callback in progress and what waits are done; when
+   * nothing runs, from the run queue (a close decided in a broadcast loop or by app.close() does
+   * not run terminate on that caller's stack).
+   */
   #end (reason: TerminateReason): void {
     this[kPhase] = 'closing'
     this.#endReason = reason
     this.#idleTimer?.stop()
     this.#hibernation?.cancel()
-    if (!this.#running) {
-      this.#running = true
-      this.#drain()
+    if (this.#loop === IDLE) {
+      this.#loop = QUEUED
+      runSoon(this, kDrainOnly)
     }
   }
 
   #terminate (): void {
     this[kPhase] = 'closed'
     const reason = this.#endReason!
-    this.announceClose(reason)
     const done = (): void => { this[kRoute].registry.remove(this) }
     const failed = (error: unknown): void => {
       this.log.error({ err: error }, 'WebSocket terminate threw')
       done()
     }
     let settled: Promise<void> | void
+    try {
+      this.announceClose(reason)
+    } catch (error) { // the app's logger: terminate runs all the same
+      this.log.error({ err: error }, 'WebSocket close line failed')
+    }
     try {
       settled = this[kRoute].handler.terminate?.(reason, this.request, this.#state)
     } catch (error) {

@@ -31,8 +31,11 @@ export abstract class ConnectionContext implements WebSocketContext<unknown>, Ti
   protected [kPhase]: Phase = 'open'
   #timers: Timers | undefined
   #log: FastifyBaseLogger | undefined
-  /** Few per connection: an array is the smallest. */
-  #topics: string[] | undefined
+  /**
+   * Few per connection: an array is the smallest. Replaced, never changed in place (and frozen),
+   * so that `ctx.topics` can be iterated while the loop unsubscribes.
+   */
+  #topics: readonly string[] | undefined
   /** When it opened, in whole ms of performance.now(): a small integer is stored inline, a double would cost 16 B. */
   readonly #openedAt = Math.round(performance.now())
 
@@ -83,14 +86,14 @@ export abstract class ConnectionContext implements WebSocketContext<unknown>, Ti
   subscribe (topic: string): boolean {
     if (this[kPhase] === 'closed' || !this[kRoute].registry.subscribe(this, topic)) return false
     // A literal: an empty array's first push reserves room for 17 (+136 B per connection).
-    if (this.#topics === undefined) this.#topics = [topic]
-    else this.#topics.push(topic)
+    this.#topics = Object.freeze(this.#topics === undefined ? [topic] : [...this.#topics, topic])
     return true
   }
 
   unsubscribe (topic: string): boolean {
     if (!this[kRoute].registry.unsubscribe(this, topic)) return false
-    this.#topics!.splice(this.#topics!.indexOf(topic), 1)
+    const left = this.#topics!.filter((subscribed) => subscribed !== topic)
+    this.#topics = left.length === 0 ? undefined : Object.freeze(left)
     return true
   }
 

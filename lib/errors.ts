@@ -58,6 +58,13 @@ export const InvalidResultError: FastifyErrorConstructor<{ code: 'FST_WS_INVALID
 export const InvalidMessageError: FastifyErrorConstructor<{ code: 'FST_WS_INVALID_MESSAGE' }, [string]> = createError<'FST_WS_INVALID_MESSAGE', [string]>(
   'FST_WS_INVALID_MESSAGE', 'Invalid message: %s')
 
+/**
+ * Something threw where an outside event (a ws or socket event, a timer, a queued delivery)
+ * entered the plugin: that one connection closes with 1011; the thrown value is the `cause`.
+ */
+export const InternalError: FastifyErrorConstructor<{ code: 'FST_WS_INTERNAL' }, [string, { cause: unknown }]> = createError<'FST_WS_INTERNAL', [string, { cause: unknown }]>(
+  'FST_WS_INTERNAL', 'A WebSocket event failed: %s')
+
 /** More than `maxBufferedBytes` waited to be written to a slow peer. The connection closes with 1008. */
 export const OutboundOverflowError: FastifyErrorConstructor<{ code: 'FST_WS_OUTBOUND_OVERFLOW' }, [number, number]> = createError<'FST_WS_OUTBOUND_OVERFLOW', [number, number]>(
   'FST_WS_OUTBOUND_OVERFLOW', '%d bytes wait to be sent, over maxBufferedBytes (%d)')
@@ -74,13 +81,17 @@ export const InvalidTopicError: FastifyErrorConstructor<{ code: 'FST_WS_INVALID_
 export const InvalidBroadcastError: FastifyErrorConstructor<{ code: 'FST_WS_INVALID_BROADCAST' }, [string]> = createError<'FST_WS_INVALID_BROADCAST', [string]>(
   'FST_WS_INVALID_BROADCAST', 'broadcast takes a text() or binary() frame, got %s')
 
+/** `publish` or `post` by id got a message that the adapter's wire (JSON) cannot carry: refused before anything is delivered. */
+export const MessageNotSerializableError: FastifyErrorConstructor<{ code: 'FST_WS_NOT_SERIALIZABLE' }, [string]> = createError<'FST_WS_NOT_SERIALIZABLE', [string]>(
+  'FST_WS_NOT_SERIALIZABLE', 'This adapter carries messages as JSON, and this one cannot travel: %s')
+
 /** The Redis adapter lost or could not reach Redis; local delivery goes on (logged, never thrown). */
 export const RedisAdapterError: FastifyErrorConstructor<{ code: 'FST_WS_REDIS' }, [string]> = createError<'FST_WS_REDIS', [string]>(
   'FST_WS_REDIS', 'Redis adapter: %s')
 
 /** The ws that @fastify/websocket uses does not behave as this plugin relies on (checked at registration). */
-export const WsInternalsError: FastifyErrorConstructor<{ code: 'FST_WS_WS_INTERNALS' }, [string, string, string]> = createError<'FST_WS_WS_INTERNALS', [string, string, string]>(
-  'FST_WS_WS_INTERNALS', 'ws %s (used by @fastify/websocket) is not supported by fastify-ws-handlers: %s; the tests cover ws %s')
+export const WsInternalsError: FastifyErrorConstructor<{ code: 'FST_WS_WS_INTERNALS' }, [string, string, string, string]> = createError<'FST_WS_WS_INTERNALS', [string, string, string, string]>(
+  'FST_WS_WS_INTERNALS', 'ws %s (used by @fastify/websocket) is not supported by fastify-ws-handlers: %s; the tests cover ws %s. To fix it, %s')
 
 /** The `ws` route option was used where @fastify/websocket sees routes first. */
 export const RouteOptionOrderError: FastifyErrorConstructor<{ code: 'FST_WS_ROUTE_OPTION_ORDER' }, [string]> = createError<'FST_WS_ROUTE_OPTION_ORDER', [string]>(

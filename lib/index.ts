@@ -48,7 +48,7 @@ const plugin: FastifyPluginAsync<WebSocketHandlersOptions> = async function wsHa
     closeTimeout = DEFAULT_CLOSE_TIMEOUT, perMessageDeflate, adapter = inProcessAdapter(),
     maxConnections, maxConnectionsPerIp, ...routeDefaults // the first two are app-wide, not route defaults
   } = opts
-  const registry = new Registry(adapter, { maxConnections, maxConnectionsPerIp })
+  const registry = new Registry(adapter, fastify.log, { maxConnections, maxConnectionsPerIp })
   await adapter.start(registry.local, fastify.log)
   const defaults: PluginDefaults = {
     connection: resolveConnectionOptions(DEFAULTS, opts),
@@ -92,7 +92,16 @@ const plugin: FastifyPluginAsync<WebSocketHandlersOptions> = async function wsHa
     await registry.shutdown(closeTimeout)
   })
   fastify.addHook('onClose', async function closeAdapter () {
-    await adapter.close()
+    // Bounded whatever the adapter does: a broker that stops answering must not hold app.close().
+    let timer: NodeJS.Timeout | undefined
+    const late = new Promise<void>((resolve) => { timer = setTimeout(resolve, closeTimeout) })
+    try {
+      await Promise.race([adapter.close(closeTimeout), late])
+    } catch (error) {
+      fastify.log.error({ err: error }, 'WebSocket adapter failed to close')
+    } finally {
+      clearTimeout(timer)
+    }
   })
 
   if (!websocketRegisteredByApp) {

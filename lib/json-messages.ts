@@ -7,7 +7,9 @@
  */
 import { createRequire } from 'node:module'
 import type { FastifyInstance, FastifySchema } from 'fastify'
-import { CloseCode } from './close-codes.js'
+import secureJson from 'secure-json-parse'
+import { CloseCode, fitCloseReason } from './close-codes.js'
+import { InvalidOptionError } from './errors.js'
 import type { JsonFrame, JsonOptions } from './types.js'
 
 /** What went wrong with one message: the close code and a short reason (≤ 123 bytes). */
@@ -18,20 +20,41 @@ export type JsonReader = (text: string | undefined) => JsonFrame | JsonProblem
 
 type Validate = (data: unknown) => unknown
 
-/** The reader of a route, built once; the schema is compiled on the first message (after ready). */
+/** Fastify's options for prototype poisoning in JSON bodies ('error' by default): messages get the same. */
+type PoisoningAction = 'error' | 'remove' | 'ignore'
+
+/**
+ * The reader of a route, built at declaration. Its schema is compiled when the app becomes ready
+ * (with the compiler and shared schemas the app has by then), so a schema that cannot compile
+ * fails `ready()`, never a message. Text is parsed as Fastify parses JSON bodies
+ * (secure-json-parse, with the app's `onProtoPoisoning` and `onConstructorPoisoning`).
+ */
 export function jsonReader (instance: FastifyInstance, url: string, options: JsonOptions): JsonReader {
   let validate: Validate | undefined
   const schema = options.schema
+  if (schema !== undefined) {
+    instance.addHook('onReady', async function compileMessageSchema () {
+      try {
+        validate = compile(instance, url, schema)
+      } catch (error) {
+        throw new InvalidOptionError(`json.schema of ${url}`, `it does not compile: ${(error as Error).message}`)
+      }
+    })
+  }
+  const { onProtoPoisoning = 'error', onConstructorPoisoning = 'error' } = instance.initialConfig as {
+    onProtoPoisoning?: PoisoningAction, onConstructorPoisoning?: PoisoningAction
+  }
+  const parseOptions = { protoAction: onProtoPoisoning, constructorAction: onConstructorPoisoning }
   return (text) => {
     if (text === undefined) return { code: CloseCode.UNSUPPORTED_DATA, reason: 'this route takes JSON text frames' }
     let data: unknown
     try {
-      data = JSON.parse(text)
-    } catch {
-      return { code: CloseCode.INVALID_PAYLOAD, reason: 'invalid JSON' }
+      data = secureJson.parse(text, undefined, parseOptions)
+    } catch (error) {
+      // Not JSON; or JSON that Fastify refuses in a body too (a __proto__ or constructor.prototype key).
+      return { code: CloseCode.INVALID_PAYLOAD, reason: error instanceof SyntaxError && /forbidden/.test(error.message) ? error.message : 'invalid JSON' }
     }
-    if (schema !== undefined) {
-      validate ??= compile(instance, url, schema)
+    if (validate !== undefined) {
       const problem = validationProblem(validate, data)
       if (problem !== undefined) return { code: CloseCode.POLICY_VIOLATION, reason: problem }
     }
@@ -61,5 +84,5 @@ function validationProblem (validate: Validate, data: unknown): string | undefin
   const text = first === undefined
     ? (typeof result === 'object' && result?.error !== undefined ? result.error.message : 'invalid message')
     : `${first.instancePath === '' ? 'message' : first.instancePath} ${first.message}`
-  return Buffer.byteLength(text) <= 123 ? text : Buffer.from(text).subarray(0, 120).toString() + '…'
+  return fitCloseReason(text) // the client chooses the text (a key appears in the path): cut it safely
 }

@@ -2,6 +2,10 @@
  * ws's events, turned into what the connection reacts to. The listeners are shared by every
  * connection (no closure per connection): each finds its connection in a slot on ws's receiver
  * (one slot serves both: ws keeps its receiver for life, and a slot costs 8 B per object).
+ *
+ * This is where the outside enters, so nothing may throw out of here (a throw in an event
+ * listener is a process crash): each listener runs its work in a try and turns a throw into
+ * `kFault`, a logged close with 1011 of that one connection (test/boundary.test.ts drives each).
  */
 import type WebSocket from 'ws'
 import { CloseCode, closeCodeOfWsError } from './close-codes.js'
@@ -14,6 +18,7 @@ import { internalsOf } from './ws-internals.js'
 export const kReceived = Symbol('fastify-ws-handlers.received')
 export const kInvalidJson = Symbol('fastify-ws-handlers.invalid-json')
 export const kPeerEnded = Symbol('fastify-ws-handlers.peer-ended')
+export const kFault = Symbol('fastify-ws-handlers.fault')
 
 export interface ConnectionEvents {
   /** JSON routes: how text becomes `json` frames. */
@@ -27,6 +32,8 @@ export interface ConnectionEvents {
    * error (ws has sent the close frame already) or the socket gone.
    */
   [kPeerEnded](reason: TerminateReason): void
+  /** Something threw on the way in: close this connection with 1011 (must not throw itself). */
+  [kFault](error: unknown): void
 }
 
 const kEvents = Symbol('fastify-ws-handlers.events')
@@ -57,6 +64,14 @@ function received (events: ConnectionEvents, frame: InFrame<unknown>, bytes: num
 
 function onMessage (this: WebSocket, data: Buffer, isBinary: boolean): void {
   const events = eventsOf(this)
+  try {
+    message(this, events, data, isBinary)
+  } catch (error) {
+    events[kFault](error)
+  }
+}
+
+function message (ws: WebSocket, events: ConnectionEvents, data: Buffer, isBinary: boolean): void {
   const read = events.jsonReader
   if (read === undefined) {
     if (isBinary) {
@@ -65,7 +80,7 @@ function onMessage (this: WebSocket, data: Buffer, isBinary: boolean): void {
     }
     const text = data.toString()
     // Validated UTF-8 decodes and encodes back to the same bytes: an echo can send these.
-    if (!internalsOf(this)._receiver._skipUTF8Validation) rememberReceivedText(text, data)
+    if (!internalsOf(ws)._receiver._skipUTF8Validation) rememberReceivedText(text, data)
     received(events, { type: 'text', data: text }, data.length)
     return
   }
@@ -75,23 +90,41 @@ function onMessage (this: WebSocket, data: Buffer, isBinary: boolean): void {
 }
 
 function onPing (this: WebSocket, data: Buffer): void {
-  received(eventsOf(this), { type: 'ping', data }, data.length)
+  const events = eventsOf(this)
+  try {
+    received(events, { type: 'ping', data }, data.length)
+  } catch (error) {
+    events[kFault](error)
+  }
 }
 
 function onPong (this: WebSocket, data: Buffer): void {
-  received(eventsOf(this), { type: 'pong', data }, data.length)
+  const events = eventsOf(this)
+  try {
+    received(events, { type: 'pong', data }, data.length)
+  } catch (error) {
+    events[kFault](error)
+  }
 }
 
 function onConclude (this: Slot, code: number, reason: Buffer): void {
-  this[kEvents]![kPeerEnded]({ type: 'remote', code: code === CloseCode.NO_STATUS ? undefined : code, reason: reason.toString() })
+  peerEnded(this[kEvents]!, { type: 'remote', code: code === CloseCode.NO_STATUS ? undefined : code, reason: reason.toString() })
 }
 
 function onClose (this: WebSocket): void {
   // Without a close frame before it (that ended the connection already), the socket just went away.
-  eventsOf(this)[kPeerEnded]({ type: 'closed' })
+  peerEnded(eventsOf(this), { type: 'closed' })
 }
 
 function onError (this: WebSocket, error: Error): void {
   // ws has already sent the close frame with this code; frames queued before it still run.
-  eventsOf(this)[kPeerEnded]({ type: 'error', code: closeCodeOfWsError(error), error })
+  peerEnded(eventsOf(this), { type: 'error', code: closeCodeOfWsError(error), error })
+}
+
+function peerEnded (events: ConnectionEvents, reason: TerminateReason): void {
+  try {
+    events[kPeerEnded](reason)
+  } catch (error) {
+    events[kFault](error)
+  }
 }

@@ -6,13 +6,13 @@
  */
 import type { FastifyBaseLogger } from 'fastify'
 import type WebSocket from 'ws'
-import type { InFrame } from './types.js'
 
 /**
  * What an item is for, named after the callback that takes it; `errorFrame` is a JSON message
- * the route refused, whose error frame goes out in order with the replies.
+ * the route refused, whose error frame goes out in order with the replies; `broadcast` a
+ * broadcast frame that waits behind what was posted before it.
  */
-export type MailKind = 'websocketInit' | 'handle' | 'info' | 'errorFrame'
+export type MailKind = 'websocketInit' | 'handle' | 'info' | 'errorFrame' | 'broadcast'
 
 /** The two bounds, read live from the connection's options. */
 export interface MailboxLimits { readonly mailboxLimit: number, readonly maxFrameSize: number }
@@ -33,7 +33,7 @@ export class Mailbox {
   /** Received bytes of the frames waiting. */
   #bytes = 0
   #paused = 0
-  /** (frame, bytes) pairs read while the handler said `active: false`; they run first on `active: true`. */
+  /** (kind, payload, bytes) triples read while the handler said `active: false`; they run first on `active: true`. */
   #held: unknown[] | undefined
   /** A post was refused since the mailbox was last below half its limit. */
   #refusing = false
@@ -102,8 +102,9 @@ export class Mailbox {
     return payload
   }
 
-  hold (frame: InFrame<unknown>, bytes: number): void {
-    (this.#held ??= []).push(frame, bytes)
+  /** A frame (or a JSON route's error frame) read while inactive. */
+  hold (kind: MailKind, payload: unknown, bytes: number): void {
+    (this.#held ??= []).push(kind, payload, bytes)
   }
 
   /** Cowboy's `active` command: stop or resume reading; resuming puts held frames first. */
@@ -117,12 +118,8 @@ export class Mailbox {
     const held = this.#held
     if (held === undefined) return
     this.#held = undefined
-    const items: unknown[] = []
-    for (let i = 0; i < held.length; i += 2) {
-      items.push('handle', held[i], held[i + 1])
-      this.#bytes += held[i + 1] as number
-    }
-    this.#items.splice(this.#head, 0, ...items)
+    for (let i = 2; i < held.length; i += 3) this.#bytes += held[i] as number
+    this.#items.splice(this.#head, 0, ...held)
   }
 
   /** This side closes: drop what waits, and read again so that the peer's close reply ends the socket. */

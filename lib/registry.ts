@@ -3,14 +3,20 @@
  * post by id, iteration and counts per route, topics with publish and broadcast, the adapter
  * that carries them to other instances, and the shutdown that app.close() runs (close 1001 for
  * each, then wait for every terminate to settle).
+ *
+ * Fan-out runs no app code: `publish` posts (an idle subscriber's `info` is queued, run-queue.ts)
+ * and `broadcast` writes bytes (a slow reader's close and its `terminate` are queued too). So no
+ * handler runs inside these loops, none can subscribe, unsubscribe, publish or broadcast in the
+ * middle of one, and every subscriber sees publications in the order they were made.
  */
 import { randomBytes } from 'node:crypto'
+import type { FastifyBaseLogger } from 'fastify'
 import { instanceOf, type BroadcastFrame, type LocalDelivery, type PubSubAdapter } from './adapter.js'
 import { kShutdown, kWriteShared, type ConnectionContext } from './context.js'
 import type { ConnectionRegistry } from './route-context.js'
 import { encodeFrame } from './frames.js'
 import { show } from './options.js'
-import { InvalidBroadcastError, InvalidTopicError, TooManyConnectionsError } from './errors.js'
+import { InvalidBroadcastError, InvalidTopicError, MessageNotSerializableError, TooManyConnectionsError } from './errors.js'
 import type { BroadcastOptions, OutFrame, WebSocketConnections, WebSocketContext } from './types.js'
 
 /** App-wide connection limits (plugin options). */
@@ -30,12 +36,17 @@ export class Registry implements ConnectionRegistry, WebSocketConnections {
   readonly #limits: ConnectionLimits
   readonly #topics = new Map<string, Set<ConnectionContext>>()
   readonly #adapter: PubSubAdapter
+  /** The adapter carries messages as JSON: every subscriber, local ones too, gets the JSON copy. */
+  readonly #overJson: boolean
+  readonly #log: FastifyBaseLogger
   #lastId = 0
   #onEmpty: (() => void) | undefined
   #closing = false
 
-  constructor (adapter: PubSubAdapter, limits: ConnectionLimits = {}) {
+  constructor (adapter: PubSubAdapter, log: FastifyBaseLogger, limits: ConnectionLimits = {}) {
     this.#adapter = adapter
+    this.#overJson = adapter.wire === 'json'
+    this.#log = log
     this.#limits = limits
   }
 
@@ -132,10 +143,30 @@ export class Registry implements ConnectionRegistry, WebSocketConnections {
   }
 
   post (id: string, message: unknown): boolean {
+    const carried = this.#carried(message)
     const connection = this.#live.get(id)
-    if (connection !== undefined) return connection.post(message)
+    if (connection !== undefined) return connection.post(carried)
     if (instanceOf(id) === this.instanceId) return false // ours, and gone
-    return this.#adapter.post(id, message)
+    return this.#adapter.post(id, carried)
+  }
+
+  /**
+   * What the wire carries: with a JSON adapter, the JSON copy (a Date becomes a string), so that
+   * code that works on one instance works on two; what JSON cannot carry is refused here.
+   */
+  #carried (message: unknown): unknown {
+    if (!this.#overJson) return message
+    let encoded: string | undefined
+    try {
+      encoded = JSON.stringify(message)
+    } catch (error) {
+      throw new MessageNotSerializableError((error as Error).message)
+    }
+    if (encoded === undefined) {
+      if (message === undefined) return null // travels as null, as it always did
+      throw new MessageNotSerializableError(`a ${typeof message} is not JSON`)
+    }
+    return JSON.parse(encoded)
   }
 
   // ---- topics ---------------------------------------------------------------
@@ -145,9 +176,9 @@ export class Registry implements ConnectionRegistry, WebSocketConnections {
     assertTopic(topic)
     let subscribers = this.#topics.get(topic)
     if (subscribers === undefined) {
+      this.#adapter.subscribe(topic) // first: if the adapter throws (in the handler: a crash), nothing changed here
       subscribers = new Set()
       this.#topics.set(topic, subscribers)
-      this.#adapter.subscribe(topic)
     }
     const before = subscribers.size
     return subscribers.add(connection).size !== before
@@ -158,7 +189,11 @@ export class Registry implements ConnectionRegistry, WebSocketConnections {
     if (subscribers === undefined || !subscribers.delete(connection)) return false
     if (subscribers.size === 0) {
       this.#topics.delete(topic)
-      this.#adapter.unsubscribe(topic)
+      try {
+        this.#adapter.unsubscribe(topic)
+      } catch (error) { // this runs on every connection's way out: an adapter's fault must not stop it
+        this.#log.error({ err: error, topic }, 'WebSocket adapter failed to unsubscribe')
+      }
     }
     return true
   }
@@ -177,8 +212,9 @@ export class Registry implements ConnectionRegistry, WebSocketConnections {
 
   publish (topic: string, message: unknown): number {
     assertTopic(topic)
-    this.#adapter.publish(topic, message)
-    return this.#publishHere(topic, message)
+    const carried = this.#carried(message)
+    this.#adapter.publish(topic, carried)
+    return this.#publishHere(topic, carried)
   }
 
   broadcast (topic: string, frame: OutFrame, options: BroadcastOptions = {}): number {
@@ -247,8 +283,14 @@ function assertTopic (topic: unknown): void {
   if (typeof topic !== 'string' || topic.length === 0) throw new InvalidTopicError(show(topic))
 }
 
+/**
+ * As strict as `reply`: text takes a string, binary a Buffer or Uint8Array. Binary data is read
+ * during the call and never kept (a Buffer or a Uint8Array alike: a view, not a copy), so the
+ * caller may reuse its buffer once `broadcast` returns; adapters copy what they send later.
+ */
 function toBroadcastFrame (frame: OutFrame): BroadcastFrame {
-  if (frame?.type === 'text') return { binary: false, data: Buffer.from(frame.data) }
-  if (frame?.type === 'binary') return { binary: true, data: Buffer.isBuffer(frame.data) ? frame.data : Buffer.from(frame.data) }
+  const data = (frame as { data?: unknown } | undefined)?.data
+  if (frame?.type === 'text' && typeof data === 'string') return { binary: false, data: Buffer.from(data) }
+  if (frame?.type === 'binary' && data instanceof Uint8Array) return { binary: true, data: Buffer.from(data.buffer, data.byteOffset, data.byteLength) }
   throw new InvalidBroadcastError(show(frame))
 }

@@ -28,7 +28,9 @@
  *
  * `checkWs()` runs once per process at registration: it drives a real server-side ws, from
  * the copy that @fastify/websocket resolves, through each of these on an in-memory socket, and
- * refuses to start (FST_WS_WS_INTERNALS, naming the ws version) when any of it fails.
+ * refuses to start (FST_WS_WS_INTERNALS, naming the ws version and the pin that fixes it) when
+ * any of it fails. `npm run check:ws-latest` runs the same check against the newest ws on the
+ * registry (CI runs it and says when a new ws would break the plugin).
  */
 import { once, type EventEmitter } from 'node:events'
 import { createRequire } from 'node:module'
@@ -72,9 +74,10 @@ export const SENDER_DEFAULT = 0
 /** ws/lib/receiver.js: waiting for zlib to inflate a message. */
 export const RECEIVER_INFLATING = 5
 
-/** The ws versions the test suite runs on. */
+/** The ws versions the test suite runs on (package.json pins ws to these: what installs is what is tested). */
 export const TESTED_WS = '8.23.x'
-const TESTED_WS_PREFIX = '8.23.'
+/** What an app pins when another ws fails the check: npm's overrides (pnpm.overrides, Yarn's resolutions alike). */
+export const WS_PIN_FIX = 'add "overrides": { "ws": "~8.23.0" } to your package.json (pnpm: "pnpm": { "overrides": … }; Yarn: "resolutions") and reinstall'
 
 export function internalsOf (ws: WebSocket): WsInternals {
   return ws as unknown as WsInternals
@@ -135,23 +138,30 @@ export function parseSubprotocols (header: string): Set<string> {
 
 let checked: Promise<void> | undefined
 
-/** Once per process: the ws that @fastify/websocket uses still does what this plugin relies on. */
+/**
+ * Once per process: the ws that @fastify/websocket uses still does what this plugin relies on.
+ * Another ws (`resolve`: the newest on the registry, a test's) is checked each time, not cached.
+ */
 export async function checkWs (resolve = resolveWs): Promise<void> {
-  checked ??= (async () => {
-    const { ws, version } = resolve()
-    const fail = (problem: string): never => {
-      throw new WsInternalsError(version, problem, TESTED_WS)
-    }
-    if (!version.startsWith(TESTED_WS_PREFIX)) fail(`version ${version} is outside the tested range`)
-    const problem = await behaviourProblem(ws)
-    if (problem !== undefined) fail(problem)
-  })()
+  if (resolve !== resolveWs) return await check(resolve())
+  checked ??= check(resolve())
   try {
     await checked
   } catch (error) {
     checked = undefined // a later registration checks again (and fails again, loudly)
     throw error
   }
+}
+
+async function check ({ ws, version }: ReturnType<typeof resolveWs>): Promise<void> {
+  const fail = (problem: string): never => {
+    throw new WsInternalsError(version, problem, TESTED_WS, WS_PIN_FIX)
+  }
+  // Another 8.x is accepted when it behaves as the plugin relies on (the behaviour check
+  // decides, not the version number); another major is not.
+  if (!version.startsWith('8.')) fail(`version ${version} is not ws 8`)
+  const problem = await behaviourProblem(ws)
+  if (problem !== undefined) fail(problem)
 }
 
 // ---- the behaviour check, on an in-memory socket pair ----------------------

@@ -9,9 +9,10 @@ import Fastify, { type FastifyInstance } from 'fastify'
 import { Redis } from 'ioredis'
 import t from 'tap'
 import wsHandlers, { text } from '../lib/index.js'
-import { redisAdapter } from '../lib/redis.js'
+import { decodeWire, encodeWire, redisAdapter } from '../lib/redis.js'
 import { buildExampleApp } from '../example-app/app.js'
 import { inject, until } from './helpers.js'
+import { bytes, mutate, pick, random } from './fuzz.js'
 
 const url = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379'
 const admin = new Redis(url, { lazyConnect: true, maxRetriesPerRequest: 1, retryStrategy: () => null })
@@ -48,6 +49,11 @@ async function instance (t: { teardown(fn: () => unknown): void }, withUrl = tru
   })
   await app.ready()
   return { app, logs }
+}
+
+/** How many instances of this run listen to a topic's channel, as Redis sees it. */
+async function instancesIn (topic: string): Promise<number> {
+  return ((await admin.pubsub('NUMSUB', `${channelPrefix}t:${topic}`)) as [string, number])[1]
 }
 
 /** Channels this run's instances are subscribed to, as Redis sees them. */
@@ -89,7 +95,8 @@ t.test('publish, broadcast and post by id cross instances; channels only while a
 
 t.test('a message that is not JSON is refused with a coded error before anything is delivered', async (t) => {
   const a = await instance(t)
-  t.throws(() => a.app.wsConnections.publish('room', { big: 1n }), { code: 'FST_WS_REDIS', message: /JSON/ })
+  t.throws(() => a.app.wsConnections.publish('room', { big: 1n }), { code: 'FST_WS_NOT_SERIALIZABLE', message: /BigInt/ })
+  t.throws(() => a.app.wsConnections.post(`${a.app.wsConnections.instanceId}-1`, () => {}), { code: 'FST_WS_NOT_SERIALIZABLE', message: /a function is not JSON/ })
 })
 
 t.test('a killed Redis connection is logged with a code, local delivery goes on, and the adapter recovers', async (t) => {
@@ -125,7 +132,7 @@ t.test('an unreachable Redis fails registration with a coded error', async (t) =
   const app = Fastify()
   await t.rejects(async () => {
     await app.register(wsHandlers, { adapter: redisAdapter({ url: 'redis://127.0.0.1:1', redisOptions: { retryStrategy: () => null } }) })
-  }, { code: 'FST_WS_REDIS', message: /cannot reach Redis at redis:\/\/127\.0\.0\.1:1/ })
+  }, { code: 'FST_WS_REDIS', message: /cannot reach Redis at redis:\/\/127\.0\.0\.1:1: connect ECONNREFUSED 127\.0\.0\.1:1$/ })
 })
 
 t.test('the example app with REDIS_URL: a chat room spans two instances', async (t) => {
@@ -147,4 +154,72 @@ t.test('the example app with REDIS_URL: a chat room spans two instances', async 
   await until(() => ada.seen.frames.some((f) => f.includes('hi from B')), 'B\'s message on A')
   ada.ws.terminate()
   grace.ws.terminate()
+})
+
+t.test('local and remote subscribers get the same message: what the JSON wire carries', async (t) => {
+  const a = await instance(t)
+  const b = await instance(t)
+  const onA = await inject(a.app, '/room')
+  const onB = await inject(b.app, '/room')
+  await until(async () => await instancesIn('room') === 2, 'both instances subscribed')
+  a.app.wsConnections.publish('room', { when: new Date(0), tags: new Set(['x']), n: 1, nested: { list: [1, 'two'] } })
+  const expected = 'text:{"when":"1970-01-01T00:00:00.000Z","tags":{},"n":1,"nested":{"list":[1,"two"]}}'
+  t.same(await onA.seen.frameCount(1), [expected], 'the local subscriber got the JSON copy')
+  t.same(await onB.seen.frameCount(1), [expected], 'the remote subscriber got the same')
+  onA.ws.terminate()
+  onB.ws.terminate()
+})
+
+t.test('ids and except ids of any length cross instances intact (lengths are not one byte)', async (t) => {
+  const a = await instance(t)
+  const b = await instance(t)
+  const onB = await inject(b.app, '/room')
+  await until(async () => await instancesIn('room') === 1, 'B subscribed')
+  for (const length of [255, 256, 300, 70_000]) {
+    a.app.wsConnections.broadcast('room', text(`after an except id of ${length}`), { except: 'é'.repeat(length) })
+  }
+  t.same(await onB.seen.frameCount(4), [255, 256, 300, 70_000].map((length) => `text:after an except id of ${length}`))
+  onB.ws.terminate()
+})
+
+t.test('the wire format round-trips, and refuses what it cannot read with a reason', async (t) => {
+  const origin = Buffer.from('0a0b0c0d', 'hex')
+  const longId = `0a0b0c0d-${'x'.repeat(300)}`
+  t.match(decodeWire(encodeWire(origin, 4, longId, Buffer.from('{"a":1}'))), { origin, message: { kind: 'post', id: longId, message: { a: 1 } } })
+  t.match(decodeWire(encodeWire(origin, 2, '', Buffer.from('hi'))), { message: { kind: 'broadcast', frame: { binary: false }, except: undefined } })
+  t.match(decodeWire(encodeWire(origin, 3, '0a0b0c0d-1', Buffer.from([1]))), { message: { kind: 'broadcast', frame: { binary: true }, except: '0a0b0c0d-1' } })
+  t.equal(decodeWire(Buffer.alloc(3)), '3 bytes, shorter than a header')
+  t.equal(decodeWire(Buffer.from([1, 1, 0, 0, 0, 0, 0, 0, 0, 0])), 'unknown format version 1', 'the old format is not misread')
+  t.equal(decodeWire(encodeWire(origin, 9, '', Buffer.alloc(0))), 'unknown kind 9')
+  const lying = encodeWire(origin, 4, 'abc', Buffer.alloc(0))
+  lying.writeUInt32BE(1000, 6)
+  t.equal(decodeWire(lying), 'a field of 1000 bytes in a message of 13')
+  t.equal(decodeWire(encodeWire(origin, 2, '', Buffer.from([0xff]))), 'a text broadcast that is not UTF-8', 'it would break every client')
+  t.throws(() => decodeWire(encodeWire(origin, 1, '', Buffer.from('{'))), SyntaxError, 'a body that is not JSON throws (the adapter drops it)')
+})
+
+t.test('fuzz: random and mutated messages on the adapter\'s channels are dropped and logged; the instance goes on', async (t) => {
+  const a = await instance(t)
+  const onA = await inject(a.app, '/room')
+  await until(async () => await instancesIn('room') === 1, 'A subscribed')
+  const next = random(42)
+  const origin = Buffer.from('01020304', 'hex')
+  const valid = [
+    encodeWire(origin, 1, '', Buffer.from('{"valid":true}')),
+    encodeWire(origin, 2, `${a.app.wsConnections.instanceId}-1`, Buffer.from('text')),
+    encodeWire(origin, 3, '', Buffer.from([0, 1, 2])),
+    encodeWire(origin, 4, `${a.app.wsConnections.instanceId}-999`, Buffer.from('[1]'))
+  ]
+  const channels = [`${channelPrefix}t:room`, `${channelPrefix}i:${a.app.wsConnections.instanceId}`]
+  for (let i = 0; i < 400; i++) {
+    const payload = next(2) === 0 ? bytes(next, next(64)) : mutate(next, pick(next, valid))
+    await admin.publish(pick(next, channels), payload)
+  }
+  await admin.publish(channels[0]!, encodeWire(origin, 1, '', Buffer.from('"after the fuzz"')))
+  await until(() => onA.seen.frames.includes('text:"after the fuzz"'), 'a valid message after the fuzz')
+  const dropped = a.logs.filter((line) => line.msg === 'Redis adapter dropped a message it cannot read')
+  t.ok(dropped.length >= 1, 'drops are logged')
+  t.match(dropped[0], { level: 40, code: 'FST_WS_REDIS', problem: String, dropped: Number })
+  t.equal(a.app.wsConnections.size, 1, 'the connection is still open')
+  onA.ws.terminate()
 })

@@ -179,6 +179,7 @@ t.test('a subscriber whose mailbox is full misses publications (at most once); t
   await inject(app, '/slow')
   await until(() => app.wsConnections.subscriberCount('news') === 1, 'subscribed')
   t.same([1, 2, 3, 4].map((n) => app.wsConnections.publish('news', n)), [1, 1, 0, 0])
+  t.equal(app.wsConnections.broadcast('news', text('b')), 0, 'a broadcast waits in the mailbox too, and is missed when it is full')
   open()
   await until(() => got.length === 2, 'two infos')
   t.same(got, [1, 2])

@@ -4,6 +4,7 @@
  * ws version) when something moved. A failed check is not cached: each registration checks again.
  */
 import { EventEmitter } from 'node:events'
+import { readFileSync } from 'node:fs'
 import Fastify from 'fastify'
 import t from 'tap'
 import WebSocket from 'ws'
@@ -25,13 +26,20 @@ t.test('fields that moved are named field by field', async (t) => {
   t.equal(wsInternalsProblem(good), undefined)
 })
 
-t.test('the ws that @fastify/websocket resolves is the one checked, and its version is in the error', async (t) => {
+t.test('the ws that @fastify/websocket resolves is the one checked; another 8.x passes by behaviour, another major does not', async (t) => {
   const { ws } = resolveWs()
   t.equal(ws.WebSocket, WebSocket, 'the same ws as this project (deduped)')
-  await t.rejects(checkWs(() => ({ ws, version: '8.24.0' })), {
+  await t.rejects(checkWs(() => ({ ws, version: '9.0.0' })), {
     code: 'FST_WS_WS_INTERNALS',
-    message: /ws 8\.24\.0 \(used by @fastify\/websocket\).*outside the tested range.*8\.23\.x/
+    message: /ws 9\.0\.0 \(used by @fastify\/websocket\).*not ws 8.*8\.23\.x.*"overrides": \{ "ws": "~8\.23\.0" \}/
   })
+  await checkWs(() => ({ ws, version: '8.24.0' })) // behaves as 8.23 does: accepted
+  t.pass('a newer 8.x that passes the behaviour check is accepted')
+})
+
+t.test('package.json pins ws to the tested minor, so a fresh install gets what is tested', async (t) => {
+  const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { dependencies: Record<string, string> }
+  t.equal(pkg.dependencies.ws, '~8.23.0')
 })
 
 t.test('a ws release that renames the private "conclude" event stops registration', async (t) => {

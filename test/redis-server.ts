@@ -1,0 +1,66 @@
+/**
+ * A redis-server of the test's own, on a free local port, for tests that stop, silence or kill
+ * Redis (never the machine's own). Stopped in teardown.
+ */
+import { spawn, type ChildProcess } from 'node:child_process'
+import { once } from 'node:events'
+import net from 'node:net'
+
+export interface OwnRedis {
+  readonly port: number
+  readonly url: string
+  /** SIGSTOP: Redis keeps its sockets open and answers nothing (a partition, a hung host). */
+  silence(): void
+  /** SIGCONT. */
+  wake(): void
+  /** SIGKILL, and wait until it is gone. */
+  kill(): Promise<void>
+  /** Start again on the same port (after `kill`). */
+  restart(): Promise<void>
+}
+
+async function freePort (): Promise<number> {
+  const server = net.createServer()
+  server.listen(0, '127.0.0.1')
+  await once(server, 'listening')
+  const { port } = server.address() as net.AddressInfo
+  server.close()
+  await once(server, 'close')
+  return port
+}
+
+async function run (port: number): Promise<ChildProcess> {
+  const child = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], { stdio: ['ignore', 'pipe', 'pipe'] })
+  let output = ''
+  await new Promise<void>((resolve, reject) => {
+    child.once('error', (error) => reject(new Error(`cannot start redis-server (is it installed?): ${error.message}`)))
+    child.once('exit', (code) => reject(new Error(`redis-server exited with ${code}: ${output}`)))
+    child.stdout!.on('data', (chunk: Buffer) => {
+      output += chunk.toString()
+      if (output.includes('Ready to accept connections')) resolve()
+    })
+  })
+  child.removeAllListeners('exit')
+  child.stdout!.resume()
+  return child
+}
+
+export async function ownRedis (t: { teardown(fn: () => unknown): void }): Promise<OwnRedis> {
+  const port = await freePort()
+  let child = await run(port)
+  t.teardown(() => { child.kill('SIGKILL') })
+  return {
+    port,
+    url: `redis://127.0.0.1:${port}`,
+    silence: () => { child.kill('SIGSTOP') },
+    wake: () => { child.kill('SIGCONT') },
+    async kill () {
+      const exited = once(child, 'exit')
+      child.kill('SIGKILL')
+      await exited
+    },
+    async restart () {
+      child = await run(port)
+    }
+  }
+}
