@@ -29,8 +29,26 @@ export function logsInfo (log: FastifyBaseLogger): boolean {
 /** The close code of the ways to end that carry none, for the close log line (1006: no close frame). */
 const closeCodeByReason: Readonly<Record<string, number>> = { timeout: 1000, crash: 1011, shutdown: 1001, closed: 1006 }
 
-/** The close log line's fields: close code, terminate reason and how long the connection lived. */
-export function closeLogFields (reason: TerminateReason, openedAt: number): { code: number | undefined, reason: string, durationMs: number } {
+/** The close log line's fields. */
+export interface CloseLogFields {
+  /** The close code. */
+  code: number | undefined
+  /** The terminate reason's type. */
+  reason: string
+  durationMs: number
+  /** For a close caused by an error: its code (FST_WS_INVALID_MESSAGE, WS_ERR_INVALID_UTF8, …) and message (which limit, what was wrong). */
+  errorCode?: string
+  error?: string
+}
+
+/** The close log line's fields: close code, terminate reason, how long the connection lived, and the cause of an error close. */
+export function closeLogFields (reason: TerminateReason, openedAt: number): CloseLogFields {
   const code = 'code' in reason ? reason.code : closeCodeByReason[reason.type]
-  return { code, reason: reason.type, durationMs: Math.round(performance.now() - openedAt) }
+  const fields: CloseLogFields = { code, reason: reason.type, durationMs: Math.round(performance.now() - openedAt) }
+  if (reason.type === 'error' || reason.type === 'crash') {
+    const error = reason.error as { code?: unknown, message?: unknown } | undefined
+    if (typeof error?.code === 'string') fields.errorCode = error.code
+    fields.error = typeof error?.message === 'string' ? error.message : String(reason.error)
+  }
+  return fields
 }

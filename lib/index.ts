@@ -46,9 +46,9 @@ const plugin: FastifyPluginAsync<WebSocketHandlersOptions> = async function wsHa
   await checkWs() // the ws that @fastify/websocket resolves still does what this plugin relies on
   const {
     closeTimeout = DEFAULT_CLOSE_TIMEOUT, perMessageDeflate, adapter = inProcessAdapter(),
-    maxConnections, maxConnectionsPerIp, ...routeDefaults // the first two are app-wide, not route defaults
+    maxConnections, maxConnectionsPerIp, ipv6Subnet, ...routeDefaults // app-wide, not route defaults
   } = opts
-  const registry = new Registry(adapter, fastify.log, { maxConnections, maxConnectionsPerIp })
+  const registry = new Registry(adapter, fastify.log, { maxConnections, maxConnectionsPerIp, ipv6Subnet })
   await adapter.start(registry.local, fastify.log)
   const defaults: PluginDefaults = {
     connection: resolveConnectionOptions(DEFAULTS, opts),

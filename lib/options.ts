@@ -65,6 +65,7 @@ const routeChecks: Readonly<Record<string, Check>> = {
   protocols: strings,
   protocolRequired: bool,
   allowOrigins: (v) => v === '*' || typeof v === 'function' ? undefined : strings(v),
+  ownOrigins: strings,
   json: (v) => typeof v === 'boolean' || (v !== null && typeof v === 'object' && !Array.isArray(v) &&
     Object.keys(v).every((key) => key === 'schema' || key === 'onInvalid') &&
     [undefined, 'close', 'error-frame'].includes((v as { onInvalid?: string }).onInvalid))
@@ -85,6 +86,7 @@ const pluginChecks: Readonly<Record<string, Check>> = {
   ...routeChecks,
   closeTimeout: positiveInteger,
   maxConnectionsPerIp: positiveInteger,
+  ipv6Subnet: (v) => Number.isInteger(v) && (v as number) >= 1 && (v as number) <= 128 ? undefined : `expected a prefix length from 1 to 128, got ${show(v)}`,
   perMessageDeflate: object,
   adapter: (v) => v !== null && typeof v === 'object' && typeof (v as { publish?: unknown }).publish === 'function'
     ? undefined

@@ -19,10 +19,18 @@ export type OriginCheck = (origin: string, request: FastifyRequest) => boolean |
 
 interface Pattern { scheme: string, suffix: string, port: string }
 
-/** A check for `allowOrigins`; throws (a sentence) on a pattern that cannot be matched safely. */
-export function originCheck (allow: AllowOrigins | undefined): OriginCheck {
+/**
+ * A check for `allowOrigins` and `ownOrigins`; throws (a sentence) on an entry that cannot be
+ * matched safely. With `ownOrigins`, the app's own origin is one of them, not what the request's
+ * Host says (a DNS-rebinding page controls that).
+ */
+export function originCheck (allow: AllowOrigins | undefined, ownOrigins?: readonly string[]): OriginCheck {
   if (allow === '*') return () => true
-  if (typeof allow === 'function') return async (origin, request) => (await allow(origin, request)) === true
+  const own = ownOrigins === undefined ? undefined : new Set(ownOrigins.map((entry) => normalise(entry) ?? badEntry(entry)))
+  const isOwn = (origin: string, request: FastifyRequest): boolean => own === undefined ? origin === ownOrigin(request) : own.has(origin)
+  if (typeof allow === 'function') {
+    return async (origin, request) => isOwn(normalise(origin) ?? '', request) || (await allow(origin, request)) === true
+  }
   const exact = new Set<string>()
   const patterns: Pattern[] = []
   for (const entry of allow ?? []) {
@@ -34,7 +42,7 @@ export function originCheck (allow: AllowOrigins | undefined): OriginCheck {
     if (origin === 'null') return exact.has('null') // sandboxed frames, file: pages: only when named
     const normalised = normalise(origin)
     if (normalised === undefined) return false
-    if (normalised === ownOrigin(request) || exact.has(normalised)) return true
+    if (isOwn(normalised, request) || exact.has(normalised)) return true
     return patterns.some((pattern) => matches(pattern, normalised))
   }
 }

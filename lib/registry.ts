@@ -15,21 +15,29 @@ import { instanceOf, type BroadcastFrame, type LocalDelivery, type PubSubAdapter
 import { kShutdown, kWriteShared, type ConnectionContext } from './context.js'
 import type { ConnectionRegistry } from './route-context.js'
 import { encodeFrame } from './frames.js'
+import { DEFAULT_IPV6_SUBNET, clientKey } from './ip-group.js'
 import { show } from './options.js'
 import { InvalidBroadcastError, InvalidTopicError, MessageNotSerializableError, TooManyConnectionsError } from './errors.js'
 import type { BroadcastOptions, OutFrame, WebSocketConnections, WebSocketContext } from './types.js'
 
 /** App-wide connection limits (plugin options). */
-export interface ConnectionLimits { readonly maxConnections?: number | undefined, readonly maxConnectionsPerIp?: number | undefined }
+export interface ConnectionLimits {
+  readonly maxConnections?: number | undefined
+  readonly maxConnectionsPerIp?: number | undefined
+  readonly ipv6Subnet?: number | undefined
+}
 
-/** One admitted upgrade: it counts against the limits until released (the upgrade failed) or handed over to its connection. */
-export interface Lease { readonly route: string, readonly ip: string, open: boolean }
+/**
+ * One admitted upgrade: it counts against the limits until released (the upgrade failed) or
+ * handed over to its connection. Its socket is ended by app.close() if it is still pending then.
+ */
+export interface Lease { readonly route: string, readonly ip: string, readonly socket: { destroy(): void }, open: boolean }
 
 export class Registry implements ConnectionRegistry, WebSocketConnections {
   /** The prefix of this instance's connection ids; other instances route posts by it. */
   readonly instanceId = randomBytes(4).toString('hex')
   readonly #live = new Map<string, ConnectionContext>()
-  /** Admitted (upgrading or open) connections: all, per route, per client IP. */
+  /** Admitted (upgrading or open) connections: all, per route, per client (an IPv4 address or an IPv6 network: ip-group.ts). */
   #admitted = 0
   readonly #perRoute = new Map<string, number>()
   readonly #perIp = new Map<string, number>()
@@ -40,7 +48,11 @@ export class Registry implements ConnectionRegistry, WebSocketConnections {
   readonly #overJson: boolean
   readonly #log: FastifyBaseLogger
   #lastId = 0
+  /** Upgrades between admission and their 101 or refusal (an `init` running). */
+  readonly #upgrading = new Set<Lease>()
   #onEmpty: (() => void) | undefined
+  /** app.close() began with upgrades pending: stop the timer that ends their sockets. */
+  #onUpgradesSettled: (() => void) | undefined
   #closing = false
 
   constructor (adapter: PubSubAdapter, log: FastifyBaseLogger, limits: ConnectionLimits = {}) {
@@ -68,7 +80,7 @@ export class Registry implements ConnectionRegistry, WebSocketConnections {
    * (TooManyConnectionsError, 503) when a limit is reached. Counting from admission, not from
    * the 101, keeps the limits exact when many upgrades run their `init` at once.
    */
-  admit (route: string, ip: string, routeLimit: number | undefined): Lease {
+  admit (route: string, ip: string, routeLimit: number | undefined, socket: Lease['socket']): Lease {
     const { maxConnections, maxConnectionsPerIp } = this.#limits
     if (maxConnections !== undefined && this.#admitted >= maxConnections) {
       throw new TooManyConnectionsError(`the app holds its maximum of ${maxConnections}`)
@@ -77,14 +89,17 @@ export class Registry implements ConnectionRegistry, WebSocketConnections {
     if (routeLimit !== undefined && onRoute >= routeLimit) {
       throw new TooManyConnectionsError(`${route} holds its maximum of ${routeLimit}`)
     }
-    const fromIp = this.#perIp.get(ip) ?? 0
+    const client = this.#clientKey(ip)
+    const fromIp = this.#perIp.get(client) ?? 0
     if (maxConnectionsPerIp !== undefined && fromIp >= maxConnectionsPerIp) {
-      throw new TooManyConnectionsError(`this client (${ip}) holds its maximum of ${maxConnectionsPerIp}`)
+      throw new TooManyConnectionsError(`this client (${client === ip ? ip : `${ip}, counted as ${client}`}) holds its maximum of ${maxConnectionsPerIp}`)
     }
     this.#admitted++
     this.#perRoute.set(route, onRoute + 1)
-    this.#perIp.set(ip, fromIp + 1)
-    return { route, ip, open: true }
+    this.#perIp.set(client, fromIp + 1)
+    const lease = { route, ip, socket, open: true }
+    this.#upgrading.add(lease)
+    return lease
   }
 
   /** The upgrade failed: it no longer counts. Idempotent. */
@@ -92,6 +107,7 @@ export class Registry implements ConnectionRegistry, WebSocketConnections {
     if (!lease.open) return
     lease.open = false
     this.#uncount(lease.route, lease.ip)
+    this.#settled(lease)
   }
 
   /**
@@ -100,12 +116,22 @@ export class Registry implements ConnectionRegistry, WebSocketConnections {
    */
   handOver (lease: Lease): void {
     lease.open = false
+    this.#settled(lease)
+  }
+
+  #settled (lease: Lease): void {
+    this.#upgrading.delete(lease)
+    if (this.#upgrading.size === 0) this.#onUpgradesSettled?.()
   }
 
   #uncount (route: string, ip: string): void {
     this.#admitted--
     decrement(this.#perRoute, route)
-    decrement(this.#perIp, ip)
+    decrement(this.#perIp, this.#clientKey(ip))
+  }
+
+  #clientKey (ip: string): string {
+    return clientKey(ip, this.#limits.ipv6Subnet ?? DEFAULT_IPV6_SUBNET)
   }
 
   add (connection: ConnectionContext): void {
@@ -255,9 +281,18 @@ export class Registry implements ConnectionRegistry, WebSocketConnections {
 
   // ---- lifecycle --------------------------------------------------------------
 
-  /** Close every connection with 1001 and wait, at most `timeoutMs`, for their terminates. */
+  /**
+   * Close every connection with 1001 and wait, at most `timeoutMs`, for their terminates.
+   * Upgrades whose `init` is running are refused with 503 when it settles; one still pending
+   * `timeoutMs` from now has its socket destroyed: an `init` that never settles must not hold
+   * app.close() (the HTTP server waits for that socket) forever.
+   */
   async shutdown (timeoutMs: number): Promise<void> {
     this.#closing = true
+    if (this.#upgrading.size !== 0) {
+      const timer = setTimeout(() => { for (const lease of this.#upgrading) lease.socket.destroy() }, timeoutMs)
+      this.#onUpgradesSettled = () => { clearTimeout(timer) }
+    }
     for (const connection of this.#live.values()) connection[kShutdown]()
     if (this.#live.size === 0) return
     await new Promise<void>((resolve) => {
@@ -279,7 +314,7 @@ function decrement (counts: Map<string, number>, key: string): void {
   else counts.set(key, left)
 }
 
-function assertTopic (topic: unknown): void {
+export function assertTopic (topic: unknown): void {
   if (typeof topic !== 'string' || topic.length === 0) throw new InvalidTopicError(show(topic))
 }
 

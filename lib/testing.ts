@@ -18,6 +18,8 @@ import WebSocket from 'ws'
 import { resultProblem } from './commands.js'
 import { InvalidResultError } from './errors.js'
 import { memorySocketPair, type MemorySocket } from './memory-socket.js'
+import { assertTopic } from './registry.js'
+import { nextTimerRef } from './timers.js'
 import type {
   CloseFrame, Commands, InFrame, OutFrame, RequestSnapshot, TerminateReason, TimerRef, WebSocketContext, WebSocketHandler
 } from './types.js'
@@ -27,6 +29,14 @@ import type {
 // ---------------------------------------------------------------------------
 
 const ignore = (): void => {}
+
+/** A terminate reason in a sentence's words: `crash (Error: boom)`, `remote 1000 "bye"`. */
+function describeReason (reason: TerminateReason): string {
+  const code = 'code' in reason && reason.code !== undefined ? ` ${reason.code}` : ''
+  const text = 'reason' in reason ? ` ${JSON.stringify(reason.reason)}` : ''
+  const error = 'error' in reason ? ` (${String(reason.error)})` : ''
+  return `${reason.type}${code}${text}${error}`
+}
 
 /** What the server answered to the upgrade request. */
 export interface Handshake {
@@ -43,14 +53,17 @@ export type ReceivedFrame =
   | { readonly type: 'text', readonly data: string }
   | { readonly type: 'binary', readonly data: Buffer }
 
-/** The upgrade was refused: the HTTP answer is in `handshake` (and `statusCode`, `body`, `json()`). */
+/** The upgrade was refused: the HTTP answer is in `handshake` (and `statusCode`, `headers`, `body`, `json()`). */
 export class UpgradeRefusedError extends Error {
   readonly code = 'FST_WS_UPGRADE_REFUSED'
   readonly statusCode: number
+  /** The refusal's headers (as `handshake.headers`). */
+  readonly headers: IncomingHttpHeaders
   readonly body: string
   constructor (readonly handshake: Handshake) {
     super(`The upgrade was refused with HTTP ${handshake.status}: ${handshake.body}`)
     this.statusCode = handshake.status
+    this.headers = handshake.headers
     this.body = handshake.body
   }
 
@@ -74,10 +87,13 @@ export class TestClient {
   readonly ws: WebSocket
   readonly #timeoutMs: number
   readonly #frames: ReceivedFrame[] = []
-  readonly #waiting: Array<(frame: ReceivedFrame) => void> = []
+  /** Those waiting for the next frame; `undefined` tells them the connection closed. */
+  readonly #waiting: Array<(frame: ReceivedFrame | undefined) => void> = []
   readonly #closed: Promise<{ code: number, reason: string }>
   readonly #terminated: Promise<TerminateReason>
   #received = 0
+  /** Set once the connection closed: why `next()` cannot get another frame. */
+  #closedProblem: Promise<string> | undefined
 
   /** @internal Listens from the start, so that frames sent with the 101 are not missed. */
   constructor (ws: WebSocket, terminated: Promise<TerminateReason>, timeoutMs: number) {
@@ -93,8 +109,20 @@ export class TestClient {
     })
     ws.on('error', ignore) // a broken connection shows in closed()
     this.#closed = new Promise((resolve) => {
-      ws.once('close', (code: number, reason: Buffer) => resolve({ code, reason: reason.toString() }))
+      ws.once('close', (code: number, reason: Buffer) => {
+        resolve({ code, reason: reason.toString() })
+        this.#closedProblem = this.#whyClosed(code, reason.toString())
+        // Whoever waits for a frame is told now, not at its timeout.
+        for (const waiter of this.#waiting.splice(0)) waiter(undefined)
+      })
     })
+  }
+
+  /** "closed with 1011 ''; the server's terminate said …", with the terminate reason when it comes soon. */
+  async #whyClosed (code: number, reason: string): Promise<string> {
+    const terminated = await deadline(this.#terminated, this.#timeoutMs, () => 'not reported').then(
+      describeReason, (error: Error) => error.message)
+    return `the connection closed with ${code} ${JSON.stringify(reason)} (${this.#received} frames received before; the server's terminate reason: ${terminated})`
   }
 
   /** What the server answered to the upgrade request. */
@@ -116,17 +144,23 @@ export class TestClient {
     this.ws.send(JSON.stringify(value))
   }
 
-  /** The next frame, in order; fails after the timeout, saying how many frames came. */
+  /**
+   * The next frame, in order. Fails after the timeout, saying how many frames came; or, once the
+   * connection has closed, at once, with the close code and the server's terminate reason.
+   */
   async next (timeoutMs = this.#timeoutMs): Promise<ReceivedFrame> {
     const queued = this.#frames.shift()
     if (queued !== undefined) return queued
-    let resolve!: (frame: ReceivedFrame) => void
-    const arrived = new Promise<ReceivedFrame>((_resolve) => { resolve = _resolve })
+    if (this.#closedProblem !== undefined) throw new Error(`no next frame: ${await this.#closedProblem}`)
+    let resolve!: (frame: ReceivedFrame | undefined) => void
+    const arrived = new Promise<ReceivedFrame | undefined>((_resolve) => { resolve = _resolve })
     this.#waiting.push(resolve)
-    return await deadline(arrived, timeoutMs, () => {
+    const frame = await deadline(arrived, timeoutMs, () => {
       this.#waiting.splice(this.#waiting.indexOf(resolve), 1)
       return `no frame within ${timeoutMs} ms (${this.#received} received before)`
     })
+    if (frame === undefined) throw new Error(`no next frame: ${await this.#closedProblem!}`)
+    return frame
   }
 
   /** The next frame's text; fails if it is binary. */
@@ -170,21 +204,36 @@ export async function wsClient (target: FastifyInstance | string, pathOrOptions?
 // Server-side terminate reasons: the open channel names the raw request, the close channel the reason.
 // A real-port client learns its local port only with the 101, after the server opened: server
 // connections are remembered by the client's port until claimed, and reasons until asked for.
+// Only while a real-port client of this toolkit waits for its 101 are connections remembered by
+// port, and only until claimed or closed: the process's other connections are never held.
 const byRequest = new WeakMap<object, (ctx: WebSocketContext) => void>()
 const openedByPort = new Map<number, WebSocketContext>()
+const portOf = new WeakMap<WebSocketContext, number>()
+let realClientsConnecting = 0
 const waiting = new WeakMap<WebSocketContext, (reason: TerminateReason) => void>()
 const reasons = new WeakMap<WebSocketContext, TerminateReason>()
 diagnostics.subscribe('fastify-ws-handlers:open', (message) => {
   const { ctx, request } = message as { ctx: WebSocketContext, request: IncomingMessage }
   const claim = byRequest.get(request)
+  const port = request.socket?.remotePort
   if (claim !== undefined) claim(ctx)
-  else if (request.socket?.remotePort !== undefined) openedByPort.set(request.socket.remotePort, ctx)
+  else if (realClientsConnecting > 0 && port !== undefined) {
+    openedByPort.set(port, ctx)
+    portOf.set(ctx, port)
+  }
 })
 diagnostics.subscribe('fastify-ws-handlers:close', (message) => {
   const { ctx, reason } = message as { ctx: WebSocketContext, reason: TerminateReason }
+  const port = portOf.get(ctx)
+  if (port !== undefined && openedByPort.get(port) === ctx) openedByPort.delete(port)
   reasons.set(ctx, reason)
   waiting.get(ctx)?.(reason)
 })
+
+/** How many connections the toolkit remembers by port (for the test that nothing else is held). */
+export function rememberedConnections (): number {
+  return openedByPort.size
+}
 
 function watchTerminate (): { opened: (ctx: WebSocketContext) => void, terminated: Promise<TerminateReason> } {
   let resolve!: (reason: TerminateReason) => void
@@ -216,12 +265,16 @@ async function injectedClient (app: FastifyInstance, path: string, options: Clie
   const request = { method: 'GET', url: path, httpVersion: '1.1', headers, socket: serverEnd }
   const watch = watchTerminate()
   byRequest.set(request, watch.opened)
+  const timeoutMs = options.timeoutMs ?? 2000
   const answer = readHead(clientEnd)
   app.server.emit('upgrade', request, serverEnd, Buffer.alloc(0))
-  const { handshake, rest } = await answer
+  const { handshake, rest } = await deadline(answer, timeoutMs, () => {
+    serverEnd.destroy()
+    return `the upgrade of ${path} got no answer within ${timeoutMs} ms (an init that never settles?)`
+  })
   if (handshake.status !== 101) throw new UpgradeRefusedError(handshake)
   const ws = new WebSocket(null as unknown as string, undefined, {})
-  const client = new TestClient(ws, watch.terminated, options.timeoutMs ?? 2000)
+  const client = new TestClient(ws, watch.terminated, timeoutMs)
   client.handshake = handshake
   // As @fastify/websocket's injectWS does: a client-side ws on the in-memory socket (ws internals).
   const internals = ws as unknown as { _isServer: boolean, setSocket: (socket: MemorySocket, head: Buffer, options: object) => void }
@@ -234,7 +287,8 @@ async function injectedClient (app: FastifyInstance, path: string, options: Clie
 async function realClient (url: string, options: ClientOptions): Promise<TestClient> {
   const ws = new WebSocket(url, options.protocols === undefined ? [] : [...options.protocols], { headers: options.headers })
   const watch = watchTerminate()
-  const client = new TestClient(ws, watch.terminated, options.timeoutMs ?? 2000)
+  const timeoutMs = options.timeoutMs ?? 2000
+  const client = new TestClient(ws, watch.terminated, timeoutMs)
   const opened = new Promise<Handshake>((resolve, reject) => {
     ws.once('upgrade', (response: IncomingMessage) => {
       const port = response.socket.localPort!
@@ -250,7 +304,15 @@ async function realClient (url: string, options: ClientOptions): Promise<TestCli
     })
     ws.once('error', reject)
   })
-  client.handshake = await opened
+  realClientsConnecting++
+  try {
+    client.handshake = await deadline(opened, timeoutMs, () => {
+      ws.terminate()
+      return `the upgrade of ${url} got no answer within ${timeoutMs} ms (an init that never settles?)`
+    })
+  } finally {
+    realClientsConnecting--
+  }
   return client
 }
 
@@ -368,8 +430,9 @@ export function handlerHarness<State = undefined, Info = unknown> (
   handler: WebSocketHandler<State, Info>, options: HarnessOptions<State> = {}
 ): HandlerHarness<State, Info> {
   let state = options.state as State
-  let lastRef = 0
   let alive = true
+  /** A result closed the connection (a close frame or `stop`): only terminate may run now, as on the server. */
+  let closedBy: string | undefined
   const timers: Array<PendingTimer> = []
   const posted: Info[] = []
   const topics: string[] = []
@@ -384,17 +447,20 @@ export function handlerHarness<State = undefined, Info = unknown> (
     bufferedAmount: 0,
     get topics () { return [...topics] },
     post (message) {
-      if (!alive) return false
+      if (!alive || closedBy !== undefined) return false
       posted.push(message)
       return true
     },
+    // The server's own checks: a bad delay or topic throws the same coded error (close 1011 there).
     sendAfter (ms, message) {
-      timers.push({ ref: ++lastRef, ms, message, wrapped: false })
-      return lastRef
+      const ref = nextTimerRef(ms)
+      timers.push({ ref, ms, message, wrapped: false })
+      return ref
     },
     startTimer (ms, message) {
-      timers.push({ ref: ++lastRef, ms, message, wrapped: true })
-      return lastRef
+      const ref = nextTimerRef(ms)
+      timers.push({ ref, ms, message, wrapped: true })
+      return ref
     },
     cancelTimer (ref) {
       const index = timers.findIndex((timer) => timer.ref === ref)
@@ -403,6 +469,7 @@ export function handlerHarness<State = undefined, Info = unknown> (
       return true
     },
     subscribe (topic) {
+      assertTopic(topic)
       if (topics.includes(topic)) return false
       topics.push(topic)
       return true
@@ -417,6 +484,7 @@ export function handlerHarness<State = undefined, Info = unknown> (
 
   async function step (name: 'websocketInit' | 'handle' | 'info', run: () => unknown): Promise<Step<State>> {
     if (!alive) throw new Error(`${name} after terminate`)
+    if (closedBy !== undefined) throw new Error(`${name} after the connection closed (${closedBy}): on the server, only terminate runs now`)
     const result = await run()
     const problem = resultProblem(result)
     if (result !== undefined && problem !== undefined) throw new InvalidResultError(name, problem)
@@ -428,6 +496,7 @@ export function handlerHarness<State = undefined, Info = unknown> (
     const close = closeFrame !== undefined
       ? { code: closeFrame.code ?? 1000, reason: closeFrame.reason ?? '' }
       : commands?.stop === true ? { code: 1000, reason: '' } : undefined
+    if (close !== undefined) closedBy = `${name} returned a close with ${close.code}`
     return { result: commands, state, replies: closeAt === -1 ? frames : frames.slice(0, closeAt), close }
   }
 

@@ -185,6 +185,13 @@ export interface RouteWebSocketOptions extends ConnectionOptions {
    */
   allowOrigins?: AllowOrigins
   /**
+   * The app's own public origins (`['https://app.example.com']`). By default the app's own
+   * origin is read from the request (Host, or X-Forwarded-Host with `trustProxy`), which a
+   * DNS-rebinding page controls; with `ownOrigins`, only these (and `allowOrigins`) count as
+   * the app's. Set it for servers on private networks without authentication. Default: none.
+   */
+  ownOrigins?: readonly string[]
+  /**
    * Connections this route may hold at once (from the upgrade to `terminate`); over it the
    * upgrade gets HTTP 503 with Retry-After (FST_WS_TOO_MANY_CONNECTIONS). In plugin options,
    * the limit for the whole app instead. Default: none.
@@ -200,8 +207,14 @@ export interface WebSocketHandlersOptions extends RouteWebSocketOptions {
    * registers @fastify/websocket; an app that registered it keeps its own setting.
    */
   closeTimeout?: number
-  /** Connections one client IP (`request.ip`, so `trustProxy` applies) may hold at once, app-wide. Default: none. */
+  /**
+   * Connections one client IP (`request.ip`, so `trustProxy` applies) may hold at once, app-wide.
+   * IPv6 clients are counted by their /`ipv6Subnet` network (one host holds a whole /64), IPv4
+   * by address. Default: none.
+   */
   maxConnectionsPerIp?: number
+  /** The IPv6 prefix length that `maxConnectionsPerIp` counts as one client. Default 64. */
+  ipv6Subnet?: number
   /**
    * How topics and posts by id reach other instances. Default `inProcessAdapter()` (this app
    * alone); `redisAdapter({ url })` from `fastify-ws-handlers/redis` shares them over Redis.

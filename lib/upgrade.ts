@@ -14,7 +14,7 @@ import { originCheck, ownOrigin, type OriginCheck } from './origin.js'
 import type { Lease, Registry } from './registry.js'
 import {
   InvalidHandshakeError, InvalidOptionError, InvalidResultError, OriginNotAllowedError, ProtocolNotOfferedError, ProtocolNotSupportedError,
-  ProtocolRequiredError, ShuttingDownError, UpgradeRequiredError
+  ProtocolRequiredError, ShuttingDownError, TooManyConnectionsError, UpgradeRequiredError
 } from './errors.js'
 import {
   anything, assertHandler, assertRouteOptions, connectionChecks, mustBe, optionsProblem, resolveConnectionOptions,
@@ -75,9 +75,9 @@ export function makeWebSocketRoute (
   const connectionOptions = resolveConnectionOptions(defaults.connection, wsOptions)
   let allowOrigin: OriginCheck
   try {
-    allowOrigin = originCheck(settings.allowOrigins)
+    allowOrigin = originCheck(settings.allowOrigins, settings.ownOrigins)
   } catch (error) {
-    throw new InvalidOptionError(`wsOptions of ${url}`, `option "allowOrigins": ${(error as Error).message}`)
+    throw new InvalidOptionError(`wsOptions of ${url}`, `option "allowOrigins" or "ownOrigins": ${(error as Error).message}`)
   }
   const options = routeOptions as WebSocketRouteOptions
   options[kRunInit] = upgradeStep(url, handler, settings, connectionOptions, allowOrigin, defaults.registry)
@@ -181,6 +181,10 @@ function upgradeStep (
       await checkAndInit(request, reply)
     } catch (error) {
       if (refusedChannel.hasSubscribers) refusedChannel.publish({ request, error })
+      if (isLoadShedding(error)) {
+        answerLoadShedding(request, reply, error)
+        return
+      }
       throw withoutStack(error)
     }
   }
@@ -193,7 +197,8 @@ function upgradeStep (
     // Cross-site WebSocket hijacking: browsers always send Origin (version 8 clients: Sec-WebSocket-Origin).
     const origin = request.headers.origin ?? request.headers['sec-websocket-origin']
     if (typeof origin === 'string' && !(await allowOrigin(origin, request))) {
-      throw new OriginNotAllowedError(origin, ownOrigin(request) ?? `${request.protocol}://${request.host}`, origin)
+      const own = settings.ownOrigins?.join(', ') ?? ownOrigin(request) ?? `${request.protocol}://${request.host}`
+      throw new OriginNotAllowedError(origin, own, origin)
     }
     const offered = offeredProtocols(request.headers['sec-websocket-protocol'])
     let protocol = ''
@@ -218,10 +223,9 @@ function upgradeStep (
 
   function admit (request: FastifyRequest, reply: FastifyReply): Lease {
     try {
-      return registry.admit(url, request.ip ?? '', settings.maxConnections)
+      return registry.admit(url, request.ip ?? '', settings.maxConnections, request.raw.socket)
     } catch (error) {
       reply.header('retry-after', RETRY_AFTER_SECONDS)
-      request.log.warn({ code: (error as { code: string }).code, route: url, ip: request.ip }, (error as Error).message)
       throw error
     }
   }
@@ -252,6 +256,23 @@ function upgradeStep (
     const raw = request.raw as RawRequest
     raw[kPendingUpgrade] = { state, options, protocol, lease, response: reply.raw }
   }
+}
+
+/** Refusals that shed load (a limit reached, shutting down): answers, not faults. */
+function isLoadShedding (error: unknown): error is TooManyConnectionsErrorType | ShuttingDownErrorType {
+  return error instanceof TooManyConnectionsError || error instanceof ShuttingDownError
+}
+type TooManyConnectionsErrorType = InstanceType<typeof TooManyConnectionsError>
+type ShuttingDownErrorType = InstanceType<typeof ShuttingDownError>
+
+/**
+ * A 503 that sheds load is answered here, in Fastify's error format, and logged once at warn
+ * without a stack: thrown, Fastify would log each at error level with its stack, and a flooding
+ * client would fill the error logs. (The app's error handler is not called for it: not a fault.)
+ */
+function answerLoadShedding (request: FastifyRequest, reply: FastifyReply, error: TooManyConnectionsErrorType | ShuttingDownErrorType): void {
+  request.log.warn({ code: error.code, route: request.routeOptions.url, ip: request.ip }, error.message)
+  reply.code(503).send({ statusCode: 503, code: error.code, error: 'Service Unavailable', message: error.message })
 }
 
 /** What a client over a connection limit is told to wait before trying again. */

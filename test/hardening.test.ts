@@ -302,3 +302,14 @@ t.test('the mailbox is bounded in bytes too: a few large frames stop reading the
   await until(() => handled === 200, 'every frame once the mailbox drains')
   ws.terminate()
 })
+
+t.test('an upgrade whose init never settles does not hold app.close(): its socket is ended after closeTimeout', async (t) => {
+  const app = Fastify()
+  await app.register(wsHandlers, { closeTimeout: 50 })
+  app.ws('/hang', { init: async () => { await new Promise(() => {}) } })
+  const base = await listen(app)
+  const answer = rawUpgrade(base, '/hang')
+  await until(() => app.wsConnections.countOfRoute('/hang') === 1, 'the upgrade admitted, its init running')
+  await within(app.close(), 'app.close() with an init that never settles')
+  t.equal(await answer, '', 'the socket was ended without an answer')
+})

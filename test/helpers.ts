@@ -129,7 +129,8 @@ export class RawClient {
 
   private constructor (socket: net.Socket) {
     this.socket = socket
-    this.ended = once(socket, 'close').then(() => undefined)
+    // Not events.once: it rejects on 'error', and a reset by the server is an ending too.
+    this.ended = new Promise((resolve) => socket.once('close', () => resolve()))
   }
 
   static async open (base: string, path: string, { extensions }: { extensions?: string } = {}): Promise<RawClient> {

@@ -7,6 +7,7 @@ import Fastify from 'fastify'
 import t from 'tap'
 import wsHandlers, { close, json, text, type PubSubAdapter, type WebSocketContext } from '../lib/index.js'
 import { fitCloseReason } from '../lib/close-codes.js'
+import { kShutdown } from '../lib/context.js'
 import { wsClient } from '../lib/testing.js'
 import { RawClient, buildApp, connect, listen, terminateRecorder, until } from './helpers.js'
 import { random } from './fuzz.js'
@@ -146,6 +147,22 @@ t.test('publications and broadcasts keep their order for each subscriber', async
   app.wsConnections.broadcast('t', text('b2'))
   for (const client of clients) t.same(await Promise.all([1, 2, 3, 4].map(async () => await client.nextText())), ['p1', 'b1', 'p2', 'b2'])
   for (const client of clients) client.close()
+})
+
+t.test('a message whose info is queued when this side closes is dropped with the close, as queued messages are', async (t) => {
+  const { app } = await buildApp(t)
+  const infos: unknown[] = []
+  const recorder = terminateRecorder()
+  app.ws('/sub', { ...echoInfo, info: (message) => { infos.push(message) }, terminate: recorder.terminate })
+  const client = await wsClient(app, '/sub')
+  await until(() => app.wsConnections.subscriberCount('t') === 1, 'subscribed')
+  t.equal(app.wsConnections.publish('t', 'late'), 1, 'accepted: its info is queued')
+  // In the same tick, the close app.close() sends to each connection (registry.shutdown).
+  const ctx = [...app.wsConnections][0] as unknown as Record<symbol, () => void>
+  ctx[kShutdown]!()
+  t.same((await recorder.first).reason, { type: 'shutdown' })
+  t.same(infos, [], 'the queued info did not run after the close')
+  t.same(await client.closed(), { code: 1001, reason: '' })
 })
 
 t.test('info that unsubscribes and subscribes again runs once per publication', async (t) => {

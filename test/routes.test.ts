@@ -95,3 +95,27 @@ t.test('one log line at open and one at close; refusals without stack traces; th
   await quiet.terminated()
   t.notOk(lines.slice(before).some((line) => String(line.msg).startsWith('WebSocket ')), 'logLevel warn: no open or close line')
 })
+
+t.test('a close caused by an error says its cause in the close line; a 503 refusal is logged at warn, without a stack', async (t) => {
+  const { app, lines } = await loggedApp(t)
+  app.ws('/json', {}, { json: { schema: { type: 'object', required: ['a'] } }, maxConnections: 1 })
+  app.ws('/throws', { handle: () => { throw 'not an Error' } }) // eslint-disable-line no-throw-literal
+  const client = await wsClient(app, '/json')
+  client.send('not json')
+  await client.terminated()
+  t.match(lines.find((line) => line.msg === 'WebSocket closed'), {
+    level: 30, code: 1007, reason: 'error', errorCode: 'FST_WS_INVALID_MESSAGE', error: 'Invalid message: invalid JSON'
+  })
+  const held = await wsClient(app, '/json')
+  const refused = await app.inject({ url: '/json', headers: upgradeHeaders })
+  t.equal(refused.statusCode, 503)
+  t.match(refused.json(), { statusCode: 503, code: 'FST_WS_TOO_MANY_CONNECTIONS', error: 'Service Unavailable', message: /\/json holds its maximum of 1/ })
+  t.same(lines.filter((line) => (line.level as number) >= 50), [], 'nothing at error level')
+  t.match(lines.find((line) => line.code === 'FST_WS_TOO_MANY_CONNECTIONS'), { level: 40, route: '/json' })
+  t.notOk(lines.some((line) => 'stack' in line || (line.err as { stack?: string } | undefined)?.stack !== undefined), 'no stack anywhere')
+  held.close()
+  const thrower = await wsClient(app, '/throws')
+  thrower.send('x')
+  await thrower.terminated()
+  t.match(lines.filter((line) => line.msg === 'WebSocket closed').at(-1), { code: 1011, reason: 'crash', error: 'not an Error' })
+})

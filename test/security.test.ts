@@ -225,3 +225,50 @@ t.test('an upgrade refused after admission (inject: the HTTP handler answers) do
   t.equal(app.wsConnections.countOfRoute('/one'), 1)
   ws.terminate()
 })
+
+t.test('maxConnectionsPerIp counts an IPv6 client by its /64 (ipv6Subnet), an IPv4-mapped one by its IPv4 address', async (t) => {
+  const app = Fastify({ trustProxy: true })
+  t.teardown(() => app.close())
+  await app.register(wsHandlers, { maxConnectionsPerIp: 2 })
+  app.ws('/c', {})
+  const base = await listen(app)
+  const from = async (ip: string): Promise<number> => (await upgrades(base, '/c', 1, { 'x-forwarded-for': ip }))[0]!
+  t.same([await from('2001:db8:1:2::1'), await from('2001:db8:1:2:ffff::9'), await from('2001:db8:1:2:abcd:ef01:2345:6789')], [101, 101, 503],
+    'three addresses of one /64 are one client')
+  t.equal(await from('2001:db8:1:3::1'), 101, 'the next /64 is another client')
+  t.same([await from('::ffff:198.51.100.7'), await from('198.51.100.7'), await from('::ffff:c633:6407')], [101, 101, 503], 'IPv4-mapped is its IPv4 address')
+  const refused = await app.inject({ url: '/c', headers: { ...upgradeHeaders, 'x-forwarded-for': '2001:db8:1:2::77' } })
+  t.match(refused.json(), { message: /this client \(2001:db8:1:2::77, counted as 2001:db8:1:2::\/64\)/ })
+
+  const narrow = Fastify({ trustProxy: true })
+  t.teardown(() => narrow.close())
+  await narrow.register(wsHandlers, { maxConnectionsPerIp: 1, ipv6Subnet: 128 })
+  narrow.ws('/c', {})
+  const narrowBase = await listen(narrow)
+  t.same([
+    (await upgrades(narrowBase, '/c', 1, { 'x-forwarded-for': '2001:db8::1' }))[0],
+    (await upgrades(narrowBase, '/c', 1, { 'x-forwarded-for': '2001:db8::2' }))[0],
+    (await upgrades(narrowBase, '/c', 1, { 'x-forwarded-for': '2001:db8::1%eth0' }))[0]
+  ], [101, 101, 503], 'ipv6Subnet: 128 counts full addresses (a zone is the same address)')
+  for (const ipv6Subnet of [0, 129, 64.5]) {
+    await t.rejects(async () => { await Fastify().register(wsHandlers, { ipv6Subnet }) }, { code: 'FST_WS_INVALID_OPTION', message: /ipv6Subnet.*1 to 128/ })
+  }
+})
+
+t.test('ownOrigins: the app names its public origins, and a page that rebinds DNS to the app is not same-origin', async (t) => {
+  const { app } = await buildApp(t, { ownOrigins: ['https://app.example.com'] })
+  app.ws('/private', {})
+  app.ws('/also', {}, { allowOrigins: (origin) => origin === 'https://partner.example' })
+  const rebound = await app.inject({ url: '/private', headers: { ...upgradeHeaders, host: 'evil.example', origin: 'http://evil.example' } })
+  t.equal(rebound.statusCode, 403, 'Host and Origin agree, but the origin is not one of the app\'s')
+  t.match(rebound.json(), { code: 'FST_WS_ORIGIN_NOT_ALLOWED', message: /only its own origin, https:\/\/app\.example\.com/ })
+  for (const url of ['/private', '/also']) {
+    const own = await app.inject({ url, headers: { ...upgradeHeaders, host: 'internal:8080', origin: 'https://app.example.com' } })
+    t.not(own.statusCode, 403, `${url}: the named origin passes`)
+  }
+  const partner = await app.inject({ url: '/also', headers: { ...upgradeHeaders, origin: 'https://partner.example' } })
+  t.not(partner.statusCode, 403, 'and allowOrigins still applies')
+  const garbage = await app.inject({ url: '/also', headers: { ...upgradeHeaders, origin: 'not an origin' } })
+  t.equal(garbage.statusCode, 403, 'an origin that does not parse is the function\'s to decide (here: no)')
+  t.throws(() => app.ws('/bad', {}, { ownOrigins: ['app.example.com'] }), { code: 'FST_WS_INVALID_OPTION', message: /ownOrigins/ })
+})

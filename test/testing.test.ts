@@ -5,7 +5,7 @@
  */
 import t from 'tap'
 import { close, defineHandler, text, type TimeoutMessage } from '../lib/index.js'
-import { UpgradeRefusedError, handlerHarness, wsClient } from '../lib/testing.js'
+import { UpgradeRefusedError, handlerHarness, rememberedConnections, wsClient } from '../lib/testing.js'
 import { buildApp, listen } from './helpers.js'
 
 const greeter = defineHandler<{ name: string }, TimeoutMessage<'tick'>>({
@@ -44,11 +44,11 @@ for (const transport of ['injected (no port)', 'real port'] as const) {
     t.equal(await client.nextText(), 'bye')
     t.same(await client.closed(), { code: 4000, reason: 'done' })
     t.same(await client.terminated(), { type: 'stop', code: 4000, reason: 'done' })
-    await t.rejects(client.next(50), { message: 'no frame within 50 ms (3 received before)' })
+    await t.rejects(client.next(), { message: 'no next frame: the connection closed with 4000 "done" (3 frames received before; the server\'s terminate reason: stop 4000 "done")' })
 
     const refused = await open('/greet').catch((error: unknown) => error)
     t.ok(refused instanceof UpgradeRefusedError)
-    t.match(refused, { statusCode: 400, handshake: { status: 400, headers: { 'content-type': /json/ } } })
+    t.match(refused, { statusCode: 400, headers: { 'content-type': /json/ }, handshake: { status: 400, headers: { 'content-type': /json/ } } })
     t.same((refused as UpgradeRefusedError).json(), { error: 'name?' })
     await t.rejects(open('/greet?name=x', { protocols: ['stomp'] }), { message: /HTTP 400.*FST_WS_PROTOCOL_NOT_SUPPORTED/ })
   })
@@ -69,7 +69,7 @@ t.test('a client whose peer is dropped sees its terminate reason too', async (t)
   const client = await wsClient(app, '/quiet', { headers: { 'X-Anything': 'yes' }, timeoutMs: 500 })
   client.ws.terminate()
   t.same(await client.terminated(), { type: 'closed' })
-  await t.rejects(client.closed(1).then(async () => await client.nextJson(1)), /no frame within 1 ms/)
+  await t.rejects(client.closed(1).then(async () => await client.nextJson(1)), /^no next frame: the connection closed with 1006 "" \(0 frames received before; the server.s terminate reason: closed\)$/)
 })
 
 t.test('nextJson parses; nextText refuses binary; a silent server fails terminated() with a message', async (t) => {
@@ -78,6 +78,7 @@ t.test('nextJson parses; nextText refuses binary; a silent server fails terminat
   const client = await wsClient(app, '/json')
   t.same(await client.nextJson(), { a: 1 })
   await t.rejects(client.nextText(), { message: 'expected a text frame, got binary (1 bytes)' })
+  await t.rejects(client.next(20), { message: 'no frame within 20 ms (2 received before)' })
   await t.rejects(client.terminated(20), { message: 'the server did not terminate the connection within 20 ms' })
   await t.rejects(client.closed(20), { message: 'the connection did not close within 20 ms' })
   client.sendJson({ ignored: true })
@@ -125,10 +126,12 @@ t.test('the harness checks results as the server does, and runs posts, timers, t
   t.same(h.posted, ['first'])
   t.same((await h.deliverPosted()).map((step) => step.state), [2])
   t.equal(h.ctx.cancelTimer(999), false)
+  await t.rejects(h.info('bad'), { code: 'FST_WS_INVALID_RESULT', message: /info returned an invalid result/ })
+  await t.rejects(h.fireTimer(12345), { message: 'timer 12345 is not pending' })
   const last = await h.fireTimer(h.timers[0]!.ref)
   t.same([last.state, last.close], [3, { code: 1000, reason: '' }])
-  await t.rejects(h.fireTimer(12345), { message: 'timer 12345 is not pending' })
-  await t.rejects(h.info('bad'), { code: 'FST_WS_INVALID_RESULT', message: /info returned an invalid result/ })
+  await t.rejects(h.info('late'), { message: 'info after the connection closed (info returned a close with 1000): on the server, only terminate runs now' })
+  t.equal(h.ctx.post('after the close'), false, 'posts are refused once closed, as on the server')
   t.equal(h.ctx.unsubscribe('room'), true)
   t.equal(h.ctx.alive, true)
   t.equal(h.ctx.bufferedAmount, 0)
@@ -138,4 +141,64 @@ t.test('the harness checks results as the server does, and runs posts, timers, t
   t.same(seen, [{ type: 'timeout' }, '/counted', 3])
   t.equal(h.ctx.post('after'), false)
   await t.rejects(h.terminate(), { message: 'terminate runs once' })
+})
+
+t.test('the harness refuses what the server refuses: an empty topic, a bad timer delay', async (t) => {
+  const h = handlerHarness(defineHandler({}))
+  t.throws(() => h.ctx.subscribe(''), { code: 'FST_WS_INVALID_TOPIC' })
+  t.throws(() => h.ctx.sendAfter(-1, 'x'), { code: 'FST_WS_INVALID_TIMER' })
+  t.throws(() => h.ctx.startTimer(Number.NaN, 'x'), { code: 'FST_WS_INVALID_TIMER' })
+  t.same(h.timers, [])
+})
+
+t.test('next() after the server closed fails at once, with the close code and the terminate reason', async (t) => {
+  const { app } = await buildApp(t)
+  app.ws('/crash', { handle: () => { throw new Error('boom') } })
+  app.ws('/bye', { websocketInit: () => ({ reply: [text('one'), close(4000, 'done')] }) })
+  const crashing = await wsClient(app, '/crash', { timeoutMs: 5000 })
+  crashing.send('x')
+  await t.rejects(crashing.next(), { message: /^no next frame: the connection closed with 1011 "" \(0 frames received before; the server's terminate reason: crash \(Error: boom\)\)$/ })
+  const bye = await wsClient(app, '/bye', { timeoutMs: 5000 })
+  t.equal(await bye.nextText(), 'one', 'what came before the close is still read')
+  await t.rejects(bye.nextText(), { message: /closed with 4000 "done" \(1 frames received before; the server's terminate reason: stop 4000 "done"\)/ })
+  await t.rejects(bye.next(), { message: /^no next frame: the connection closed with 4000/, }, 'and again, at once')
+})
+
+for (const transport of ['injected (no port)', 'real port'] as const) {
+  t.test(`a handshake whose init never settles fails after timeoutMs, ${transport}`, async (t) => {
+    const { app } = await buildApp(t, { closeTimeout: 50 })
+    app.ws('/hang', { init: async () => { await new Promise(() => {}) } })
+    const base = transport === 'real port' ? await listen(app) : ''
+    const connecting = transport === 'real port' ? wsClient(`${base}/hang`, { timeoutMs: 50 }) : wsClient(app, '/hang', { timeoutMs: 50 })
+    await t.rejects(connecting, { message: /^the upgrade of .*\/hang got no answer within 50 ms \(an init that never settles\?\)$/ })
+  })
+}
+
+t.test('the toolkit holds no connection it did not open, and none after they close', async (t) => {
+  const { app } = await buildApp(t)
+  app.ws('/x', {})
+  const base = await listen(app)
+  const { WebSocket } = await import('ws')
+  const plain = new WebSocket(`${base}/x`) // not the toolkit's
+  await new Promise((resolve) => plain.once('open', resolve))
+  t.equal(rememberedConnections(), 0, 'a connection of another client is not remembered')
+  const client = await wsClient(`${base}/x`)
+  client.close()
+  await client.terminated()
+  t.equal(rememberedConnections(), 0, 'nor one of the toolkit\'s, once claimed')
+  plain.close()
+})
+
+t.test('with an injected client open, app.close() leaves no timer behind (the process can exit)', async (t) => {
+  const timers = (): number => process.getActiveResourcesInfo().filter((name) => name === 'Timeout').length
+  const before = timers()
+  const { app } = await buildApp(t)
+  app.ws('/x', { handle: () => ({ reply: text('hi') }) })
+  const client = await wsClient(app, '/x')
+  client.send('x')
+  await client.next()
+  await app.close()
+  t.same(await client.closed(), { code: 1001, reason: '' })
+  await new Promise((resolve) => setImmediate(resolve))
+  t.ok(timers() <= before, `${timers()} timers, ${before} before`)
 })
