@@ -67,7 +67,7 @@ function byteLength (data: string | Uint8Array): number {
  * ws's send callback for each text and binary frame.
  */
 export function writeFrames (ws: WebSocket, reply: OutFrame | readonly OutFrame[], onSent?: () => void): CloseFrame | undefined {
-  batchUntilNextTick(internalsOf(ws)._socket)
+  batchUntilNextTick(ws)
   if (!Array.isArray(reply)) return writeFrame(ws, reply as OutFrame, onSent)
   for (const frame of reply as readonly OutFrame[]) {
     const closeFrame = writeFrame(ws, frame, onSent)
@@ -81,14 +81,31 @@ export function writeFrames (ws: WebSocket, reply: OutFrame | readonly OutFrame[
  * replies to all the frames of one TCP read (ws emits them in one go), or of a run of async
  * callbacks settled in one microtask drain. A syscall per frame is most of an echo's CPU.
  */
-export function batchUntilNextTick (socket: Socket): void {
+export function batchUntilNextTick (ws: WebSocket): void {
+  const socket = internalsOf(ws)._socket
   if (socket.writableCorked !== 0) return
+  backlogAtBatch.set(socket, ws.bufferedAmount)
   socket.cork()
   process.nextTick(uncork, socket)
 }
 
 function uncork (socket: Socket): void {
   socket.uncork()
+  backlogAtBatch.delete(socket)
+}
+
+/**
+ * The sockets corked this tick and what earlier writes had left in them when their batch began.
+ * Entries live for one tick only (nothing per idle connection).
+ */
+const backlogAtBatch = new Map<Socket, number>()
+
+/**
+ * What earlier writes left behind, for `maxBufferedBytes`: while a batch is open, `bufferedAmount`
+ * also counts this tick's replies, which leave at its end; a prompt reader is judged by the rest.
+ */
+export function backlogOf (ws: WebSocket): number {
+  return backlogAtBatch.get(internalsOf(ws)._socket) ?? ws.bufferedAmount
 }
 
 const asText = { binary: false }

@@ -29,7 +29,7 @@
 import type WebSocket from 'ws'
 import type { BroadcastFrame } from './adapter.js'
 import { CloseCode, fitCloseReason } from './close-codes.js'
-import { resultProblem, writeFrames, writeShared } from './commands.js'
+import { backlogOf, resultProblem, writeFrames, writeShared } from './commands.js'
 import { ConnectionContext, kPhase, kRoute, kShutdown, kWriteShared, kWs } from './context.js'
 import { frameOutChannel } from './diagnostics.js'
 import { InternalError, InvalidMessageError, InvalidResultError, OutboundOverflowError } from './errors.js'
@@ -81,12 +81,6 @@ export class Connection extends ConnectionContext implements ConnectionEvents, I
   #hibernation: Hibernation | undefined
   #onFulfilled: ((result: unknown) => void) | undefined
   #onRejected: ((error: unknown) => void) | undefined
-  /**
-   * The socket's backlog when this tick's batch of writes began: what earlier writes left behind.
-   * While the socket is corked, `bufferedAmount` also counts this tick's replies, which leave at
-   * the end of the tick: a prompt reader is judged by the former.
-   */
-  #backlogAtBatch = 0
 
   constructor (route: RouteContext, ws: WebSocket, upgrade: Upgrade) {
     super(route, ws, upgrade)
@@ -326,9 +320,6 @@ export class Connection extends ConnectionContext implements ConnectionEvents, I
   #write (reply: OutFrame | readonly OutFrame[], onSent?: () => void): void {
     // Nothing is sent once the connection is ending: after a close frame, or to a closed peer.
     if (this[kPhase] !== 'open' || this.#closedForOverflow()) return
-    // The first write of this tick: it corks the socket (commands.ts), and later checks in this
-    // tick judge the backlog as it was before the batch.
-    if (internalsOf(this[kWs])._socket.writableCorked === 0) this.#backlogAtBatch = this[kWs].bufferedAmount
     const closeFrame = writeFrames(this[kWs], reply, onSent)
     if (frameOutChannel.hasSubscribers) frameOutChannel.publish({ ctx: this, frames: reply })
     if (closeFrame !== undefined) {
@@ -343,8 +334,7 @@ export class Connection extends ConnectionContext implements ConnectionEvents, I
    * and broadcasts alike), so one large reply is not mistaken for it. Over the limit: close 1008.
    */
   #closedForOverflow (): boolean {
-    const ws = this[kWs]
-    const backlog = internalsOf(ws)._socket.writableCorked === 0 ? ws.bufferedAmount : this.#backlogAtBatch
+    const backlog = backlogOf(this[kWs]) // this tick's batched replies are not a backlog
     if (backlog <= this.#options.maxBufferedBytes) return false
     const error = new OutboundOverflowError(backlog, this.#options.maxBufferedBytes)
     this.#close(CloseCode.POLICY_VIOLATION, 'outbound buffer full', { type: 'error', code: CloseCode.POLICY_VIOLATION, error })
