@@ -202,7 +202,8 @@ async function churnScenario (table: string, cycles: number): Promise<void> {
 }
 
 /**
- * One 1 KiB frame to every subscriber: `broadcast` (encoded once) against a loop of ws.send
+ * One 1 KiB frame to every subscriber: `broadcast` (encoded once) and `publish` (each subscriber's
+ * info replies with it, through the run queue) against a loop of ws.send
  * over the same sockets and raw @fastify/websocket's loop. Time until the last subscriber has
  * it (server's start to the load process's last arrival, wall clock), and server CPU.
  */
@@ -211,6 +212,7 @@ async function fanoutScenario (table: string, subscribers: number, fanouts: numb
   const variants: Variant[] = [
     { label: 'plugin, ws.send loop', kind: 'plugin', scenario: 'fanout-loop' },
     { label: '@fastify/websocket loop', kind: 'fastify-websocket', scenario: 'fanout' },
+    { label: 'plugin publish (each info replies)', kind: 'plugin', scenario: 'fanout-publish' },
     { label: 'plugin broadcast', kind: 'plugin', scenario: 'fanout' }
   ]
   await rounded(variants, async (variant) => {

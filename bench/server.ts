@@ -16,6 +16,7 @@ export type Scenario =
   | 'echo' | 'async-echo' | 'compressed' | 'compressed-hibernate'
   | 'echo-decode' // raw servers only: text is decoded to a string and the string sent back
   | 'fanout' | 'fanout-loop' // broadcast to a topic / a loop of ws.send over websocketServer.clients
+  | 'fanout-publish' // publish to a topic: each subscriber's info replies with the frame (the run queue)
   | 'topics-1' | 'topics-10' // every connection in 1 or 10 topics
   | 'redis' // text frames received are broadcast to the topic over the Redis adapter (REDIS_URL)
 
@@ -65,12 +66,15 @@ const pluginEcho = defineHandler(scenario === 'async-echo'
 
 /** One 1 KiB frame, the same every time. */
 const fanoutPayload = Buffer.alloc(1024, 7)
+const fanoutFrame: OutFrame = { type: 'binary', data: fanoutPayload }
 let fanOut = (): void => {}
 function handlerFor (wsConnections: import('../lib/index.js').WebSocketConnections): WebSocketHandler<undefined, unknown> {
   switch (scenario) {
     case 'fanout':
     case 'fanout-loop':
       return { websocketInit: (_state, ctx) => { ctx.subscribe('all') } }
+    case 'fanout-publish':
+      return { websocketInit: (_state, ctx) => { ctx.subscribe('all') }, info: () => ({ reply: fanoutFrame }) }
     case 'topics-1':
     case 'topics-10':
       return { websocketInit: (_state, ctx) => { for (let i = 0; i < (scenario === 'topics-1' ? 1 : 10); i++) ctx.subscribe(`topic-${i}`) } }
@@ -107,8 +111,10 @@ if (kind === 'ws') {
     app.ws('/', handlerFor(app.wsConnections), { compress: compressed })
     connections = () => app.wsConnections.size
     fanOut = scenario === 'fanout'
-      ? () => { app.wsConnections.broadcast('all', { type: 'binary', data: fanoutPayload }) }
-      : () => { for (const socket of app.websocketServer.clients) socket.send(fanoutPayload) } // the same sockets, one send each
+      ? () => { app.wsConnections.broadcast('all', fanoutFrame) }
+      : scenario === 'fanout-publish'
+        ? () => { app.wsConnections.publish('all', 'go') }
+        : () => { for (const socket of app.websocketServer.clients) socket.send(fanoutPayload) } // the same sockets, one send each
   }
   await app.listen({ port: 0, host: '127.0.0.1' })
   port = (app.server.address() as AddressInfo).port
