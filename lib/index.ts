@@ -9,15 +9,15 @@ import type { Socket } from 'node:net'
 import fastifyWebsocket from '@fastify/websocket'
 import type { FastifyInstance, FastifyPluginAsync, RouteGenericInterface, RouteOptions } from 'fastify'
 import fp from 'fastify-plugin'
-import { RouteOptionOrderError } from './errors.js'
-import { DEFAULTS, DEFAULT_CLOSE_TIMEOUT, assertPluginOptions, fastifyRouteOptionKeys, resolveConnectionOptions } from './options.js'
-import { Registry } from './registry.js'
+import { RouteOptionOrderError } from './core/errors.js'
+import { DEFAULTS, DEFAULT_CLOSE_TIMEOUT, assertPluginOptions, fastifyRouteOptionKeys, resolveConnectionOptions } from './core/options.js'
+import { Registry } from './registry/registry.js'
 import type {
   RouteWebSocketOptions, WebSocketConnections, WebSocketHandler, WebSocketHandlersOptions
-} from './types.js'
-import { governServer, makeWebSocketRoute, runInitLast, upgradeRequired, type PluginDefaults } from './upgrade.js'
-import { checkWs } from './ws-internals.js'
-import { inProcessAdapter } from './adapter.js'
+} from './core/types.js'
+import { governServer, makeWebSocketRoute, runInitLast, upgradeRequired, type PluginDefaults } from './route/upgrade.js'
+import { checkWs } from './wire/ws-check.js'
+import { inProcessAdapter } from './registry/in-process.js'
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -132,10 +132,10 @@ export function defineHandler<
   return handler
 }
 
-export { text, json, binary, ping, pong, close } from './frames.js'
-export { upgradeRequired } from './upgrade.js'
-export { inProcessAdapter, InProcessBus, type PubSubAdapter, type LocalDelivery, type BroadcastFrame } from './adapter.js'
-export { CloseCode } from './close-codes.js'
-export * from './errors.js'
-export * as diagnostics from './diagnostics.js'
-export type * from './types.js'
+export { text, json, binary, ping, pong, close } from './core/frames.js'
+export { upgradeRequired } from './route/upgrade.js'
+export { inProcessAdapter, InProcessBus } from './registry/in-process.js'
+export { CloseCode } from './core/close-codes.js'
+export * from './core/errors.js'
+export * as diagnostics from './core/diagnostics.js'
+export type * from './core/types.js'

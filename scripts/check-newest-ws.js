@@ -8,7 +8,7 @@ import { mkdtempSync, rmSync } from 'node:fs'
 import { createRequire } from 'node:module'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { TESTED_WS, checkWs } from '../dist/lib/ws-internals.js'
+import { TESTED_WS, checkWs } from '../dist/lib/wire/ws-check.js'
 
 const dir = mkdtempSync(join(tmpdir(), 'fws-newest-ws-'))
 try {

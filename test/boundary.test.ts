@@ -7,7 +7,7 @@
 import Fastify, { type FastifyBaseLogger } from 'fastify'
 import t from 'tap'
 import wsHandlers, { json, text, type Result, type WebSocketContext } from '../lib/index.js'
-import { kPeerEnded, kReceived } from '../lib/listeners.js'
+import { kPeerEnded, kReceived } from '../lib/actor/listeners.js'
 import { wsClient } from '../lib/testing.js'
 import { RawClient, buildApp, connect, listen, terminateRecorder, until } from './helpers.js'
 

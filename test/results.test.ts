@@ -4,8 +4,9 @@
  */
 import t from 'tap'
 import { binary, close, ping, pong, text, type Result } from '../lib/index.js'
-import { closeCodeOfWsError, isSendableCloseCode } from '../lib/close-codes.js'
-import { show } from '../lib/options.js'
+import { isSendableCloseCode } from '../lib/core/close-codes.js'
+import { closeCodeOfWsError } from '../lib/wire/ws-internals.js'
+import { show } from '../lib/core/options.js'
 import { RawClient, buildApp, inject, listen, terminateRecorder } from './helpers.js'
 
 const invalid: Array<[string, unknown, string]> = [

@@ -5,7 +5,8 @@
  */
 import t from 'tap'
 import { close, defineHandler, text, type TimeoutMessage } from '../lib/index.js'
-import { UpgradeRefusedError, handlerHarness, rememberedConnections, wsClient } from '../lib/testing.js'
+import { UpgradeRefusedError, handlerHarness, wsClient } from '../lib/testing.js'
+import { rememberedConnections } from '../lib/toolkit/terminate-watch.js'
 import { buildApp, listen } from './helpers.js'
 
 const greeter = defineHandler<{ name: string }, TimeoutMessage<'tick'>>({

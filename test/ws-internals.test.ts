@@ -9,7 +9,8 @@ import Fastify from 'fastify'
 import t from 'tap'
 import WebSocket from 'ws'
 import wsHandlers from '../lib/index.js'
-import { checkWs, resolveWs, wsInternalsProblem } from '../lib/ws-internals.js'
+import { checkWs } from '../lib/wire/ws-check.js'
+import { resolveWs, wsInternalsProblem } from '../lib/wire/ws-internals.js'
 
 type Patchable = { prototype: Record<string, (...args: any[]) => any> }
 // The ws that @fastify/websocket loads (CommonJS), whose prototypes its sockets share.

@@ -8,12 +8,17 @@
  * `kFault`, a logged close with 1011 of that one connection (test/boundary.test.ts drives each).
  */
 import type WebSocket from 'ws'
-import { CloseCode, closeCodeOfWsError } from './close-codes.js'
-import { rememberReceivedText } from './commands.js'
-import { frameInChannel } from './diagnostics.js'
-import type { JsonProblem, JsonReader } from './json-messages.js'
-import type { InFrame, TerminateReason } from './types.js'
-import { internalsOf } from './ws-internals.js'
+import { CloseCode } from '../core/close-codes.js'
+import { rememberReceivedText } from '../wire/writes.js'
+import { frameInChannel } from '../core/diagnostics.js'
+import type { InFrame, JsonFrame, TerminateReason } from '../core/types.js'
+import { closeCodeOfWsError, internalsOf } from '../wire/ws-internals.js'
+
+/** What went wrong with one message of a JSON route: the close code and a short reason (≤ 123 bytes). */
+export interface JsonProblem { readonly code: number, readonly reason: string }
+
+/** A JSON route's parser (built by the route, route/json-reader.ts): a frame for `handle`, or the problem. */
+export type JsonReader = (text: string | undefined) => JsonFrame | JsonProblem
 
 export const kReceived = Symbol('fastify-ws-handlers.received')
 export const kInvalidJson = Symbol('fastify-ws-handlers.invalid-json')

@@ -8,15 +8,10 @@
 import { createRequire } from 'node:module'
 import type { FastifyInstance, FastifySchema } from 'fastify'
 import secureJson from 'secure-json-parse'
-import { CloseCode, fitCloseReason } from './close-codes.js'
-import { InvalidOptionError } from './errors.js'
-import type { JsonFrame, JsonOptions } from './types.js'
-
-/** What went wrong with one message: the close code and a short reason (≤ 123 bytes). */
-export interface JsonProblem { readonly code: number, readonly reason: string }
-
-/** A parser for one route: a frame for `handle`, or the problem. */
-export type JsonReader = (text: string | undefined) => JsonFrame | JsonProblem
+import { CloseCode, fitCloseReason } from '../core/close-codes.js'
+import { InvalidOptionError } from '../core/errors.js'
+import type { JsonOptions } from '../core/types.js'
+import type { JsonReader } from '../actor/listeners.js'
 
 type Validate = (data: unknown) => unknown
 

@@ -5,7 +5,7 @@
  * owner is told to close. Data restarts the count with a `refresh()`, not a new timer.
  */
 import type WebSocket from 'ws'
-import { internalsOf } from './ws-internals.js'
+import { internalsOf } from '../wire/ws-internals.js'
 
 /** The owner's method called when `idleTimeout` ms passed without data. */
 export const kIdleTimeout = Symbol('fastify-ws-handlers.idle-timeout')

@@ -3,8 +3,8 @@
  * `erlang:start_timer`, whose messages arrive in `info` through the mailbox like any other.
  * Cancelled all at once when the connection ends.
  */
-import { InvalidTimerError } from './errors.js'
-import type { TimerRef } from './types.js'
+import { InvalidTimerError } from '../core/errors.js'
+import type { TimerRef } from '../core/types.js'
 
 /** The owner's method that delivers a fired timer's message to `info`. */
 export const kTimerFired = Symbol('fastify-ws-handlers.timer-fired')

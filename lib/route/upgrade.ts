@@ -6,22 +6,22 @@
  */
 import type { FastifyInstance, FastifyReply, FastifyRequest, RouteOptions } from 'fastify'
 import type { WebSocket, WebSocketServer } from 'ws'
-import { Connection } from './connection.js'
-import type { RouteContext } from './route-context.js'
-import { refusedChannel } from './diagnostics.js'
-import { jsonReader } from './json-messages.js'
+import { Connection } from '../actor/connection.js'
+import type { RouteContext } from '../actor/context.js'
+import { refusedChannel } from '../core/diagnostics.js'
+import { jsonReader } from './json-reader.js'
 import { originCheck, ownOrigin, type OriginCheck } from './origin.js'
-import type { Lease, Registry } from './registry.js'
+import type { Lease, Registry } from '../registry/registry.js'
 import {
   InvalidHandshakeError, InvalidOptionError, InvalidResultError, OriginNotAllowedError, ProtocolNotOfferedError, ProtocolNotSupportedError,
   ProtocolRequiredError, ShuttingDownError, TooManyConnectionsError, UpgradeRequiredError
-} from './errors.js'
+} from '../core/errors.js'
 import {
   anything, assertHandler, assertRouteOptions, connectionChecks, mustBe, optionsProblem, resolveConnectionOptions,
   shapeChecker, type ResolvedConnectionOptions
-} from './options.js'
-import type { InitCommands, RequestSnapshot, RouteWebSocketOptions, WebSocketHandler } from './types.js'
-import { internalsOf, parseSubprotocols } from './ws-internals.js'
+} from '../core/options.js'
+import type { InitCommands, RequestSnapshot, RouteWebSocketOptions, WebSocketHandler } from '../core/types.js'
+import { internalsOf, parseSubprotocols } from '../wire/ws-internals.js'
 
 /** What the plugin's registration decided for every route. */
 export interface PluginDefaults {
@@ -92,8 +92,9 @@ export function makeWebSocketRoute (
     // The response stays assigned to the socket and pins request and reply: let them go.
     pending.response.detachSocket(internalsOf(socket)._socket)
     const snapshot = snapshotOf(request, pending)
+    defaults.registry.handOver(pending.lease) // counted from now on by the connection's routeUrl and ip
     // eslint-disable-next-line no-new -- the connection lives through the socket's listeners
-    new Connection(route, socket, { state: pending.state, options: pending.options, request: snapshot, lease: pending.lease, raw })
+    new Connection(route, socket, { state: pending.state, options: pending.options, request: snapshot, raw })
   }
 }
 

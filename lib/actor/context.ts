@@ -6,12 +6,12 @@
 import type { IncomingMessage } from 'node:http'
 import type { FastifyBaseLogger } from 'fastify'
 import type WebSocket from 'ws'
-import type { BroadcastFrame } from './adapter.js'
-import type { Phase } from './connection.js'
-import { closeChannel, closeLogFields, logsInfo, openChannel } from './diagnostics.js'
-import type { RouteContext, Upgrade } from './route-context.js'
+import type { BroadcastFrame } from '../core/types.js'
+import { closeChannel, closeLogFields, logsInfo, openChannel } from '../core/diagnostics.js'
+import type { ResolvedConnectionOptions } from '../core/options.js'
+import type { JsonReader } from './listeners.js'
 import { Timers, kTimerFired, nextTimerRef, type TimerOwner } from './timers.js'
-import type { RequestSnapshot, TerminateReason, TimerRef, WebSocketContext } from './types.js'
+import type { RequestSnapshot, TerminateReason, TimerRef, WebSocketContext, WebSocketHandler } from '../core/types.js'
 
 // Symbol keys for what the actor (connection.ts) shares with this base: ctx stays what the
 // typed API says, with nothing at `ctx.ws` or `ctx.phase` for JavaScript to reach around the actor.
@@ -20,6 +20,43 @@ export const kWs = Symbol('fastify-ws-handlers.ws')
 export const kPhase = Symbol('fastify-ws-handlers.phase')
 export const kShutdown = Symbol('fastify-ws-handlers.shutdown')
 export const kWriteShared = Symbol('fastify-ws-handlers.write-shared')
+
+/** Where a connection is in its life: see the diagram in connection.ts. */
+export type Phase = 'open' | 'closing' | 'closed'
+
+/** What every connection of one route shares (built by the route, route/upgrade.ts). */
+export interface RouteContext {
+  readonly url: string
+  readonly handler: WebSocketHandler<unknown, unknown>
+  readonly log: FastifyBaseLogger
+  readonly registry: ConnectionRegistry
+  /** ms to wait for the peer's close reply before the socket is destroyed. */
+  readonly closeTimeout: number
+  /** JSON routes: how text becomes `json` frames, and what bad input gets. */
+  readonly json?: { readonly read: JsonReader, readonly onInvalid: 'close' | 'error-frame' } | undefined
+}
+
+/** What a connection needs of the app-wide registry (registry/registry.ts implements it). */
+export interface ConnectionRegistry {
+  nextId(): string
+  add(connection: ConnectionContext): void
+  subscribe(connection: ConnectionContext, topic: string): boolean
+  unsubscribe(connection: ConnectionContext, topic: string): boolean
+  /** The connection's terminate has settled (or it had none): it no longer counts. */
+  remove(connection: ConnectionContext): void
+}
+
+/**
+ * What the upgrade hands over: the state and options `init` produced, and the request snapshot
+ * (the registry counts the connection by its routeUrl and ip from the 101 on).
+ */
+export interface Upgrade {
+  readonly state: unknown
+  readonly options: ResolvedConnectionOptions
+  readonly request: RequestSnapshot
+  /** The raw HTTP request, for the open channel's observers only (not kept). */
+  readonly raw: IncomingMessage
+}
 
 const noTopics: readonly string[] = Object.freeze([])
 
@@ -42,7 +79,6 @@ export abstract class ConnectionContext implements WebSocketContext<unknown>, Ti
   constructor (route: RouteContext, ws: WebSocket, upgrade: Upgrade) {
     this.id = route.registry.nextId()
     this.request = upgrade.request
-    route.registry.handOver(upgrade.lease) // counted from now on by its request's routeUrl and ip
     this[kRoute] = route
     this[kWs] = ws
   }

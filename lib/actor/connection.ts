@@ -3,8 +3,8 @@
  * Here: its phases, the loop that runs one callback at a time, and the command interpreter.
  * Its other parts have their own modules: what `ctx` offers (context.ts), the mailbox and flow
  * control (mailbox.ts), ws's events (listeners.ts), the idle timeout and heartbeat
- * (idle-timer.ts), the handler's timers (timers.ts), hibernate (hibernate.ts), frame checks
- * and writes (commands.ts).
+ * (idle-timer.ts), the handler's timers (timers.ts), hibernate (hibernate.ts), result checks
+ * (results.ts), the run queue (run-queue.ts); socket writes are the wire's (wire/writes.ts).
  *
  *             upgrade ── websocketInit is the mailbox's first item
  *                ▼
@@ -27,27 +27,23 @@
  * `publish`, `broadcast` or app.close().
  */
 import type WebSocket from 'ws'
-import type { BroadcastFrame } from './adapter.js'
-import { CloseCode, fitCloseReason } from './close-codes.js'
-import { backlogOf, resultProblem, writeFrames, writeShared } from './commands.js'
-import { ConnectionContext, kPhase, kRoute, kShutdown, kWriteShared, kWs } from './context.js'
-import { frameOutChannel } from './diagnostics.js'
-import { InternalError, InvalidMessageError, InvalidResultError, OutboundOverflowError } from './errors.js'
-import { json } from './frames.js'
+import type { BroadcastFrame } from '../core/types.js'
+import { CloseCode, fitCloseReason } from '../core/close-codes.js'
+import { resultProblem } from './results.js'
+import { backlogOf, writeFrames, writeShared } from '../wire/writes.js'
+import { ConnectionContext, kPhase, kRoute, kShutdown, kWriteShared, kWs, type RouteContext, type Upgrade } from './context.js'
+import { frameOutChannel } from '../core/diagnostics.js'
+import { InternalError, InvalidMessageError, InvalidResultError, OutboundOverflowError } from '../core/errors.js'
+import { json } from '../core/frames.js'
 import { Hibernation } from './hibernate.js'
 import { IdleTimer, kIdleTimeout, type IdleTimerOwner } from './idle-timer.js'
-import type { JsonProblem, JsonReader } from './json-messages.js'
-import { kFault, kInvalidJson, kPeerEnded, kReceived, listen, type ConnectionEvents } from './listeners.js'
+import { kFault, kInvalidJson, kPeerEnded, kReceived, listen, type ConnectionEvents, type JsonProblem, type JsonReader } from './listeners.js'
 import { Mailbox, type MailKind } from './mailbox.js'
-import { resolveConnectionOptions, type ResolvedConnectionOptions } from './options.js'
-import type { RouteContext, Upgrade } from './route-context.js'
+import { resolveConnectionOptions, type ResolvedConnectionOptions } from '../core/options.js'
 import { kRun, runSoon, type Runnable } from './run-queue.js'
 import { kTimerFired } from './timers.js'
-import type { Commands, InFrame, LiveOptions, OutFrame, TerminateReason } from './types.js'
-import { applyReceiverLimits, internalsOf } from './ws-internals.js'
-
-/** See the diagram above. */
-export type Phase = 'open' | 'closing' | 'closed'
+import type { Commands, InFrame, LiveOptions, OutFrame, TerminateReason } from '../core/types.js'
+import { applyReceiverLimits, internalsOf } from '../wire/ws-internals.js'
 
 // What the loop is doing (a small integer: one field, stored inline).
 /** Nothing runs or waits: the next item runs at once. */

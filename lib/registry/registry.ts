@@ -11,14 +11,13 @@
  */
 import { randomBytes } from 'node:crypto'
 import type { FastifyBaseLogger } from 'fastify'
-import { instanceOf, type BroadcastFrame, type LocalDelivery, type PubSubAdapter } from './adapter.js'
-import { kShutdown, kWriteShared, type ConnectionContext } from './context.js'
-import type { ConnectionRegistry } from './route-context.js'
-import { encodeFrame } from './frames.js'
+import { instanceOf } from './in-process.js'
+import { kShutdown, kWriteShared, type ConnectionContext, type ConnectionRegistry } from '../actor/context.js'
+import { encodeFrame } from '../wire/writes.js'
 import { DEFAULT_IPV6_SUBNET, clientKey } from './ip-group.js'
-import { show } from './options.js'
-import { InvalidBroadcastError, InvalidTopicError, MessageNotSerializableError, TooManyConnectionsError } from './errors.js'
-import type { BroadcastOptions, OutFrame, WebSocketConnections, WebSocketContext } from './types.js'
+import { show } from '../core/options.js'
+import { InvalidBroadcastError, InvalidTopicError, MessageNotSerializableError, TooManyConnectionsError } from '../core/errors.js'
+import type { BroadcastFrame, BroadcastOptions, LocalDelivery, OutFrame, PubSubAdapter, WebSocketConnections, WebSocketContext } from '../core/types.js'
 
 /** App-wide connection limits (plugin options). */
 export interface ConnectionLimits {

@@ -7,12 +7,7 @@
  * Requests without `Origin` are not from browsers (browsers always send it) and pass.
  */
 import type { FastifyRequest } from 'fastify'
-
-/** What `allowOrigins` accepts. */
-export type AllowOrigins =
-  | readonly string[]
-  | '*'
-  | ((origin: string, request: FastifyRequest) => boolean | Promise<boolean>)
+import type { AllowOrigins } from '../core/types.js'
 
 /** Decides for one route; built once at declaration. */
 export type OriginCheck = (origin: string, request: FastifyRequest) => boolean | Promise<boolean>

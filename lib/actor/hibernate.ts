@@ -2,7 +2,7 @@
  * What `hibernate` releases, as measured (shared/reference/hibernate-measurements.md and
  * `npm run bench`): an idle uncompressed connection holds nothing worth freeing, while
  * permessage-deflate holds two zlib contexts, ≈240 KB RSS per connection. Released contexts
- * are reset and pooled for the next connection that wakes (zlib-pool.ts), so a wake costs a
+ * are reset and pooled for the next connection that wakes (wire/zlib-pool.ts), so a wake costs a
  * reset, not a rebuild.
  *
  * - The deflater can always go: a fresh one writes a stream without back-references, which
@@ -11,12 +11,12 @@
  *   peer's next message may refer to the window it holds.
  * - Neither may go while zlib works on it: ws crashes on a context closed mid-operation.
  *
- * These are ws private fields (ws-internals.ts); test/hibernate.test.ts covers them.
+ * These are ws private fields (wire/ws-internals.ts); test/hibernate.test.ts covers them.
  */
 import type WebSocket from 'ws'
-import type { OutFrame } from './types.js'
-import { RECEIVER_INFLATING, SENDER_DEFAULT, internalsOf } from './ws-internals.js'
-import { recycle } from './zlib-pool.js'
+import type { OutFrame } from '../core/types.js'
+import { RECEIVER_INFLATING, SENDER_DEFAULT, internalsOf } from '../wire/ws-internals.js'
+import { recycle } from '../wire/zlib-pool.js'
 
 /** Release what this connection can rebuild. False when zlib is busy: try again later. */
 export function releaseIdleResources (ws: WebSocket): boolean {

@@ -1,65 +1,13 @@
 /**
- * Results in, socket writes out: checking what a callback returned, and writing frames. The
- * connection's interpreter (connection.ts) applies the commands; this module holds the parts
- * that need no connection state.
+ * Frames onto the socket: a tick's replies batched into one write (and the backlog that
+ * `maxBufferedBytes` judges), the bytes of received text reused for an echo, and a broadcast
+ * frame encoded once for every subscriber. Needs no connection state: the actor decides what
+ * to write, this writes it.
  */
 import type { Socket } from 'node:net'
 import type WebSocket from 'ws'
-import { isSendableCloseCode } from './close-codes.js'
-import { anything, liveChecks, mustBe, optionsProblem, shapeChecker, show, type Check } from './options.js'
-import type { BroadcastFrame } from './adapter.js'
-import type { CloseFrame, Commands, OutFrame } from './types.js'
+import type { BroadcastFrame, CloseFrame, OutFrame } from '../core/types.js'
 import { SENDER_DEFAULT, internalsOf } from './ws-internals.js'
-
-const MAX_CONTROL_PAYLOAD = 125
-const isBoolean = (value: unknown): boolean => typeof value === 'boolean'
-
-/**
- * Why a callback's result is not a valid result, as a sentence naming what was expected;
- * undefined when it is. One check per command (`satisfies`: a new command cannot go unchecked).
- */
-export const resultProblem: Check = shapeChecker({
-  state: anything,
-  reply: (reply) => Array.isArray(reply) ? framesProblem(reply) : frameProblem(reply),
-  stop: mustBe('stop', 'a boolean', isBoolean),
-  hibernate: mustBe('hibernate', 'a boolean', isBoolean),
-  active: mustBe('active', 'a boolean', isBoolean),
-  options: (options) => optionsProblem(options, liveChecks)
-} satisfies Record<keyof Commands<unknown>, Check>)
-
-function framesProblem (frames: readonly unknown[]): string | undefined {
-  for (let i = 0; i < frames.length; i++) {
-    const problem = frameProblem(frames[i])
-    if (problem !== undefined) return `reply[${i}]: ${problem}`
-  }
-  return undefined
-}
-
-function frameProblem (frame: unknown): string | undefined {
-  if (frame === null || typeof frame !== 'object') return `a frame must be built with text(), binary(), ping(), pong() or close(), got ${show(frame)}`
-  const { type, data, code, reason } = frame as Record<string, unknown>
-  switch (type) {
-    case 'text':
-      return typeof data === 'string' ? undefined : `a text frame needs string data, got ${show(data)}`
-    case 'binary':
-      return data instanceof Uint8Array ? undefined : `a binary frame needs a Buffer or Uint8Array, got ${show(data)}`
-    case 'ping':
-    case 'pong':
-      if (data === undefined) return undefined
-      if (typeof data !== 'string' && !(data instanceof Uint8Array)) return `a ${type} payload must be a string, Buffer or Uint8Array, got ${show(data)}`
-      return byteLength(data) <= MAX_CONTROL_PAYLOAD ? undefined : `a ${type} payload is at most ${MAX_CONTROL_PAYLOAD} bytes, got ${byteLength(data)}`
-    case 'close':
-      if (code !== undefined && !isSendableCloseCode(code)) return `close code ${show(code)} cannot be sent (1000-1003, 1007-1014 or 3000-4999)`
-      // A longer reason is cut when it is sent (fitCloseReason): the close code is what matters.
-      return reason === undefined || typeof reason === 'string' ? undefined : `a close reason must be a string, got ${show(reason)}`
-    default:
-      return `unknown frame type ${show(type)}, expected text, binary, ping, pong or close`
-  }
-}
-
-function byteLength (data: string | Uint8Array): number {
-  return typeof data === 'string' ? Buffer.byteLength(data) : data.byteLength
-}
 
 /**
  * Write checked frames in order, batched with what else this tick writes. Stops at a close
@@ -154,4 +102,27 @@ export function writeShared (ws: WebSocket, encoded: Buffer, frame: BroadcastFra
   const { _sender: sender, _socket: socket } = internalsOf(ws)
   if (sender._state === SENDER_DEFAULT && sender._queue.length === 0) socket.write(encoded)
   else ws.send(frame.data, { binary: frame.binary, compress: false })
+}
+
+/**
+ * A whole server frame (unmasked, RFC 6455 §5.2) in one buffer, header and payload: `broadcast`
+ * builds it once, and each subscriber's socket gets the very same bytes in one write.
+ */
+export function encodeFrame ({ binary, data }: BroadcastFrame): Buffer {
+  const length = data.length
+  const offset = length < 126 ? 2 : length < 65536 ? 4 : 10
+  const frame = Buffer.allocUnsafe(offset + length)
+  frame[0] = 0x80 | (binary ? 0x2 : 0x1)
+  if (length < 126) {
+    frame[1] = length
+  } else if (length < 65536) {
+    frame[1] = 126
+    frame.writeUInt16BE(length, 2)
+  } else {
+    frame[1] = 127
+    frame.writeUInt32BE(Math.floor(length / 2 ** 32), 2)
+    frame.writeUInt32BE(length >>> 0, 6)
+  }
+  data.copy(frame, offset)
+  return frame
 }

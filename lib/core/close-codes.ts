@@ -1,7 +1,7 @@
 /**
- * Close codes (RFC 6455 §7.4), and the close code of ws's protocol errors.
+ * Close codes (RFC 6455 §7.4): the ones the plugin sends, which may be sent, and how a reason
+ * is fitted into a close frame. (The close code of ws's own errors: wire/ws-internals.ts.)
  */
-import { sentCloseCodeOf } from './ws-internals.js'
 
 export const CloseCode = {
   NORMAL: 1000,
@@ -38,12 +38,4 @@ export function fitCloseReason (reason: string): string {
   let end = MAX_CLOSE_REASON_BYTES - 3
   while ((bytes[end]! & 0xc0) === 0x80) end-- // back to the first byte of the character cut in two
   return bytes.toString('utf8', 0, end) + '…'
-}
-
-/**
- * The close code ws sent for one of its errors: ws puts it on the error (a private symbol, see
- * ws-internals.ts), so terminate reports exactly what went on the wire. Without it, 1002.
- */
-export function closeCodeOfWsError (error: Error): number {
-  return sentCloseCodeOf(error) ?? CloseCode.PROTOCOL_ERROR
 }
