@@ -22,7 +22,7 @@ function fakeClock (t: { teardown(fn: () => unknown): void }): ReturnType<typeof
 }
 
 t.test('a listening peer answers the server\'s pings and stays open; a silent one is closed by the idle timeout', async (t) => {
-  const { app } = await buildApp(t) // defaults: pingInterval 30 s, idleTimeout 60 s
+  const { app } = await buildApp(t, { closeTimeout: 200 }) // defaults: pingInterval 30 s, idleTimeout 60 s (a short close timeout: some peers here never answer)
   const recorder = terminateRecorder()
   const frames: InFrame[] = []
   app.ws('/listen', { handle: (frame) => { frames.push(frame) }, terminate: recorder.terminate })
@@ -51,7 +51,7 @@ t.test('a listening peer answers the server\'s pings and stays open; a silent on
 })
 
 t.test('pings stop while data flows, and pingInterval 0 or >= idleTimeout sends none', async (t) => {
-  const { app } = await buildApp(t)
+  const { app } = await buildApp(t, { closeTimeout: 200 })
   app.ws('/talk', { handle: (frame) => frame.type === 'text' ? { reply: text(frame.data) } : undefined }, { pingInterval: 1000, idleTimeout: 5000 })
   app.ws('/off', {}, { pingInterval: 0, idleTimeout: 5000 })
   app.ws('/long', {}, { pingInterval: 5000, idleTimeout: 5000 })
@@ -80,7 +80,7 @@ t.test('pings stop while data flows, and pingInterval 0 or >= idleTimeout sends 
 })
 
 t.test('an idle timeout that is not a multiple of pingInterval stays exact', async (t) => {
-  const { app } = await buildApp(t)
+  const { app } = await buildApp(t, { closeTimeout: 200 })
   const recorder = terminateRecorder()
   app.ws('/odd', { terminate: recorder.terminate }, { pingInterval: 40, idleTimeout: 100 })
   app.ws('/forever', {}, { pingInterval: 40, idleTimeout: 0 })
@@ -108,7 +108,7 @@ t.test('an idle timeout that is not a multiple of pingInterval stays exact', asy
 })
 
 t.test('received pings reset the idle timer; sending and infos do not', async (t) => {
-  const { app } = await buildApp(t)
+  const { app } = await buildApp(t, { closeTimeout: 200 })
   const recorder = terminateRecorder()
   app.ws('/idle', {
     // The server talks every 20 ms: that does not keep the connection open.
@@ -137,7 +137,7 @@ t.test('received pings reset the idle timer; sending and infos do not', async (t
 })
 
 t.test('a partial frame is received data too: a slow large frame is not cut off', async (t) => {
-  const { app } = await buildApp(t)
+  const { app } = await buildApp(t, { closeTimeout: 200 })
   const got: number[] = []
   app.ws('/slow-upload', { handle: (frame) => { got.push(frame.data.length) } }, { idleTimeout: 150, pingInterval: 0 })
   const base = await listen(app)
@@ -160,7 +160,7 @@ t.test('a partial frame is received data too: a slow large frame is not cut off'
 })
 
 t.test('idleTimeout can be changed live, and 0 turns it off; a connection opened without any timer gets one', async (t) => {
-  const { app } = await buildApp(t)
+  const { app } = await buildApp(t, { closeTimeout: 200 })
   const recorder = terminateRecorder()
   const setsIdleTimeout = {
     handle: (frame: InFrame) => frame.type === 'text' ? { options: { idleTimeout: Number(frame.data) }, reply: text(frame.data) } : undefined,

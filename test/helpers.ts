@@ -10,6 +10,7 @@ import { Writable } from 'node:stream'
 import Fastify, { type FastifyInstance } from 'fastify'
 import WebSocket from 'ws'
 import wsHandlers, { type RequestSnapshot, type TerminateReason, type WebSocketHandlersOptions } from '../lib/index.js'
+import { wsClient } from '../lib/testing.js'
 
 interface Teardown { teardown(fn: () => unknown): void }
 
@@ -86,12 +87,14 @@ export class Seen {
   }
 }
 
-/** A connection through app.injectWS, with what it sees recorded from before the open. */
+/**
+ * A connection without a port (the toolkit's injected client: an in-memory socket that delivers
+ * on a later tick, as TCP does), with what it sees recorded from before the open.
+ */
 export async function inject (app: FastifyInstance, path: string, headers: Record<string, string> = {}): Promise<{ ws: WebSocket, seen: Seen }> {
-  await app.ready()
   let seen!: Seen
-  const ws = await app.injectWS(path, { headers }, { onInit (socket) { seen = new Seen(socket) } })
-  return { ws, seen }
+  const client = await wsClient(app, path, { headers, onInit (socket) { seen = new Seen(socket) } })
+  return { ws: client.ws, seen }
 }
 
 /** Listen on an ephemeral port and return its ws:// base. */

@@ -268,6 +268,8 @@ t.test('ownOrigins: the app names its public origins, and a page that rebinds DN
   }
   const partner = await app.inject({ url: '/also', headers: { ...upgradeHeaders, origin: 'https://partner.example' } })
   t.not(partner.statusCode, 403, 'and allowOrigins still applies')
+  const ftp = await app.inject({ url: '/private', headers: { ...upgradeHeaders, origin: 'ftp://app.example.com' } })
+  t.equal(ftp.statusCode, 403, 'a scheme without a default port is compared as written')
   const garbage = await app.inject({ url: '/also', headers: { ...upgradeHeaders, origin: 'not an origin' } })
   t.equal(garbage.statusCode, 403, 'an origin that does not parse is the function\'s to decide (here: no)')
   t.throws(() => app.ws('/bad', {}, { ownOrigins: ['app.example.com'] }), { code: 'FST_WS_INVALID_OPTION', message: /ownOrigins/ })

@@ -3,6 +3,7 @@
  * with a port that show the handshake, frames in order, the close and the server's terminate
  * reason; and the socket-free harness.
  */
+import { once } from 'node:events'
 import t from 'tap'
 import { close, defineHandler, text, type TimeoutMessage } from '../lib/index.js'
 import { UpgradeRefusedError, handlerHarness, wsClient } from '../lib/testing.js'
@@ -202,4 +203,24 @@ t.test('with an injected client open, app.close() leaves no timer behind (the pr
   t.same(await client.closed(), { code: 1001, reason: '' })
   await new Promise((resolve) => setImmediate(resolve))
   t.ok(timers() <= before, `${timers()} timers, ${before} before`)
+})
+
+t.test('onInit sees the ws client before any frame, on both transports; @fastify/websocket\'s injectWS works too', async (t) => {
+  const { app } = await buildApp(t)
+  app.ws('/hi', { websocketInit: (_state, ctx) => ({ reply: text(`hi ${ctx.request.ip === '' ? 'no ip' : ctx.request.ip}`) }) })
+  const base = await listen(app)
+  for (const open of [
+    async (onInit: (ws: import('ws').WebSocket) => void) => await wsClient(app, '/hi', { onInit }),
+    async (onInit: (ws: import('ws').WebSocket) => void) => await wsClient(`${base}/hi`, { onInit })
+  ]) {
+    const first: string[] = []
+    const client = await open((ws) => { ws.once('message', (data: Buffer) => first.push(data.toString())) })
+    t.equal(await client.nextText(), 'hi 127.0.0.1')
+    t.same(first, ['hi 127.0.0.1'], 'onInit\'s listener saw the frame sent with the 101')
+    client.close()
+  }
+  let message!: Promise<unknown[]>
+  const injected = await app.injectWS('/hi', {}, { onInit (ws) { message = once(ws, 'message') } })
+  t.equal(String((await message)[0]), 'hi no ip', 'injectWS has no socket address: the snapshot says so')
+  injected.terminate()
 })

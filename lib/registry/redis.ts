@@ -222,7 +222,12 @@ export function redisAdapter (options: RedisAdapterOptions = {}): RedisPubSubAda
         await Promise.race([Promise.allSettled(both.map(async (connection) => await connection.quit())), late])
         clearTimeout(timer)
       }
-      for (const connection of both) connection.disconnect()
+      for (const connection of both) {
+        connection.disconnect()
+        // disconnect() ends the socket and keeps a timer to destroy it if Redis never answers the
+        // FIN (a silent Redis): destroy it now, so that nothing is left to hold the process.
+        connection.stream?.destroy()
+      }
     }
   }
 }

@@ -63,8 +63,10 @@ export interface ClientOptions {
   headers?: Record<string, string>
   /** Subprotocols to offer, in order. */
   protocols?: readonly string[]
-  /** How long `next()`, `closed()` and `terminated()` wait before failing. Default 2000 ms. */
+  /** How long the handshake, `next()`, `closed()` and `terminated()` wait before failing. Default 2000 ms. */
   timeoutMs?: number
+  /** Called with the ws client underneath before any frame is read (as injectWS's `onInit`): attach your own listeners. */
+  onInit?: (ws: WebSocket) => void
 }
 
 export class TestClient {
@@ -106,7 +108,8 @@ export class TestClient {
 
   /** "closed with 1011 ''; the server's terminate said …", with the terminate reason when it comes soon. */
   async #whyClosed (code: number, reason: string): Promise<string> {
-    const terminated = await deadline(this.#terminated, this.#timeoutMs, () => 'not reported').then(
+    // In the background: its timer must not hold the process (unref).
+    const terminated = await deadline(this.#terminated, this.#timeoutMs, () => 'not reported', false).then(
       describeReason, (error: Error) => error.message)
     return `the connection closed with ${code} ${JSON.stringify(reason)} (${this.#received} frames received before; the server's terminate reason: ${terminated})`
   }
@@ -211,6 +214,7 @@ async function injectedClient (app: FastifyInstance, path: string, options: Clie
   if (handshake.status !== 101) throw new UpgradeRefusedError(handshake)
   const ws = new WebSocket(null as unknown as string, undefined, {})
   const client = new TestClient(ws, watch.terminated, timeoutMs)
+  options.onInit?.(ws)
   client.handshake = handshake
   // As @fastify/websocket's injectWS does: a client-side ws on the in-memory socket (ws internals).
   const internals = ws as unknown as { _isServer: boolean, setSocket: (socket: MemorySocket, head: Buffer, options: object) => void }
@@ -225,6 +229,7 @@ async function realClient (url: string, options: ClientOptions): Promise<TestCli
   const watch = watchByPort()
   const timeoutMs = options.timeoutMs ?? 2000
   const client = new TestClient(ws, watch.terminated, timeoutMs)
+  options.onInit?.(ws)
   const opened = new Promise<Handshake>((resolve, reject) => {
     ws.once('upgrade', (response: IncomingMessage) => {
       watch.claim(response.socket.localPort!)
@@ -287,10 +292,11 @@ function lowerCaseKeys (headers: Record<string, string>): Record<string, string>
   return Object.fromEntries(Object.entries(headers).map(([name, value]) => [name.toLowerCase(), value]))
 }
 
-async function deadline<T> (promise: Promise<T>, ms: number, problem: () => string): Promise<T> {
+async function deadline<T> (promise: Promise<T>, ms: number, problem: () => string, holdsProcess = true): Promise<T> {
   let timer: NodeJS.Timeout | undefined
   const late = new Promise<never>((_resolve, reject) => {
     timer = setTimeout(() => reject(new Error(problem())), ms)
+    if (!holdsProcess) timer.unref()
   })
   try {
     return await Promise.race([promise, late])

@@ -12,7 +12,7 @@ import t from 'tap'
 
 t.setTimeout(300_000) // packing and two installs take longer than tap's default per file
 
-const root = new URL('..', import.meta.url).pathname
+const root = new URL('../..', import.meta.url).pathname
 const work = mkdtempSync(join(tmpdir(), 'fws-consumer-'))
 t.teardown(() => rmSync(work, { recursive: true, force: true }))
 
