@@ -33,12 +33,13 @@ import { resultProblem } from './results.js'
 import { backlogOf, writeFrames, writeShared } from '../wire/writes.js'
 import { ConnectionContext, kPhase, kRoute, kShutdown, kWriteShared, kWs, type RouteContext, type Upgrade } from './context.js'
 import { frameOutChannel } from '../core/diagnostics.js'
-import { InternalError, InvalidMessageError, InvalidResultError, OutboundOverflowError } from '../core/errors.js'
+import { InternalError, InvalidMessageError, InvalidResultError, OutboundOverflowError, RateLimitedError } from '../core/errors.js'
 import { json } from '../core/frames.js'
 import { Hibernation } from './hibernate.js'
 import { IdleTimer, kIdleTimeout, type IdleTimerOwner } from './idle-timer.js'
 import { kFault, kInvalidJson, kPeerEnded, kReceived, listen, type ConnectionEvents, type JsonProblem, type JsonReader } from './listeners.js'
 import { Mailbox, type MailKind } from './mailbox.js'
+import { InboundRate } from './rate-limit.js'
 import { resolveConnectionOptions, type ResolvedConnectionOptions } from '../core/options.js'
 import { kRun, runSoon, type Runnable } from './run-queue.js'
 import { kTimerFired } from './timers.js'
@@ -82,6 +83,8 @@ export class Connection extends ConnectionContext implements ConnectionEvents, I
     super(route, ws, upgrade)
     this.#state = upgrade.state
     this.#options = upgrade.options
+    // A rate-limited connection keeps its bucket in its mailbox (no field for the others).
+    if (upgrade.options.rateLimit !== undefined) (this.#mailbox = new Mailbox(ws)).rate = new InboundRate(upgrade.options.rateLimit)
     internalsOf(ws)._closeTimeout = route.closeTimeout
     listen(ws, this)
     applyReceiverLimits(ws, this.#options.maxFrameSize, this.#options.validateUtf8)
@@ -137,10 +140,29 @@ export class Connection extends ConnectionContext implements ConnectionEvents, I
   }
 
   [kReceived] (frame: InFrame<unknown>, bytes: number): void {
+    if (this.#mailbox?.rate !== undefined && !this.#withinRate(this.#mailbox, bytes)) return
     this.#deliver('handle', frame, bytes)
   }
 
-  [kInvalidJson] (problem: JsonProblem): void {
+  /**
+   * The rate limit takes each frame received: over it, reading pauses until the bucket refills
+   * (the frame still runs: it was read), or the connection closes with 1008 (false: it does not).
+   */
+  #withinRate (mailbox: Mailbox, bytes: number): boolean {
+    const rate = mailbox.rate!
+    const wait = rate.take(bytes)
+    if (wait === 0) return true
+    if (rate.limit.onExceeded !== 'close') {
+      mailbox.pauseForRate(wait)
+      return true
+    }
+    const error = new RateLimitedError(rate.describe())
+    this.#close(CloseCode.POLICY_VIOLATION, 'rate limit exceeded', { type: 'error', code: CloseCode.POLICY_VIOLATION, error })
+    return false
+  }
+
+  [kInvalidJson] (problem: JsonProblem, bytes: number): void {
+    if (this.#mailbox?.rate !== undefined && !this.#withinRate(this.#mailbox, bytes)) return
     // As the route chose: an error frame (in order, through the mailbox), or a close.
     if (this[kRoute].json!.onInvalid === 'error-frame') this.#deliver('errorFrame', problem)
     else this.#close(problem.code, problem.reason, { type: 'error', code: problem.code, error: new InvalidMessageError(problem.reason) })
@@ -358,6 +380,7 @@ export class Connection extends ConnectionContext implements ConnectionEvents, I
     this.#endReason = reason
     this.#idleTimer?.stop()
     this.#hibernation?.cancel()
+    this.#mailbox?.stopRate()
     if (this.#loop === IDLE) {
       this.#loop = QUEUED
       runSoon(this, kDrainOnly)

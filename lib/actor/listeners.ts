@@ -30,8 +30,8 @@ export interface ConnectionEvents {
   readonly jsonReader: JsonReader | undefined
   /** A frame for `handle`, and its size as received (for the mailbox's byte bound). */
   [kReceived](frame: InFrame<unknown>, bytes: number): void
-  /** A message a JSON route refuses. */
-  [kInvalidJson](problem: JsonProblem): void
+  /** A message a JSON route refuses, and its size as received (for the rate limit). */
+  [kInvalidJson](problem: JsonProblem, bytes: number): void
   /**
    * The connection ends without this side deciding it: the peer's close frame, a protocol
    * error (ws has sent the close frame already) or the socket gone.
@@ -91,7 +91,7 @@ function message (ws: WebSocket, events: ConnectionEvents, data: Buffer, isBinar
   }
   const frame = read(isBinary ? undefined : data.toString())
   if ('type' in frame) received(events, frame, data.length)
-  else events[kInvalidJson](frame)
+  else events[kInvalidJson](frame, data.length)
 }
 
 function onPing (this: WebSocket, data: Buffer): void {

@@ -6,6 +6,7 @@
  */
 import type { FastifyBaseLogger } from 'fastify'
 import type WebSocket from 'ws'
+import type { InboundRate } from './rate-limit.js'
 
 /**
  * What an item is for, named after the callback that takes it; `errorFrame` is a JSON message
@@ -20,6 +21,7 @@ export interface MailboxLimits { readonly mailboxLimit: number, readonly maxFram
 // Why reading is paused: bits, so the handler's `active: false` and a full mailbox do not undo each other.
 const PAUSED_BY_HANDLER = 1
 const PAUSED_BY_MAILBOX = 2
+const PAUSED_BY_RATE = 4
 
 export class Mailbox {
   readonly #ws: WebSocket
@@ -37,6 +39,10 @@ export class Mailbox {
   #held: unknown[] | undefined
   /** A post was refused since the mailbox was last below half its limit. */
   #refusing = false
+  /** The connection's inbound rate limit, if it has one (its mailbox is then made at the upgrade). */
+  rate: InboundRate | undefined
+  /** Reading resumes when it fires: the rate limit's bucket has refilled. */
+  #rateTimer: NodeJS.Timeout | undefined
 
   constructor (ws: WebSocket) {
     this.#ws = ws
@@ -120,6 +126,23 @@ export class Mailbox {
     this.#held = undefined
     for (let i = 2; i < held.length; i += 3) this.#bytes += held[i] as number
     this.#items.splice(this.#head, 0, ...held)
+  }
+
+  /** Over the rate limit: stop reading the socket for `ms` (again from now, if it was paused already). */
+  pauseForRate (ms: number): void {
+    clearTimeout(this.#rateTimer)
+    this.#setPaused(PAUSED_BY_RATE, true)
+    this.#rateTimer = setTimeout(Mailbox.#rateRefilled, ms, this)
+  }
+
+  /** The connection is ending: no timer of the rate limit stays behind. */
+  stopRate (): void {
+    clearTimeout(this.#rateTimer)
+  }
+
+  static #rateRefilled (self: Mailbox): void {
+    self.#rateTimer = undefined
+    self.#setPaused(PAUSED_BY_RATE, false)
   }
 
   /** This side closes: drop what waits, and read again so that the peer's close reply ends the socket. */

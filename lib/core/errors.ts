@@ -65,6 +65,10 @@ export const InvalidMessageError: FastifyErrorConstructor<{ code: 'FST_WS_INVALI
 export const InternalError: FastifyErrorConstructor<{ code: 'FST_WS_INTERNAL' }, [string, { cause: unknown }]> = createError<'FST_WS_INTERNAL', [string, { cause: unknown }]>(
   'FST_WS_INTERNAL', 'A WebSocket event failed: %s')
 
+/** A connection received more than its `rateLimit` allows, with `onExceeded: 'close'`. The connection closes with 1008. */
+export const RateLimitedError: FastifyErrorConstructor<{ code: 'FST_WS_RATE_LIMITED' }, [string]> = createError<'FST_WS_RATE_LIMITED', [string]>(
+  'FST_WS_RATE_LIMITED', 'The client sent more than its rate limit allows (%s)')
+
 /** More than `maxBufferedBytes` waited to be written to a slow peer. The connection closes with 1008. */
 export const OutboundOverflowError: FastifyErrorConstructor<{ code: 'FST_WS_OUTBOUND_OVERFLOW' }, [number, number]> = createError<'FST_WS_OUTBOUND_OVERFLOW', [number, number]>(
   'FST_WS_OUTBOUND_OVERFLOW', '%d bytes wait to be sent, over maxBufferedBytes (%d)')

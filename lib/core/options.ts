@@ -3,7 +3,7 @@
  * options that `init` and live results carry (a bad one there is an invalid result, close 1011).
  */
 import { InvalidHandlerError, InvalidOptionError } from './errors.js'
-import type { ConnectionOptions, RouteWebSocketOptions, WebSocketHandlersOptions } from './types.js'
+import type { ConnectionOptions, RateLimit, RouteWebSocketOptions, WebSocketHandlersOptions } from './types.js'
 
 /** The resolved per-connection options: every key present. */
 export interface ResolvedConnectionOptions {
@@ -15,6 +15,8 @@ export interface ResolvedConnectionOptions {
   compress: boolean
   validateUtf8: boolean
   keepHeaders: readonly string[]
+  /** `false` is resolved to undefined: no limit. */
+  rateLimit: RateLimit | undefined
 }
 
 export const DEFAULTS: ResolvedConnectionOptions = Object.freeze({
@@ -25,7 +27,8 @@ export const DEFAULTS: ResolvedConnectionOptions = Object.freeze({
   mailboxLimit: 1024,
   compress: false,
   validateUtf8: true,
-  keepHeaders: Object.freeze([])
+  keepHeaders: Object.freeze([]),
+  rateLimit: undefined
 })
 
 export const DEFAULT_CLOSE_TIMEOUT = 5_000
@@ -57,7 +60,23 @@ export const connectionChecks: Readonly<Record<string, Check>> = {
   ...liveChecks,
   compress: bool,
   validateUtf8: bool,
-  keepHeaders: strings
+  keepHeaders: strings,
+  rateLimit: (v) => v === false ? undefined : rateLimitProblem(v)
+}
+
+const positiveRate: Check = (v) =>
+  typeof v === 'number' && v > 0 && Number.isFinite(v) ? undefined : `expected a finite number > 0, got ${show(v)}`
+
+function rateLimitProblem (value: unknown): string | undefined {
+  if (value === null || typeof value !== 'object' || Array.isArray(value)) return `expected false or { messagesPerSecond?, bytesPerSecond?, onExceeded? }, got ${show(value)}`
+  const { messagesPerSecond, bytesPerSecond, onExceeded, ...rest } = value as RateLimit
+  const unknown = Object.keys(rest)[0]
+  if (unknown !== undefined) return `unknown key "${unknown}" (known: messagesPerSecond, bytesPerSecond, onExceeded)`
+  if (messagesPerSecond === undefined && bytesPerSecond === undefined) return 'set messagesPerSecond, bytesPerSecond or both'
+  const problem = (messagesPerSecond === undefined ? undefined : positiveRate(messagesPerSecond)) ??
+    (bytesPerSecond === undefined ? undefined : positiveRate(bytesPerSecond))
+  if (problem !== undefined) return problem
+  return onExceeded === undefined || onExceeded === 'pause' || onExceeded === 'close' ? undefined : `onExceeded must be 'pause' or 'close', got ${show(onExceeded)}`
 }
 
 const routeChecks: Readonly<Record<string, Check>> = {
@@ -182,7 +201,7 @@ export function resolveConnectionOptions (base: ResolvedConnectionOptions, layer
   const resolved = { ...base }
   for (const key of Object.keys(DEFAULTS) as Array<keyof ResolvedConnectionOptions>) {
     const value = layer[key]
-    if (value !== undefined) (resolved as Record<string, unknown>)[key] = value
+    if (value !== undefined) (resolved as Record<string, unknown>)[key] = value === false && key === 'rateLimit' ? undefined : value
   }
   return resolved
 }

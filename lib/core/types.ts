@@ -148,6 +148,29 @@ export interface ConnectionOptions extends LiveOptions {
   validateUtf8?: boolean
   /** Request headers kept in the request snapshot that callbacks and `terminate` see. Default none. */
   keepHeaders?: readonly string[]
+  /**
+   * Inbound rate limit of each connection: a token bucket over the frames it receives. `false`
+   * turns off a limit set by the plugin or the route. Default none.
+   */
+  rateLimit?: RateLimit | false
+}
+
+/**
+ * A token bucket over what one connection receives: every frame (text, binary, ping, pong)
+ * takes a message and its size in bytes; the bucket refills continuously at the rate and holds
+ * at most one second of it (the burst a client may send at once).
+ */
+export interface RateLimit {
+  /** Frames per second. */
+  messagesPerSecond?: number
+  /** Bytes per second, as received (payload sizes). */
+  bytesPerSecond?: number
+  /**
+   * Over the limit: `'pause'` (default) stops reading the socket until the bucket has refilled
+   * (TCP holds the sender back; what was read still runs); `'close'` closes with 1008 and the
+   * reason "rate limit exceeded" (FST_WS_RATE_LIMITED).
+   */
+  onExceeded?: 'pause' | 'close'
 }
 
 /** The `json` route option's object form. */
