@@ -42,6 +42,7 @@ import { Mailbox, type MailKind } from './mailbox.js'
 import { InboundRate } from './rate-limit.js'
 import { resolveConnectionOptions, type ResolvedConnectionOptions } from '../core/options.js'
 import { kRun, runSoon, type Runnable } from './run-queue.js'
+import { kStreamFailed, kStreamMessage, type Stream } from './streams.js'
 import { kTimerFired } from './timers.js'
 import type { Commands, InFrame, LiveOptions, OutFrame, TerminateReason } from '../core/types.js'
 import { applyReceiverLimits, internalsOf } from '../wire/ws-internals.js'
@@ -178,6 +179,15 @@ export class Connection extends ConnectionContext implements ConnectionEvents, I
     this.#deliver('info', message)
   }
 
+  /** A stream's item (then, once its `info` has run, the pull of the next one), its end or its failure. */
+  [kStreamMessage] (message: unknown, pullAfter: Stream | undefined): void {
+    if (this.#deliver('info', message) && pullAfter !== undefined) this.#deliver('streamPull', pullAfter)
+  }
+
+  [kStreamFailed] (error: unknown): void {
+    this.#crash('info', error)
+  }
+
   [kIdleTimeout] (): void {
     this.#close(CloseCode.NORMAL, '', { type: 'timeout' })
   }
@@ -269,6 +279,10 @@ export class Connection extends ConnectionContext implements ConnectionEvents, I
     if (kind === 'errorFrame') {
       const { code, reason } = payload as JsonProblem
       this.#write(json({ type: 'error', code, message: reason }))
+      return true
+    }
+    if (kind === 'streamPull') {
+      (payload as Stream).pull()
       return true
     }
     if (kind === 'broadcast') {

@@ -11,7 +11,8 @@ import { closeChannel, closeLogFields, logsInfo, openChannel } from '../core/dia
 import type { ResolvedConnectionOptions } from '../core/options.js'
 import type { JsonReader } from './listeners.js'
 import { Timers, kTimerFired, nextTimerRef, type TimerOwner } from './timers.js'
-import type { RequestSnapshot, TerminateReason, TimerRef, WebSocketContext, WebSocketHandler } from '../core/types.js'
+import type { RequestSnapshot, StreamRef, StreamTo, TerminateReason, TimerRef, WebSocketContext, WebSocketHandler } from '../core/types.js'
+import { kStreamFailed, kStreamMessage, type Stream } from './streams.js'
 
 // Symbol keys for what the actor (connection.ts) shares with this base: ctx stays what the
 // typed API says, with nothing at `ctx.ws` or `ctx.phase` for JavaScript to reach around the actor.
@@ -85,6 +86,8 @@ export abstract class ConnectionContext implements WebSocketContext<unknown>, Ti
 
   abstract post (message: unknown): boolean
   abstract [kTimerFired] (message: unknown): void
+  abstract [kStreamMessage] (message: unknown, pullAfter: Stream | undefined): void
+  abstract [kStreamFailed] (error: unknown): void
   /** app.close(): close with 1001. */
   abstract [kShutdown] (): void
   /** `broadcast`: write a frame encoded once for every subscriber; false when not written. */
@@ -113,6 +116,15 @@ export abstract class ConnectionContext implements WebSocketContext<unknown>, Ti
 
   cancelTimer (ref: TimerRef): boolean {
     return this.#timers?.cancel(ref) ?? false
+  }
+
+  stream (source: AsyncIterable<unknown> | Iterable<unknown>, to: StreamTo<unknown, unknown>): StreamRef {
+    if (this[kPhase] === 'closed') return 0 // after terminate: nothing will run
+    return (this.#timers ??= new Timers(this)).stream(source, to)
+  }
+
+  stopStream (ref: StreamRef): boolean {
+    return this.#timers?.stopStream(ref) ?? false
   }
 
   get topics (): readonly string[] {

@@ -11,9 +11,10 @@ import type { InboundRate } from './rate-limit.js'
 /**
  * What an item is for, named after the callback that takes it; `errorFrame` is a JSON message
  * the route refused, whose error frame goes out in order with the replies; `broadcast` a
- * broadcast frame that waits behind what was posted before it.
+ * broadcast frame that waits behind what was posted before it; `streamPull` asks a stream for
+ * its next item once the previous one's `info` has run.
  */
-export type MailKind = 'websocketInit' | 'handle' | 'info' | 'errorFrame' | 'broadcast'
+export type MailKind = 'websocketInit' | 'handle' | 'info' | 'errorFrame' | 'broadcast' | 'streamPull'
 
 /** The two bounds, read live from the connection's options. */
 export interface MailboxLimits { readonly mailboxLimit: number, readonly maxFrameSize: number }

@@ -271,6 +271,19 @@ export interface RequestSnapshot<Route extends RouteGenericInterface = RouteGene
   readonly protocol: string
 }
 
+/** A stream reference from `ctx.stream`. */
+export type StreamRef = number
+
+/** How `ctx.stream` turns what its source yields into this handler's Info. */
+export interface StreamTo<Item, Info> {
+  /** Each item, as the message `info` receives. */
+  next: (item: Item) => Info
+  /** The source ended: the last message (none without it). */
+  complete?: () => Info
+  /** The source threw: the message `info` receives (without it, the connection crashes: 1011). */
+  error?: (error: unknown) => Info
+}
+
 /** A timer reference from `sendAfter` or `startTimer`. */
 export type TimerRef = number
 
@@ -318,6 +331,16 @@ export interface WebSocketContext<Info = unknown, Route extends RouteGenericInte
   startTimer<I extends Info = Info>(ms: number, message: TimerMessage<[I][I extends unknown ? 0 : never]>): TimerRef
   /** Cancel a pending timer; true when it had not fired yet. */
   cancelTimer(ref: TimerRef): boolean
+  /**
+   * Feed what `source` yields (an async iterator: a GraphQL subscription, a change feed, a token
+   * stream; or a plain iterable) to `info`, in order and one at a time: the next item is pulled
+   * only after the previous one's `info` has run (back-pressure, so a stream holds one item of
+   * memory). `to` turns items, the end and a failure into this handler's Info. The stream stops
+   * at `stopStream(ref)` and when the connection ends: the iterator's `return()` is called.
+   */
+  stream<Item>(source: AsyncIterable<Item> | Iterable<Item>, to: StreamTo<Item, Info>): StreamRef
+  /** Stop a stream (its iterator's `return()` is called); true when it was running. */
+  stopStream(ref: StreamRef): boolean
   /**
    * Join a topic: `publish(topic, …)` then reaches `info`, `broadcast(topic, …)` the socket.
    * True when it was not in it yet. Every subscription ends at `terminate`.

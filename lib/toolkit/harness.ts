@@ -7,7 +7,9 @@ import type { FastifyBaseLogger } from 'fastify'
 import { resultProblem } from '../actor/results.js'
 import { nextTimerRef } from '../actor/timers.js'
 import { InvalidResultError } from '../core/errors.js'
-import type { CloseFrame, Commands, InFrame, OutFrame, RequestSnapshot, TerminateReason, TimerRef, WebSocketContext, WebSocketHandler } from '../core/types.js'
+import type {
+  CloseFrame, Commands, InFrame, OutFrame, RequestSnapshot, StreamRef, StreamTo, TerminateReason, TimerRef, WebSocketContext, WebSocketHandler
+} from '../core/types.js'
 import { assertTopic } from '../registry/registry.js'
 
 const ignore = (): void => {}
@@ -51,6 +53,15 @@ export interface HandlerHarness<State, Info> {
   fireTimer(ref?: TimerRef): Promise<Step<State>>
   /** Deliver what the handler posted to itself, in order; the steps. */
   deliverPosted(): Promise<Array<Step<State>>>
+  /** The streams the handler started (`ctx.stream`) and has not stopped, oldest first. */
+  readonly streams: readonly StreamRef[]
+  /**
+   * Pull a stream's next item (the oldest stream's, or by ref) and run `info` with it, as the
+   * server does once the previous item's `info` has run; at its end, `info` with `to.complete()`
+   * (undefined without one), and the stream is gone. A source that throws without `to.error`
+   * rejects, as the server would crash.
+   */
+  streamNext(ref?: StreamRef): Promise<Step<State> | undefined>
   terminate(reason?: TerminateReason): Promise<void>
 }
 
@@ -76,6 +87,8 @@ export function handlerHarness<State = undefined, Info = unknown> (
   let closedBy: string | undefined
   const timers: Array<PendingTimer> = []
   const posted: Info[] = []
+  const streams: Array<{ ref: StreamRef, iterator: AsyncIterator<unknown> | Iterator<unknown>, to: StreamTo<unknown, Info> }> = []
+  let lastStreamRef = 0
   const topics: string[] = []
   const request: RequestSnapshot = Object.freeze({
     id: 'req-test', method: 'GET', url: '/', routeUrl: '/', params: {}, query: {}, headers: {}, ip: '127.0.0.1', protocol: '', ...options.request
@@ -102,6 +115,17 @@ export function handlerHarness<State = undefined, Info = unknown> (
       const ref = nextTimerRef(ms)
       timers.push({ ref, ms, message, wrapped: true })
       return ref
+    },
+    stream (source, to) {
+      const iterator = Symbol.asyncIterator in source ? source[Symbol.asyncIterator]() : source[Symbol.iterator]()
+      streams.push({ ref: ++lastStreamRef, iterator, to: to as StreamTo<unknown, Info> })
+      return lastStreamRef
+    },
+    stopStream (ref) {
+      const index = streams.findIndex((stream) => stream.ref === ref)
+      if (index === -1) return false
+      Promise.resolve(streams.splice(index, 1)[0]!.iterator.return?.()).catch(ignore)
+      return true
     },
     cancelTimer (ref) {
       const index = timers.findIndex((timer) => timer.ref === ref)
@@ -163,6 +187,29 @@ export function handlerHarness<State = undefined, Info = unknown> (
       const message = (timer.wrapped ? { type: 'timeout', ref: timer.ref, message: timer.message } : timer.message) as Info
       return await step('info', () => handler.info?.(message, state, ctx))
     },
+    get streams () { return streams.map((stream) => stream.ref) },
+    streamNext: async (ref) => {
+      const index = ref === undefined ? 0 : streams.findIndex((stream) => stream.ref === ref)
+      const stream = streams[index]
+      if (stream === undefined) throw new Error(ref === undefined ? 'no stream is running' : `stream ${ref} is not running`)
+      let result: IteratorResult<unknown>
+      try {
+        result = await stream.iterator.next()
+      } catch (error) {
+        streams.splice(index, 1)
+        if (stream.to.error === undefined) throw error
+        const message = stream.to.error(error)
+        return await step('info', () => handler.info?.(message, state, ctx))
+      }
+      if (result.done === true) {
+        streams.splice(index, 1)
+        if (stream.to.complete === undefined) return undefined
+        const message = stream.to.complete()
+        return await step('info', () => handler.info?.(message, state, ctx))
+      }
+      const message = stream.to.next(result.value)
+      return await step('info', () => handler.info?.(message, state, ctx))
+    },
     deliverPosted: async () => {
       const steps: Array<Step<State>> = []
       while (posted.length > 0) {
@@ -175,6 +222,7 @@ export function handlerHarness<State = undefined, Info = unknown> (
       if (!alive) throw new Error('terminate runs once')
       alive = false
       timers.length = 0
+      for (const stream of streams.splice(0)) Promise.resolve(stream.iterator.return?.()).catch(ignore)
       topics.length = 0
       await handler.terminate?.(reason, request, state)
     }

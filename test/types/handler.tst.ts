@@ -153,3 +153,21 @@ test('a JSON route types its messages with the third parameter; other routes hav
     }
   })
 })
+
+test('ctx.stream types items from the source and checks what `to` makes against Info', () => {
+  type Info = { type: 'tick', n: number } | { type: 'done' }
+  async function * ticks (): AsyncGenerator<number> { yield 1 }
+  defineHandler<undefined, Info>({
+    websocketInit: (_state, ctx) => {
+      ctx.stream(ticks(), {
+        next: (n) => {
+          expect(n).type.toBe<number>()
+          return { type: 'tick', n }
+        },
+        complete: () => ({ type: 'done' })
+      })
+      ctx.stream(['a'], { next: (letter) => ({ type: 'tick', n: letter.length }) })
+      expect(ctx.stream).type.not.toBeCallableWith(ticks(), { next: (n: number) => ({ type: 'tock', n }) })
+    }
+  })
+})
