@@ -4,7 +4,7 @@
  */
 import Fastify from 'fastify'
 import t from 'tap'
-import wsHandlers, { defineHandler, json } from '../lib/index.js'
+import wsHandlers, { close, defineHandler, json } from '../lib/index.js'
 import { wsClient } from '../lib/testing.js'
 import { buildApp } from './helpers.js'
 
@@ -127,5 +127,33 @@ t.test('json: false leaves text frames as text', async (t) => {
 t.test('a bad json option is refused at declaration', async (t) => {
   const { app } = await buildApp(t)
   t.throws(() => app.ws('/x', {}, { json: 'yes' as never }), { code: 'FST_WS_INVALID_OPTION', message: /option "json"/ })
+  t.throws(() => app.ws('/z', {}, { json: null as never }), { code: 'FST_WS_INVALID_OPTION', message: /option "json"/ })
   t.throws(() => app.ws('/y', {}, { json: { onInvalid: 'ignore' } as never }), { code: 'FST_WS_INVALID_OPTION' })
+})
+
+t.test('onInvalid as a function: the protocol answers (graphql-transport-ws closes with 4400; others send their own error), in order', async (t) => {
+  const { app } = await buildApp(t)
+  app.ws('/graphql', shout, { json: { schema, onInvalid: (problem) => close(4400, problem.reason) } })
+  app.ws('/typed', shout, { json: { schema, onInvalid: (problem) => json({ kind: 'bad-request', why: problem.reason, code: problem.code }) } })
+  app.ws('/wrong', shout, { json: { onInvalid: () => 'not a frame' as never } })
+  app.ws('/throws', shout, { json: { onInvalid: () => { throw new Error('protocol bug') } } })
+  const graphql = await wsClient(app, '/graphql')
+  graphql.sendJson({ type: 'say' })
+  t.same(await graphql.closed(), { code: 4400, reason: 'message must have required property \'text\'' })
+  t.same(await graphql.terminated(), { type: 'stop', code: 4400, reason: 'message must have required property \'text\'' })
+
+  const typed = await wsClient(app, '/typed')
+  typed.send('nope')
+  typed.sendJson({ type: 'say', text: 'fine' })
+  t.same(await typed.nextJson(), { kind: 'bad-request', why: 'invalid JSON', code: 1007 })
+  t.same(await typed.nextJson(), { loud: 'FINE' }, 'the connection goes on, replies in order')
+  typed.close()
+
+  const wrong = await wsClient(app, '/wrong')
+  wrong.send('{')
+  t.equal((await wrong.closed()).code, 1011)
+  t.match(await wrong.terminated(), { type: 'error', code: 1011, error: { code: 'FST_WS_INVALID_RESULT', message: /^onInvalid returned an invalid result: a frame must be built/ } })
+  const throws = await wsClient(app, '/throws')
+  throws.send('{')
+  t.match(await throws.terminated(), { type: 'crash', error: { message: 'protocol bug' } })
 })

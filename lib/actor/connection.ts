@@ -164,9 +164,9 @@ export class Connection extends ConnectionContext implements ConnectionEvents, I
 
   [kInvalidJson] (problem: JsonProblem, bytes: number): void {
     if (this.#mailbox?.rate !== undefined && !this.#withinRate(this.#mailbox, bytes)) return
-    // As the route chose: an error frame (in order, through the mailbox), or a close.
-    if (this[kRoute].json!.onInvalid === 'error-frame') this.#deliver('errorFrame', problem)
-    else this.#close(problem.code, problem.reason, { type: 'error', code: problem.code, error: new InvalidMessageError(problem.reason) })
+    // As the route chose: a close now, or its answer (in order, through the mailbox).
+    if (this[kRoute].json!.onInvalid === 'close') this.#close(problem.code, problem.reason, { type: 'error', code: problem.code, error: new InvalidMessageError(problem.reason) })
+    else this.#deliver('errorFrame', problem)
   }
 
   [kPeerEnded] (reason: TerminateReason): void {
@@ -277,8 +277,7 @@ export class Connection extends ConnectionContext implements ConnectionEvents, I
       return true
     }
     if (kind === 'errorFrame') {
-      const { code, reason } = payload as JsonProblem
-      this.#write(json({ type: 'error', code, message: reason }))
+      this.#answerInvalid(payload as JsonProblem)
       return true
     }
     if (kind === 'streamPull') {
@@ -321,6 +320,24 @@ export class Connection extends ConnectionContext implements ConnectionEvents, I
     return true
   }
 
+  /** A JSON route's answer to a message it refused: the standard error frame, or the route's own frames. */
+  #answerInvalid (problem: JsonProblem): void {
+    const onInvalid = this[kRoute].json!.onInvalid
+    if (onInvalid === 'error-frame') {
+      this.#write(json({ type: 'error', code: problem.code, message: problem.reason }))
+      return
+    }
+    let reply: unknown
+    try {
+      reply = (onInvalid as Exclude<typeof onInvalid, string>)(problem)
+    } catch (error) {
+      this.#crash('errorFrame', error)
+      return
+    }
+    // Checked as a callback's reply is: a bad one closes with 1011 and says what was expected.
+    this.#interpret('errorFrame', { reply })
+  }
+
   /**
    * The command interpreter: the whole result is checked first (nothing of an invalid one
    * applies), then each command present applies, in the order documented on `Commands`.
@@ -328,8 +345,9 @@ export class Connection extends ConnectionContext implements ConnectionEvents, I
   #interpret (callback: MailKind, result: unknown): void {
     const problem = resultProblem(result)
     if (problem !== undefined) {
-      const error = new InvalidResultError(callback, problem)
-      this.log.error({ err: error }, `WebSocket ${callback} returned an invalid result; closing with 1011`)
+      const name = callback === 'errorFrame' ? 'onInvalid' : callback
+      const error = new InvalidResultError(name, problem)
+      this.log.error({ err: error }, `WebSocket ${name} returned an invalid result; closing with 1011`)
       this.#close(CloseCode.INTERNAL_ERROR, '', { type: 'error', code: CloseCode.INTERNAL_ERROR, error })
       return
     }
@@ -345,7 +363,7 @@ export class Connection extends ConnectionContext implements ConnectionEvents, I
   }
 
   #crash (callback: MailKind, error: unknown): void {
-    this.log.error({ err: error }, `WebSocket ${callback} threw; closing with 1011`)
+    this.log.error({ err: error }, `WebSocket ${callback === 'errorFrame' ? 'onInvalid' : callback} threw; closing with 1011`)
     this.#close(CloseCode.INTERNAL_ERROR, '', { type: 'crash', error })
   }
 

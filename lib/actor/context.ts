@@ -11,7 +11,7 @@ import { closeChannel, closeLogFields, logsInfo, openChannel } from '../core/dia
 import type { ResolvedConnectionOptions } from '../core/options.js'
 import type { JsonReader } from './listeners.js'
 import { Timers, kTimerFired, nextTimerRef, type TimerOwner } from './timers.js'
-import type { RequestSnapshot, StreamRef, StreamTo, TerminateReason, TimerRef, WebSocketContext, WebSocketHandler } from '../core/types.js'
+import type { JsonOptions, RequestSnapshot, StreamRef, StreamTo, TerminateReason, TimerRef, WebSocketContext, WebSocketHandler } from '../core/types.js'
 import { kStreamFailed, kStreamMessage, type Stream } from './streams.js'
 
 // Symbol keys for what the actor (connection.ts) shares with this base: ctx stays what the
@@ -34,7 +34,7 @@ export interface RouteContext {
   /** ms to wait for the peer's close reply before the socket is destroyed. */
   readonly closeTimeout: number
   /** JSON routes: how text becomes `json` frames, and what bad input gets. */
-  readonly json?: { readonly read: JsonReader, readonly onInvalid: 'close' | 'error-frame' } | undefined
+  readonly json?: { readonly read: JsonReader, readonly onInvalid: NonNullable<JsonOptions['onInvalid']> } | undefined
 }
 
 /** What a connection needs of the app-wide registry (registry/registry.ts implements it). */

@@ -11,11 +11,11 @@ import type WebSocket from 'ws'
 import { CloseCode } from '../core/close-codes.js'
 import { rememberReceivedText } from '../wire/writes.js'
 import { frameInChannel } from '../core/diagnostics.js'
-import type { InFrame, JsonFrame, TerminateReason } from '../core/types.js'
+import type { InFrame, InvalidJsonMessage, JsonFrame, TerminateReason } from '../core/types.js'
 import { closeCodeOfWsError, internalsOf } from '../wire/ws-internals.js'
 
 /** What went wrong with one message of a JSON route: the close code and a short reason (≤ 123 bytes). */
-export interface JsonProblem { readonly code: number, readonly reason: string }
+export type JsonProblem = InvalidJsonMessage
 
 /** A JSON route's parser (built by the route, route/json-reader.ts): a frame for `handle`, or the problem. */
 export type JsonReader = (text: string | undefined) => JsonFrame | JsonProblem

@@ -85,12 +85,17 @@ const routeChecks: Readonly<Record<string, Check>> = {
   protocolRequired: bool,
   allowOrigins: (v) => v === '*' || typeof v === 'function' ? undefined : strings(v),
   ownOrigins: strings,
-  json: (v) => typeof v === 'boolean' || (v !== null && typeof v === 'object' && !Array.isArray(v) &&
-    Object.keys(v).every((key) => key === 'schema' || key === 'onInvalid') &&
-    [undefined, 'close', 'error-frame'].includes((v as { onInvalid?: string }).onInvalid))
+  json: (v) => typeof v === 'boolean' || isJsonOptions(v)
     ? undefined
-    : `expected true, false or { schema?, onInvalid?: 'close' | 'error-frame' }, got ${show(v)}`,
+    : `expected true, false or { schema?, onInvalid?: 'close' | 'error-frame' | a function }, got ${show(v)}`,
   maxConnections: positiveInteger
+}
+
+function isJsonOptions (value: unknown): boolean {
+  if (value === null || typeof value !== 'object' || Array.isArray(value)) return false
+  const { onInvalid } = value as { onInvalid?: unknown }
+  return Object.keys(value).every((key) => key === 'schema' || key === 'onInvalid') &&
+    (onInvalid === undefined || onInvalid === 'close' || onInvalid === 'error-frame' || typeof onInvalid === 'function')
 }
 
 /** Fastify's route options that `app.ws()` passes on; any other key is a typo. */

@@ -180,9 +180,19 @@ export interface JsonOptions {
   /**
    * What bad input gets: `'close'` (default) closes with 1007 for text that is not JSON, 1003 for
    * a binary frame, 1008 for a message the schema refuses (the reason says why); `'error-frame'`
-   * replies `{"type":"error","code":…,"message":…}` and keeps the connection open.
+   * replies `{"type":"error","code":…,"message":…}` and keeps the connection open; a function
+   * answers as the protocol says, with frames sent in order with the replies (checked as a
+   * reply; a close frame closes: graphql-transport-ws answers `close(4400, problem.reason)`).
    */
-  onInvalid?: 'close' | 'error-frame'
+  onInvalid?: 'close' | 'error-frame' | ((problem: InvalidJsonMessage) => OutFrame | readonly OutFrame[])
+}
+
+/** What was wrong with a message on a JSON route: the close code `'close'` would send, and why. */
+export interface InvalidJsonMessage {
+  /** 1007 (not JSON), 1003 (a binary frame) or 1008 (refused by the schema). */
+  readonly code: number
+  /** At most 123 bytes: it fits a close frame as it is. */
+  readonly reason: string
 }
 
 /** Options of one WebSocket route. */
