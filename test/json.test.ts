@@ -5,7 +5,7 @@
 import Fastify from 'fastify'
 import t from 'tap'
 import wsHandlers, { close, defineHandler, json } from '../lib/index.js'
-import { wsClient } from '../lib/testing.js'
+import { handlerHarness, wsClient } from '../lib/testing.js'
 import { buildApp } from './helpers.js'
 
 const schema = {
@@ -156,4 +156,10 @@ t.test('onInvalid as a function: the protocol answers (graphql-transport-ws clos
   const throws = await wsClient(app, '/throws')
   throws.send('{')
   t.match(await throws.terminated(), { type: 'crash', error: { message: 'protocol bug' } })
+})
+
+t.test('the harness takes a JSON route\'s message type: handleJson and json frames compile without a cast', async (t) => {
+  const h = handlerHarness(shout)
+  t.same((await h.handleJson({ type: 'say', text: 'typed' })).replies, [json({ loud: 'TYPED' })])
+  t.same((await h.handle({ type: 'json', data: { type: 'say', text: 'frame' } })).replies, [json({ loud: 'FRAME' })])
 })

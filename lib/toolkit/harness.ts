@@ -36,7 +36,7 @@ export interface HarnessOptions<State> {
   request?: Partial<RequestSnapshot>
 }
 
-export interface HandlerHarness<State, Info> {
+export interface HandlerHarness<State, Info, Message = never> {
   /** The current state. */
   readonly state: State
   /** The connection the callbacks see. */
@@ -47,7 +47,9 @@ export interface HandlerHarness<State, Info> {
   readonly posted: readonly Info[]
   websocketInit(): Promise<Step<State>>
   /** A frame to `handle`: a string is a text frame, a Buffer a binary one. */
-  handle(frame: InFrame | string | Buffer): Promise<Step<State>>
+  handle(frame: InFrame<Message> | string | Buffer): Promise<Step<State>>
+  /** A JSON route's message to `handle`, as `{ type: 'json', data }` (typed by the handler's Message). */
+  handleJson(data: Message): Promise<Step<State>>
   info(message: Info): Promise<Step<State>>
   /** Fire a pending timer (the oldest, or by ref) as the server would: through `info`. */
   fireTimer(ref?: TimerRef): Promise<Step<State>>
@@ -78,9 +80,9 @@ const silentLog: FastifyBaseLogger = {
 }
 
 /** Drive a handler object without a socket: callbacks in, commands and state out. */
-export function handlerHarness<State = undefined, Info = unknown> (
-  handler: WebSocketHandler<State, Info>, options: HarnessOptions<State> = {}
-): HandlerHarness<State, Info> {
+export function handlerHarness<State = undefined, Info = unknown, Message = never> (
+  handler: WebSocketHandler<State, Info, Message>, options: HarnessOptions<State> = {}
+): HandlerHarness<State, Info, Message> {
   let state = options.state as State
   let alive = true
   /** A result closed the connection (a close frame or `stop`): only terminate may run now, as on the server. */
@@ -172,11 +174,12 @@ export function handlerHarness<State = undefined, Info = unknown> (
     get posted () { return posted },
     websocketInit: async () => await step('websocketInit', () => handler.websocketInit?.(state, ctx)),
     handle: async (frame) => {
-      const inFrame: InFrame = typeof frame === 'string'
+      const inFrame: InFrame<Message> = typeof frame === 'string'
         ? { type: 'text', data: frame }
         : Buffer.isBuffer(frame) ? { type: 'binary', data: frame } : frame
       return await step('handle', () => handler.handle?.(inFrame, state, ctx))
     },
+    handleJson: async (data) => await step('handle', () => handler.handle?.({ type: 'json', data }, state, ctx)),
     info: async (message) => await step('info', () => handler.info?.(message, state, ctx)),
     fireTimer: async (ref) => {
       const index = ref === undefined ? 0 : timers.findIndex((timer) => timer.ref === ref)

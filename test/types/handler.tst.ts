@@ -4,6 +4,7 @@ import wsHandlers, {
   close, defineHandler, text, type InFrame, type RequestSnapshot, type TerminateReason, type TimeoutMessage,
   type WebSocketContext, type WebSocketHandler
 } from '../../lib/index.js'
+import { handlerHarness } from '../../lib/testing.js'
 
 test('defineHandler<State> types the state in every callback', () => {
   defineHandler<{ count: number }>({
@@ -170,4 +171,12 @@ test('ctx.stream types items from the source and checks what `to` makes against 
       expect(ctx.stream).type.not.toBeCallableWith(ticks(), { next: (n: number) => ({ type: 'tock', n }) })
     }
   })
+})
+
+test('handlerHarness takes the handler\'s JSON message type', () => {
+  interface Say { type: 'say', text: string }
+  const h = handlerHarness(defineHandler<undefined, unknown, Say>({ handle: () => undefined }))
+  expect(h.handleJson).type.toBeCallableWith({ type: 'say', text: 'hi' })
+  expect(h.handleJson).type.not.toBeCallableWith({ type: 'shout' })
+  expect(h.handle).type.toBeCallableWith({ type: 'json', data: { type: 'say', text: 'hi' } })
 })
