@@ -8,7 +8,7 @@ import Fastify from 'fastify'
 import t from 'tap'
 import wsHandlers, { text, type InFrame, type Result } from '../lib/index.js'
 import { wsClient } from '../lib/testing.js'
-import { upgradeHeaders } from './helpers.js'
+import { buildApp, upgradeHeaders } from './helpers.js'
 
 async function loggedApp (t: { teardown(fn: () => unknown): void }, level = 'info') {
   const lines: Array<Record<string, unknown>> = []
@@ -118,4 +118,24 @@ t.test('a close caused by an error says its cause in the close line; a 503 refus
   thrower.send('x')
   await thrower.terminated()
   t.match(lines.filter((line) => line.msg === 'WebSocket closed').at(-1), { code: 1011, reason: 'crash', error: 'not an Error' })
+})
+
+t.test('the README\'s first-day route: typed params and query, validated by Fastify before the upgrade', async (t) => {
+  const { app } = await buildApp(t)
+  app.ws<{ room: string, name: string }, unknown, never, { Params: { room: string }, Querystring: { name: string } }>('/rooms/:room', {
+    init: (request) => ({ state: { room: request.params.room, name: request.query.name } }),
+    websocketInit: (state) => ({ reply: text(`${state.name} joined ${state.room}`) })
+  }, {
+    schema: {
+      params: { type: 'object', properties: { room: { type: 'string', minLength: 1 } }, required: ['room'] },
+      querystring: { type: 'object', properties: { name: { type: 'string' } }, required: ['name'] }
+    }
+  })
+  const client = await wsClient(app, '/rooms/blue?name=ada')
+  t.equal(await client.nextText(), 'ada joined blue')
+  client.close()
+  for (const url of ['/rooms/blue', '/rooms/?name=ada']) {
+    const refused = await app.inject({ url, headers: upgradeHeaders })
+    t.equal(refused.statusCode, 400, `${url}: 400 before the upgrade`)
+  }
 })
