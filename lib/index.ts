@@ -17,6 +17,7 @@ import type {
 } from './core/types.js'
 import { governServer, makeWebSocketRoute, runInitLast, upgradeRequired, type PluginDefaults } from './route/upgrade.js'
 import { checkWs } from './wire/ws-check.js'
+import { settledWithin } from './core/timeout.js'
 import { inProcessAdapter } from './registry/in-process.js'
 
 declare module 'fastify' {
@@ -93,14 +94,10 @@ const plugin: FastifyPluginAsync<WebSocketHandlersOptions> = async function wsHa
   })
   fastify.addHook('onClose', async function closeAdapter () {
     // Bounded whatever the adapter does: a broker that stops answering must not hold app.close().
-    let timer: NodeJS.Timeout | undefined
-    const late = new Promise<void>((resolve) => { timer = setTimeout(resolve, closeTimeout) })
     try {
-      await Promise.race([adapter.close(closeTimeout), late])
+      await settledWithin(Promise.resolve().then(() => adapter.close(closeTimeout)), closeTimeout)
     } catch (error) {
       fastify.log.error({ err: error }, 'WebSocket adapter failed to close')
-    } finally {
-      clearTimeout(timer)
     }
   })
 

@@ -229,3 +229,13 @@ t.test('what a stopped source still delivers, an item or a failure, is dropped',
   t.same(infos, [], 'no info after terminate')
   t.same(errors, [], 'no crash logged')
 })
+
+t.test('a source that is not iterable is refused with a coded error: the callback\'s crash, and the harness throws it too', async (t) => {
+  const { app } = await buildApp(t)
+  app.ws('/bad', defineHandler<undefined, number>({ websocketInit: (_state, ctx) => { ctx.stream(5 as never, { next: (n) => n as number }) } }))
+  const client = await wsClient(app, '/bad')
+  t.equal((await client.closed()).code, 1011)
+  t.match(await client.terminated(), { type: 'crash', error: { code: 'FST_WS_INVALID_STREAM', message: /got 5$/ } })
+  const h = handlerHarness(defineHandler<undefined, number>({ websocketInit: (_state, ctx) => { ctx.stream(null as never, { next: (n) => n as number }) } }))
+  await t.rejects(h.websocketInit(), { code: 'FST_WS_INVALID_STREAM' })
+})

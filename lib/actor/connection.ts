@@ -63,6 +63,11 @@ const DRAIN_BUDGET = 128
 /** The queued run's payload when it only drains (and terminates): no message to deliver. */
 const kDrainOnly = Symbol('fastify-ws-handlers.drain-only')
 
+/** The callback a mailbox item ran, for log lines and errors: a JSON route's error frame runs its `onInvalid`. */
+function callbackName (kind: MailKind): string {
+  return kind === 'errorFrame' ? 'onInvalid' : kind
+}
+
 export class Connection extends ConnectionContext implements ConnectionEvents, IdleTimerOwner, Runnable {
   /** Set on leaving `open`: what terminate will be told. */
   #endReason: TerminateReason | undefined
@@ -85,7 +90,7 @@ export class Connection extends ConnectionContext implements ConnectionEvents, I
     this.#state = upgrade.state
     this.#options = upgrade.options
     // A rate-limited connection keeps its bucket in its mailbox (no field for the others).
-    if (upgrade.options.rateLimit !== undefined) (this.#mailbox = new Mailbox(ws)).rate = new InboundRate(upgrade.options.rateLimit)
+    if (upgrade.options.rateLimit !== false) (this.#mailbox = new Mailbox(ws)).rate = new InboundRate(upgrade.options.rateLimit)
     internalsOf(ws)._closeTimeout = route.closeTimeout
     listen(ws, this)
     applyReceiverLimits(ws, this.#options.maxFrameSize, this.#options.validateUtf8)
@@ -242,7 +247,7 @@ export class Connection extends ConnectionContext implements ConnectionEvents, I
     // Re-read each turn: a callback may create the mailbox (a post).
     for (let mailbox = this.#mailbox; mailbox !== undefined && mailbox.size !== 0; mailbox = this.#mailbox) {
       if (budget-- === 0) {
-        setImmediate(Connection.#drainLater, this)
+        setImmediate(Connection.#drainSafely, this)
         return
       }
       const kind = mailbox.peekKind()
@@ -253,10 +258,14 @@ export class Connection extends ConnectionContext implements ConnectionEvents, I
     if (this[kPhase] === 'closing') this.#terminate()
   }
 
-  static #drainLater (self: Connection): void {
+  /**
+   * #drain where no caller of ours is below to catch (a timer, a promise's reaction): it must not
+   * throw, even for a bug of ours (a promise's would be an unhandled rejection: a crash).
+   */
+  static #drainSafely (self: Connection): void {
     try {
       self.#drain()
-      /* c8 ignore start -- as in [kRun]: a timer's callback must not throw, even for a bug of ours */
+      /* c8 ignore start -- #dispatch and #terminate catch what the app's code throws */
     } catch (error) {
       self[kFault](error)
     }
@@ -304,11 +313,11 @@ export class Connection extends ConnectionContext implements ConnectionEvents, I
           } catch (error) {
             this.#crash(this.#pending, error)
           }
-          this.#drain()
+          Connection.#drainSafely(this)
         }
         this.#onRejected ??= (error) => {
           this.#crash(this.#pending, error)
-          this.#drain()
+          Connection.#drainSafely(this)
         }
         ;(result as PromiseLike<unknown>).then(this.#onFulfilled, this.#onRejected)
         return false
@@ -345,7 +354,7 @@ export class Connection extends ConnectionContext implements ConnectionEvents, I
   #interpret (callback: MailKind, result: unknown): void {
     const problem = resultProblem(result)
     if (problem !== undefined) {
-      const name = callback === 'errorFrame' ? 'onInvalid' : callback
+      const name = callbackName(callback)
       const error = new InvalidResultError(name, problem)
       this.log.error({ err: error }, `WebSocket ${name} returned an invalid result; closing with 1011`)
       this.#close(CloseCode.INTERNAL_ERROR, '', { type: 'error', code: CloseCode.INTERNAL_ERROR, error })
@@ -363,7 +372,7 @@ export class Connection extends ConnectionContext implements ConnectionEvents, I
   }
 
   #crash (callback: MailKind, error: unknown): void {
-    this.log.error({ err: error }, `WebSocket ${callback === 'errorFrame' ? 'onInvalid' : callback} threw; closing with 1011`)
+    this.log.error({ err: error }, `WebSocket ${callbackName(callback)} threw; closing with 1011`)
     this.#close(CloseCode.INTERNAL_ERROR, '', { type: 'crash', error })
   }
 

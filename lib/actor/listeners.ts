@@ -95,18 +95,16 @@ function message (ws: WebSocket, events: ConnectionEvents, data: Buffer, isBinar
 }
 
 function onPing (this: WebSocket, data: Buffer): void {
-  const events = eventsOf(this)
-  try {
-    received(events, { type: 'ping', data }, data.length)
-  } catch (error) {
-    events[kFault](error)
-  }
+  receivedControl(eventsOf(this), { type: 'ping', data })
 }
 
 function onPong (this: WebSocket, data: Buffer): void {
-  const events = eventsOf(this)
+  receivedControl(eventsOf(this), { type: 'pong', data })
+}
+
+function receivedControl (events: ConnectionEvents, frame: InFrame<unknown> & { readonly data: Buffer }): void {
   try {
-    received(events, { type: 'pong', data }, data.length)
+    received(events, frame, frame.data.length)
   } catch (error) {
     events[kFault](error)
   }

@@ -5,6 +5,8 @@
  * one item of memory and a slow handler slows its source. Stopped streams have their iterator's
  * `return()` called (a GraphQL subscription, a database cursor is released).
  */
+import { InvalidStreamError } from '../core/errors.js'
+import { show } from '../core/options.js'
 import type { StreamRef, StreamTo } from '../core/types.js'
 
 export const kStreamMessage = Symbol('fastify-ws-handlers.stream-message')
@@ -32,9 +34,7 @@ export class Stream {
     this.#owner = owner
     this.#to = to
     this.#ended = ended
-    this.#iterator = Symbol.asyncIterator in source
-      ? (source as AsyncIterable<unknown>)[Symbol.asyncIterator]()
-      : (source as Iterable<unknown>)[Symbol.iterator]()
+    this.#iterator = iteratorOf(source)
   }
 
   /** Ask the source for its next item; it reaches the owner when it comes. */
@@ -78,3 +78,13 @@ export class Stream {
 }
 
 function ignore (): void {}
+
+/** The iterator of an async or plain iterable; anything else is refused with a coded error (thrown in the callback: a crash). */
+export function iteratorOf (source: AsyncIterable<unknown> | Iterable<unknown>): AsyncIterator<unknown> | Iterator<unknown> {
+  const iterable = source as Partial<AsyncIterable<unknown> & Iterable<unknown>> | null
+  const asyncIterator = iterable?.[Symbol.asyncIterator]
+  if (typeof asyncIterator === 'function') return asyncIterator.call(iterable)
+  const iterator = iterable?.[Symbol.iterator]
+  if (typeof iterator === 'function') return iterator.call(iterable)
+  throw new InvalidStreamError(show(source))
+}

@@ -81,6 +81,10 @@ export const InvalidTimerError: FastifyErrorConstructor<{ code: 'FST_WS_INVALID_
 export const InvalidTopicError: FastifyErrorConstructor<{ code: 'FST_WS_INVALID_TOPIC' }, [string]> = createError<'FST_WS_INVALID_TOPIC', [string]>(
   'FST_WS_INVALID_TOPIC', 'A topic must be a non-empty string, got %s')
 
+/** `ctx.stream` got something that is neither an async iterable nor an iterable. Thrown in the callback (close 1011). */
+export const InvalidStreamError: FastifyErrorConstructor<{ code: 'FST_WS_INVALID_STREAM' }, [string]> = createError<'FST_WS_INVALID_STREAM', [string]>(
+  'FST_WS_INVALID_STREAM', 'ctx.stream takes an async iterable or an iterable, got %s')
+
 /** `broadcast` got something other than a text() or binary() frame. */
 export const InvalidBroadcastError: FastifyErrorConstructor<{ code: 'FST_WS_INVALID_BROADCAST' }, [string]> = createError<'FST_WS_INVALID_BROADCAST', [string]>(
   'FST_WS_INVALID_BROADCAST', 'broadcast takes a text() or binary() frame, got %s')

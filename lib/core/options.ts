@@ -15,8 +15,8 @@ export interface ResolvedConnectionOptions {
   compress: boolean
   validateUtf8: boolean
   keepHeaders: readonly string[]
-  /** `false` is resolved to undefined: no limit. */
-  rateLimit: RateLimit | undefined
+  /** `false`: no limit (the default, and how a route or `init` turns one off). */
+  rateLimit: RateLimit | false
 }
 
 export const DEFAULTS: ResolvedConnectionOptions = Object.freeze({
@@ -28,7 +28,7 @@ export const DEFAULTS: ResolvedConnectionOptions = Object.freeze({
   compress: false,
   validateUtf8: true,
   keepHeaders: Object.freeze([]),
-  rateLimit: undefined
+  rateLimit: false
 })
 
 export const DEFAULT_CLOSE_TIMEOUT = 5_000
@@ -206,7 +206,7 @@ export function resolveConnectionOptions (base: ResolvedConnectionOptions, layer
   const resolved = { ...base }
   for (const key of Object.keys(DEFAULTS) as Array<keyof ResolvedConnectionOptions>) {
     const value = layer[key]
-    if (value !== undefined) (resolved as Record<string, unknown>)[key] = value === false && key === 'rateLimit' ? undefined : value
+    if (value !== undefined) (resolved as Record<string, unknown>)[key] = value
   }
   return resolved
 }

@@ -29,7 +29,7 @@ export interface JsonFrame<Message = unknown> { readonly type: 'json', readonly 
  */
 export type InFrame<Message = never> = TextFrame | BinaryFrame | PingFrame | PongFrame | JsonFrame<Message>
 
-/** A close frame to send. `code` defaults to 1000; `reason` is at most 123 UTF-8 bytes. */
+/** A close frame to send. `code` defaults to 1000; a `reason` over 123 UTF-8 bytes is cut to 120 and '…'. */
 export interface CloseFrame { readonly type: 'close', readonly code?: number, readonly reason?: string }
 
 /** A frame a callback can reply with; build them with `text`, `binary`, `ping`, `pong`, `close`. */
@@ -122,8 +122,10 @@ export interface RemoteReason { readonly type: 'remote', readonly code: number |
 export interface TimeoutReason { readonly type: 'timeout' }
 /**
  * The connection was closed for an error with this close code: 1002 protocol violation,
- * 1007 invalid UTF-8, 1008 outbound buffer over `maxBufferedBytes`, 1009 frame over
- * `maxFrameSize`, 1011 a callback returned a result of the wrong shape.
+ * 1007 invalid UTF-8 (or, on a JSON route, invalid JSON), 1003 binary on a JSON route, 1008
+ * outbound buffer over `maxBufferedBytes`, a message the JSON schema refused or over `rateLimit`,
+ * 1009 frame over `maxFrameSize`, 1011 a callback returned a result of the wrong shape or an
+ * event failed inside the plugin (FST_WS_INTERNAL).
  */
 export interface ErrorReason { readonly type: 'error', readonly code: number, readonly error: Error }
 /** A callback threw or rejected; the plugin closed with 1011. */
@@ -326,9 +328,9 @@ export interface WebSocketContext<Info = unknown, Route extends RouteGenericInte
   /** Bytes written but not yet sent to a slow peer (for flow control; over `maxBufferedBytes` closes 1008). */
   readonly bufferedAmount: number
   /**
-   * Deliver `message` to `info`, after what is already in the mailbox. False (nothing queued)
-   * once the connection is ending, or while `mailboxLimit` items wait: the poster decides whether
-   * to retry, drop or close.
+   * Deliver `message` to `info`, after what is already in the mailbox, never on the caller's
+   * stack. False (nothing queued) once the connection is ending, or while `mailboxLimit` items
+   * wait: the poster decides whether to retry, drop or close.
    */
   post(message: Info): boolean
   /** Deliver `message` to `info` in `ms` milliseconds. */
@@ -421,7 +423,8 @@ export interface WebSocketConnections extends Iterable<WebSocketContext<unknown>
   /**
    * Write one `text()` or `binary()` frame to every subscriber of `topic`, here and on the other
    * instances, without running their handlers, encoded once (uncompressed, also to compressed
-   * connections). Returns how many local sockets it was written to.
+   * connections). Returns how many local subscribers took it: written now, or waiting behind
+   * what a busy subscriber has queued (a subscriber whose mailbox is full misses it).
    */
   broadcast(topic: string, frame: OutFrame, options?: BroadcastOptions): number
   /** This instance's subscribers of `topic`. */
@@ -471,12 +474,15 @@ export interface PubSubAdapter {
   subscribe(topic: string): void
   /** The last local connection left `topic`: stop receiving it. */
   unsubscribe(topic: string): void
-  /** Deliver to the subscribers of `topic` on the other instances. */
-  publish(topic: string, message: unknown): void
+  /**
+   * Deliver to the subscribers of `topic` on the other instances. With `wire: 'json'`, `json` is
+   * the message's JSON text, encoded once by the plugin (the adapter need not encode it again).
+   */
+  publish(topic: string, message: unknown, json?: string): void
   /** Write to the subscribers of `topic` on the other instances (but `except`). */
   broadcast(topic: string, frame: BroadcastFrame, except: string | undefined): void
-  /** Post to a connection of another instance; false when no instance can have this id. */
-  post(id: string, message: unknown): boolean
+  /** Post to a connection of another instance; false when no instance can have this id. `json` as for `publish`. */
+  post(id: string, message: unknown, json?: string): boolean
   /**
    * At app.close(), after every connection has ended. `timeoutMs` (the plugin's `closeTimeout`)
    * bounds it: by then nothing of the adapter may be left (no socket, no timer, no

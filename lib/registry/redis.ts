@@ -19,6 +19,7 @@ import type { FastifyBaseLogger } from 'fastify'
 import { Redis, type RedisOptions } from 'ioredis'
 import type { BroadcastFrame, LocalDelivery, PubSubAdapter } from '../core/types.js'
 import { RedisAdapterError } from '../core/errors.js'
+import { settledWithin } from '../core/timeout.js'
 
 export interface RedisAdapterOptions {
   /** Default: `REDIS_URL`, else redis://127.0.0.1:6379. */
@@ -153,10 +154,6 @@ export function redisAdapter (options: RedisAdapterOptions = {}): RedisPubSubAda
     }
   }
 
-  function json (message: unknown): Buffer {
-    return Buffer.from(JSON.stringify(message)) // the registry made it the JSON copy (undefined became null)
-  }
-
   return {
     wire: 'json',
     get connected () {
@@ -199,16 +196,17 @@ export function redisAdapter (options: RedisAdapterOptions = {}): RedisPubSubAda
     unsubscribe (topic) {
       subscriber.unsubscribe(topicChannel(topic)).catch((error: Error) => lost('unsubscribing failed', error))
     },
-    publish (topic, message) {
-      send(topicChannel(topic), encodeWire(origin, PUBLISH, '', json(message)))
+    // `json`: the registry encoded the message once (wire: 'json'); a direct caller may not have.
+    publish (topic, message, json = JSON.stringify(message)) {
+      send(topicChannel(topic), encodeWire(origin, PUBLISH, '', Buffer.from(json)))
     },
     broadcast (topic: string, frame: BroadcastFrame, except: string | undefined) {
       send(topicChannel(topic), encodeWire(origin, frame.binary ? BINARY : TEXT, except ?? '', frame.data))
     },
-    post (id, message) {
+    post (id, message, json = JSON.stringify(message)) {
       const instance = id.slice(0, id.indexOf('-'))
       if (!/^[0-9a-f]{8}$/.test(instance)) return false // not an id any instance gave
-      send(`${prefix}i:${instance}`, encodeWire(origin, POST, id, json(message)))
+      send(`${prefix}i:${instance}`, encodeWire(origin, POST, id, Buffer.from(json)))
       return true
     },
     async close (timeoutMs) {
@@ -217,10 +215,7 @@ export function redisAdapter (options: RedisAdapterOptions = {}): RedisPubSubAda
       // are dropped for good: no reconnect timer, no socket, no subscription comes back.
       const both = [publisher, subscriber]
       if (both.every((connection) => connection.status === 'ready')) {
-        let timer: NodeJS.Timeout | undefined
-        const late = new Promise<void>((resolve) => { timer = setTimeout(resolve, timeoutMs) })
-        await Promise.race([Promise.allSettled(both.map(async (connection) => await connection.quit())), late])
-        clearTimeout(timer)
+        await settledWithin(Promise.allSettled(both.map(async (connection) => await connection.quit())), timeoutMs)
       }
       for (const connection of both) {
         connection.disconnect()

@@ -168,30 +168,30 @@ export class Registry implements ConnectionRegistry, WebSocketConnections {
   }
 
   post (id: string, message: unknown): boolean {
-    const carried = this.#carried(message)
+    const json = this.#jsonOf(message)
+    const carried = json === undefined ? message : JSON.parse(json)
     const connection = this.#live.get(id)
     if (connection !== undefined) return connection.post(carried)
     if (instanceOf(id) === this.instanceId) return false // ours, and gone
-    return this.#adapter.post(id, carried)
+    return this.#adapter.post(id, carried, json)
   }
 
   /**
-   * What the wire carries: with a JSON adapter, the JSON copy (a Date becomes a string), so that
-   * code that works on one instance works on two; what JSON cannot carry is refused here.
+   * With a JSON adapter, the text the wire carries: every subscriber, local ones too, gets what
+   * it parses to (a Date becomes a string), so that code that works on one instance works on
+   * two; what JSON cannot carry is refused here. Encoded once, for the adapter too.
    */
-  #carried (message: unknown): unknown {
-    if (!this.#overJson) return message
-    let encoded: string | undefined
+  #jsonOf (message: unknown): string | undefined {
+    if (!this.#overJson) return undefined
+    let json: string | undefined
     try {
-      encoded = JSON.stringify(message)
+      json = JSON.stringify(message)
     } catch (error) {
       throw new MessageNotSerializableError((error as Error).message)
     }
-    if (encoded === undefined) {
-      if (message === undefined) return null // travels as null, as it always did
-      throw new MessageNotSerializableError(`a ${typeof message} is not JSON`)
-    }
-    return JSON.parse(encoded)
+    if (json !== undefined) return json
+    if (message === undefined) return 'null' // travels as null, as it always did
+    throw new MessageNotSerializableError(`a ${typeof message} is not JSON`)
   }
 
   // ---- topics ---------------------------------------------------------------
@@ -237,8 +237,9 @@ export class Registry implements ConnectionRegistry, WebSocketConnections {
 
   publish (topic: string, message: unknown): number {
     assertTopic(topic)
-    const carried = this.#carried(message)
-    this.#adapter.publish(topic, carried)
+    const json = this.#jsonOf(message)
+    const carried = json === undefined ? message : JSON.parse(json)
+    this.#adapter.publish(topic, carried, json)
     return this.#publishHere(topic, carried)
   }
 

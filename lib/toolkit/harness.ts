@@ -5,6 +5,7 @@
  */
 import type { FastifyBaseLogger } from 'fastify'
 import { resultProblem } from '../actor/results.js'
+import { iteratorOf } from '../actor/streams.js'
 import { nextTimerRef } from '../actor/timers.js'
 import { InvalidResultError } from '../core/errors.js'
 import type {
@@ -119,7 +120,7 @@ export function handlerHarness<State = undefined, Info = unknown, Message = neve
       return ref
     },
     stream (source, to) {
-      const iterator = Symbol.asyncIterator in source ? source[Symbol.asyncIterator]() : source[Symbol.iterator]()
+      const iterator = iteratorOf(source)
       streams.push({ ref: ++lastStreamRef, iterator, to: to as StreamTo<unknown, Info> })
       return lastStreamRef
     },

@@ -10,6 +10,7 @@ import { once } from 'node:events'
 import { constants as zlib, deflateRawSync } from 'node:zlib'
 import type WebSocket from 'ws'
 import { WsInternalsError } from '../core/errors.js'
+import { settledWithin } from '../core/timeout.js'
 import { memorySocketPair, type MemorySocket } from './memory-socket.js'
 import { RECEIVER_INFLATING, SENDER_DEFAULT, internalsOf, resolveWs, sentCloseCodeOf, wsInternalsProblem } from './ws-internals.js'
 import { recycle, zlibPoolStats } from './zlib-pool.js'
@@ -49,15 +50,9 @@ async function check ({ ws, version }: ReturnType<typeof resolveWs>): Promise<vo
 
 // ---- the behaviour check, on an in-memory socket pair ----------------------
 
-/** The promise's value, or undefined if it takes longer than a second (an event that never comes). */
+/** The event's arguments, or [] if it does not come within a second. */
 async function within<T> (promise: Promise<T>): Promise<T | []> {
-  let timer: NodeJS.Timeout | undefined
-  const late = new Promise<[]>((resolve) => { timer = setTimeout(resolve, 1000, []) })
-  try {
-    return await Promise.race([promise, late])
-  } finally {
-    clearTimeout(timer)
-  }
+  return (await settledWithin(promise, 1000)) ?? []
 }
 
 /** A small (≤ 125 bytes) masked client frame, with RSV1 for a compressed one. */
