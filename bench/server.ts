@@ -14,6 +14,7 @@ import { redisAdapter } from '../lib/redis.js'
 export type Kind = 'ws' | 'fastify-websocket' | 'plugin'
 export type Scenario =
   | 'echo' | 'async-echo' | 'compressed' | 'compressed-hibernate'
+  | 'echo-heartbeat' // plugin only: the default idle timeout and pings (the others run with both off)
   | 'echo-decode' // raw servers only: text is decoded to a string and the string sent back
   | 'fanout' | 'fanout-loop' // broadcast to a topic / a loop of ws.send over websocketServer.clients
   | 'fanout-publish' // publish to a topic: each subscriber's info replies with the frame (the run queue)
@@ -107,7 +108,8 @@ if (kind === 'ws') {
   } else {
     // Instances A and B of one run share a channel prefix (their parent's pid).
     const adapter = scenario === 'redis' ? redisAdapter({ channelPrefix: `fws-bench-${process.ppid}:` }) : undefined
-    await app.register(wsHandlers, { perMessageDeflate: deflate || undefined, idleTimeout: 0, pingInterval: 0, adapter })
+    const heartbeat = scenario === 'echo-heartbeat' ? {} : { idleTimeout: 0, pingInterval: 0 }
+    await app.register(wsHandlers, { perMessageDeflate: deflate || undefined, ...heartbeat, adapter })
     app.ws('/', handlerFor(app.wsConnections), { compress: compressed })
     connections = () => app.wsConnections.size
     fanOut = scenario === 'fanout'

@@ -7,7 +7,7 @@
 import Fastify, { type FastifyBaseLogger } from 'fastify'
 import t from 'tap'
 import wsHandlers, { json, text, type Result, type WebSocketContext } from '../lib/index.js'
-import { kPeerEnded, kReceived } from '../lib/actor/listeners.js'
+import { kDataReceived, kPeerEnded, kReceived } from '../lib/actor/listeners.js'
 import { wsClient } from '../lib/testing.js'
 import { RawClient, buildApp, connect, listen, terminateRecorder, until } from './helpers.js'
 
@@ -61,6 +61,40 @@ t.test('a throw where the peer ends the connection (close frame, protocol error,
     t.equal(recorder.calls.length, 1, `${end}: terminate ran once`)
     client.socket.destroy()
   }
+})
+
+t.test('a throw where socket data restarts the idle count closes with 1011, before ws parses the chunk', async (t) => {
+  const { app } = await buildApp(t)
+  const recorder = terminateRecorder()
+  const frames: string[] = []
+  app.ws('/x', { handle: (frame) => { frames.push(frame.type) }, terminate: recorder.terminate })
+  const base = await listen(app)
+  const { ws, seen } = await connect(`${base}/x`)
+  await until(() => app.wsConnections.size === 1, 'open')
+  breakOnly(app, kDataReceived)
+  ws.send('hi')
+  t.equal((await seen.closed).code, 1011)
+  t.match((await recorder.first).reason, internalError)
+  t.same(frames, [], 'the chunk\'s frame never reached handle')
+})
+
+t.test('a ping the heartbeat cannot send closes that connection with 1011; the others keep their heartbeat', async (t) => {
+  const { app } = await buildApp(t, { closeTimeout: 100 })
+  const recorder = terminateRecorder()
+  app.ws('/x', { terminate: recorder.terminate }, { pingInterval: 20, idleTimeout: 0 })
+  const base = await listen(app)
+  const broken = await connect(`${base}/x`)
+  const healthy = await connect(`${base}/x`)
+  await until(() => app.wsConnections.size === 2, 'two connections')
+  const [first] = [...app.wsConnections] as unknown as Array<Record<symbol, { ping: () => void }>>
+  const ws = Object.getOwnPropertySymbols(first!).map((symbol) => first![symbol]).find((value) => typeof value?.ping === 'function')!
+  ws.ping = boom
+  t.equal((await broken.seen.closed).code, 1011)
+  t.match((await recorder.first).reason, internalError)
+  let pings = 0
+  healthy.ws.on('ping', () => pings++)
+  await until(() => pings >= 2, 'the other connection is still pinged')
+  healthy.ws.close()
 })
 
 t.test('a throw in the app\'s validator (a JSON route) closes with 1011', async (t) => {

@@ -12,11 +12,12 @@ import { text, type InFrame } from '../lib/index.js'
 import { RawClient, buildApp, connect, listen, terminateRecorder, until } from './helpers.js'
 
 /**
- * Fake setTimeout/clearTimeout from now on (install it before connecting: a connection's timer
- * is created at the upgrade); sockets, promises and the helpers' waits keep running for real.
+ * Fake setTimeout/clearTimeout and performance.now() (the heartbeat's clock) from now on
+ * (install it before connecting: a connection's heartbeat starts at the upgrade); sockets,
+ * promises and the helpers' waits keep running for real.
  */
 function fakeClock (t: { teardown(fn: () => unknown): void }): ReturnType<typeof install> {
-  const clock = install({ toFake: ['setTimeout', 'clearTimeout'] })
+  const clock = install({ toFake: ['setTimeout', 'clearTimeout', 'performance'] })
   t.teardown(() => clock.uninstall())
   return clock
 }
@@ -184,4 +185,36 @@ t.test('idleTimeout can be changed live, and 0 turns it off; a connection opened
   t.same(await late.seen.closed, { code: 1000, reason: '' })
   await until(() => recorder.calls.length === 2, 'both terminated')
   t.same(recorder.calls.map((call) => call.reason), [{ type: 'timeout' }, { type: 'timeout' }])
+})
+
+t.test('every connection\'s heartbeat runs on a few shared timers, in order, and none is left when they are gone', async (t) => {
+  const { app } = await buildApp(t, { closeTimeout: 200 })
+  const recorder = terminateRecorder()
+  app.ws('/a', { terminate: recorder.terminate }, { pingInterval: 40, idleTimeout: 100 }) // steps of 40 and of 20 ms
+  app.ws('/b', { terminate: recorder.terminate }, { pingInterval: 0, idleTimeout: 100 }) // one step of 100 ms
+  const base = await listen(app)
+  const clock = fakeClock(t)
+  const peers: WebSocket[] = []
+  const pings = new Map<WebSocket, number>()
+  for (let i = 0; i < 30; i++) {
+    const peer = new WebSocket(`${base}/${i % 2 === 0 ? 'a' : 'b'}`, { autoPong: false })
+    await once(peer, 'open')
+    pings.set(peer, 0)
+    peer.on('ping', () => pings.set(peer, pings.get(peer)! + 1))
+    peers.push(peer)
+    clock.tick(1) // each opens a millisecond after the one before
+  }
+  await until(() => app.wsConnections.size === 30, 'all open')
+  t.ok(clock.countTimers() <= 2, `${clock.countTimers()} timers for 30 connections (two step lengths)`)
+  clock.tick(69) // the first opened 99 ms ago, the last 70
+  // /a peers opened at 0, 2, … 28 ms: all pinged at their 40 ms, those opened by 18 ms at their 80 ms too.
+  await until(() => [...pings.values()].reduce((a, b) => a + b) === 15 + 10, 'the pings due by now')
+  t.equal(recorder.calls.length, 0, 'nobody closed before its 100 ms')
+  for (let closed = 1; closed <= 30; closed++) {
+    clock.tick(1)
+    await until(() => recorder.calls.length === closed, `connection ${closed} closed at its own 100 ms`)
+  }
+  t.same(peers.map((peer) => pings.get(peer)), peers.map((_, i) => i % 2 === 0 ? 2 : 0), '/a pinged at 40 and 80 ms, /b never')
+  t.equal(clock.countTimers(), 0, 'no heartbeat timer left running')
+  for (const peer of peers) peer.terminate()
 })

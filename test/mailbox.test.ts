@@ -136,6 +136,21 @@ t.test('the app posts to a connection by id, and ctx is a handle it can keep', a
   t.equal(app.wsConnections.get(id), undefined)
 })
 
+t.test('ids that only look like a live connection\'s find nothing', async (t) => {
+  const { app } = await buildApp(t)
+  app.ws('/room', { websocketInit: (_state, ctx) => ({ reply: text(ctx.id) }) })
+  const { ws, seen } = await inject(app, '/room')
+  const [idFrame] = await seen.frameCount(1)
+  const id = idFrame!.slice('text:'.length)
+  const [instance, serial] = id.split('-') as [string, string]
+  t.ok(app.wsConnections.get(id), 'the id itself')
+  for (const alike of [`${instance}-0${serial}`, `${instance}-${serial.toUpperCase()}x`, `${instance}-`, `${instance}-${'z'.repeat(40)}`, instance, `${serial}-${instance}`, '']) {
+    t.equal(app.wsConnections.get(alike), undefined, JSON.stringify(alike))
+    t.notOk(app.wsConnections.post(alike, 'hello'), `post to ${JSON.stringify(alike)}`)
+  }
+  ws.close()
+})
+
 t.test('one connection posts to another (a chat room in miniature)', async (t) => {
   const { app } = await buildApp(t)
   const members = new Set<WebSocketContext<string>>()
@@ -277,7 +292,8 @@ t.test('ctx is what the typed API says: no socket or internal state to reach aro
   let ctxOf: WebSocketContext | undefined
   app.ws('/ctx', { websocketInit: (_state, ctx) => { ctxOf = ctx } })
   const { ws } = await inject(app, '/ctx')
-  t.same(Object.keys(ctxOf!).sort(), ['id', 'request'])
+  t.same(Object.keys(ctxOf!), ['request'], 'its own keys: the request (id is a getter: the string is made when asked for)')
+  t.match(ctxOf!.id, /^[0-9a-f]{8}-1$/)
   for (const name of ['ws', 'route', 'phase', 'socket']) t.equal((ctxOf as unknown as Record<string, unknown>)[name], undefined, `no ctx.${name}`)
   ws.close()
 })

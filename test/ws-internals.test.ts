@@ -10,21 +10,27 @@ import t from 'tap'
 import WebSocket from 'ws'
 import wsHandlers from '../lib/index.js'
 import { checkWs } from '../lib/wire/ws-check.js'
-import { resolveWs, wsInternalsProblem } from '../lib/wire/ws-internals.js'
+import { hookSocketData, resolveWs, wsInternalsProblem } from '../lib/wire/ws-internals.js'
 
 type Patchable = { prototype: Record<string, (...args: any[]) => any> }
 // The ws that @fastify/websocket loads (CommonJS), whose prototypes its sockets share.
 const Receiver = (resolveWs().ws as unknown as { Receiver: Patchable }).Receiver
 
-const fake = (shape: object): WebSocket => shape as WebSocket
+/** A WebSocket-shaped object; its socket (if it has one) links back to it, as ws's sockets do. */
+function fake (shape: { _socket?: object, [field: string]: unknown }): WebSocket {
+  const ws = { ...shape, _socket: shape._socket === undefined ? undefined : { ...shape._socket } }
+  if (ws._socket !== undefined) Object.assign(ws._socket, { [Symbol('websocket')]: ws })
+  return ws as unknown as WebSocket
+}
 const receiver = Object.assign(new EventEmitter(), { _maxPayload: 0, _skipUTF8Validation: false, _state: 0, _fragmented: 0 })
-const good = fake({ _closeTimeout: 1, _socket: { cork () {} }, _receiver: receiver, _sender: { _state: 0, _queue: [] }, _extensions: {} })
+const good = { _closeTimeout: 1, _socket: { cork () {} }, _receiver: receiver, _sender: { _state: 0, _queue: [] }, _extensions: {} }
 
 t.test('fields that moved are named field by field', async (t) => {
   t.equal(wsInternalsProblem(fake({})), '_closeTimeout, _socket, _receiver, _sender._state/_queue, _extensions not found')
   t.equal(wsInternalsProblem(fake({ ...good, _receiver: Object.assign(new EventEmitter(), { _maxPayload: '0' }) })),
     '_receiver._maxPayload, _receiver._state, _receiver._fragmented, _receiver._skipUTF8Validation not found')
-  t.equal(wsInternalsProblem(good), undefined)
+  t.equal(wsInternalsProblem(fake(good)), undefined)
+  t.equal(wsInternalsProblem({ ...good } as unknown as WebSocket), '_socket[websocket] not found')
 })
 
 t.test('the ws that @fastify/websocket resolves is the one checked; another 8.x passes by behaviour, another major does not', async (t) => {
@@ -72,4 +78,41 @@ t.test('the real ws passes, and later registrations do not check again', async (
   await app.ready()
   t.pass('registered')
   await app.close()
+})
+
+t.test('hookSocketData: ws\'s one data listener is wrapped (no second listener), hooking twice is once, and ws still removes it', async (t) => {
+  const kWebSocket = Symbol('websocket')
+  const socket = new EventEmitter()
+  const ws = { _socket: socket } as unknown as WebSocket
+  Object.assign(socket, { [kWebSocket]: ws })
+  const parsed: string[] = []
+  function socketOnData (chunk: Buffer): void { parsed.push(`ws:${chunk.toString()}`) }
+  socket.on('data', socketOnData)
+  const heard: Array<WebSocket | undefined> = []
+  const onData = (of: WebSocket | undefined): void => { heard.push(of); parsed.push('heard') }
+  hookSocketData(ws, onData)
+  hookSocketData(ws, onData)
+  t.equal(socket.rawListeners('data').length, 1, 'still one listener')
+  t.same(socket.listeners('data'), [socketOnData], 'it unwraps to ws\'s own, as a once wrapper does')
+  socket.emit('data', Buffer.from('a'))
+  t.same(parsed, ['heard', 'ws:a'], 'heard before ws parses the chunk')
+  t.same(heard, [ws])
+  Object.assign(socket, { [kWebSocket]: undefined }) // ws lets the socket go at its close
+  socket.emit('data', Buffer.from('b'))
+  t.same(heard, [ws, undefined])
+  socket.removeListener('data', socketOnData) // as ws does at its close
+  t.equal(socket.listenerCount('data'), 0, 'ws\'s removeListener removed the wrapper')
+})
+
+t.test('hookSocketData: a socket with other data listeners gets a listener of its own', async (t) => {
+  const socket = new EventEmitter()
+  const ws = { _socket: socket } as unknown as WebSocket
+  Object.assign(socket, { [Symbol('websocket')]: ws })
+  socket.on('data', () => {})
+  socket.on('data', () => {})
+  const heard: Array<WebSocket | undefined> = []
+  hookSocketData(ws, (of) => { heard.push(of) })
+  t.equal(socket.listenerCount('data'), 3)
+  socket.emit('data', Buffer.from('a'))
+  t.same(heard, [ws])
 })

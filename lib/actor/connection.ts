@@ -3,7 +3,7 @@
  * Here: its phases, the loop that runs one callback at a time, and the command interpreter.
  * Its other parts have their own modules: what `ctx` offers (context.ts), the mailbox and flow
  * control (mailbox.ts), ws's events (listeners.ts), the idle timeout and heartbeat
- * (idle-timer.ts), the handler's timers (timers.ts), hibernate (hibernate.ts), result checks
+ * (heartbeat.ts), the handler's timers (timers.ts), hibernate (hibernate.ts), result checks
  * (results.ts), the run queue (run-queue.ts); socket writes are the wire's (wire/writes.ts).
  *
  *             upgrade ── websocketInit is the mailbox's first item
@@ -36,8 +36,8 @@ import { frameOutChannel } from '../core/diagnostics.js'
 import { InternalError, InvalidMessageError, InvalidResultError, OutboundOverflowError, RateLimitedError } from '../core/errors.js'
 import { json } from '../core/frames.js'
 import { Hibernation } from './hibernate.js'
-import { IdleTimer, kIdleTimeout, type IdleTimerOwner } from './idle-timer.js'
-import { kFault, kInvalidJson, kPeerEnded, kReceived, listen, type ConnectionEvents, type JsonProblem, type JsonReader } from './listeners.js'
+import { type Beating, firstStep, kDue, kHeartbeat, kNext, kPrev, kSince, type Link, restartSilence, stepAfterPing, stopBeating } from './heartbeat.js'
+import { kDataReceived, kFault, kInvalidJson, kPeerEnded, kReceived, listen, listenForData, type ConnectionEvents, type JsonProblem, type JsonReader } from './listeners.js'
 import { Mailbox, type MailKind } from './mailbox.js'
 import { InboundRate } from './rate-limit.js'
 import { resolveConnectionOptions, type ResolvedConnectionOptions } from '../core/options.js'
@@ -68,7 +68,14 @@ function callbackName (kind: MailKind): string {
   return kind === 'errorFrame' ? 'onInvalid' : kind
 }
 
-export class Connection extends ConnectionContext implements ConnectionEvents, IdleTimerOwner, Runnable {
+interface AsyncReactions {
+  /** The callback whose promise is pending, for the crash log line. */
+  pending: MailKind
+  readonly fulfilled: (result: unknown) => void
+  readonly rejected: (error: unknown) => void
+}
+
+export class Connection extends ConnectionContext implements ConnectionEvents, Beating, Runnable {
   /** Set on leaving `open`: what terminate will be told. */
   #endReason: TerminateReason | undefined
   #state: unknown
@@ -77,24 +84,29 @@ export class Connection extends ConnectionContext implements ConnectionEvents, I
   #mailbox: Mailbox | undefined
   /** IDLE, BUSY, QUEUED or QUEUED_DROPPED (above). */
   #loop = BUSY
-  /** The callback whose promise is pending, for the crash log line. */
-  #pending: MailKind = 'websocketInit'
-  #idleTimer: IdleTimer | undefined
+  // Its place among the connections waiting for a ping or the idle timeout (heartbeat.ts);
+  // set in the constructor, so that every connection has the same shape.
+  declare [kPrev]: Link | undefined
+  declare [kNext]: Link | undefined
+  declare [kDue]: number
+  declare [kSince]: number
   /** What `hibernate` released and when (hibernate.ts); made on the first `hibernate`. */
   #hibernation: Hibernation | undefined
-  #onFulfilled: ((result: unknown) => void) | undefined
-  #onRejected: ((error: unknown) => void) | undefined
+  /** An async handler's promise reactions, made on its first promise (one slot for sync handlers, not three). */
+  #async: AsyncReactions | undefined
 
   constructor (route: RouteContext, ws: WebSocket, upgrade: Upgrade) {
     super(route, ws, upgrade)
     this.#state = upgrade.state
     this.#options = upgrade.options
+    this[kPrev] = this[kNext] = undefined
+    this[kDue] = this[kSince] = 0
     // A rate-limited connection keeps its bucket in its mailbox (no field for the others).
     if (upgrade.options.rateLimit !== false) (this.#mailbox = new Mailbox(ws)).rate = new InboundRate(upgrade.options.rateLimit)
     internalsOf(ws)._closeTimeout = route.closeTimeout
     listen(ws, this)
     applyReceiverLimits(ws, this.#options.maxFrameSize, this.#options.validateUtf8)
-    this.#armIdleTimer()
+    this.#startHeartbeat()
     this.announceOpen(upgrade.raw)
     if (this.#dispatch('websocketInit', undefined, 0)) this.#drain()
   }
@@ -193,8 +205,24 @@ export class Connection extends ConnectionContext implements ConnectionEvents, I
     this.#crash('info', error)
   }
 
-  [kIdleTimeout] (): void {
-    this.#close(CloseCode.NORMAL, '', { type: 'timeout' })
+  [kDataReceived] (): void {
+    if (this[kPhase] === 'open') restartSilence(this, firstStep(this.#options.idleTimeout, this.#options.pingInterval))
+  }
+
+  /** `silentMs` of silence: the idle timeout closes, else a ping; then the next step (0: none). */
+  [kHeartbeat] (silentMs: number): number {
+    const { idleTimeout, pingInterval } = this.#options
+    if (idleTimeout !== 0 && silentMs >= idleTimeout) {
+      this.#close(CloseCode.NORMAL, '', { type: 'timeout' })
+      return 0
+    }
+    try {
+      this[kWs].ping()
+    } catch (error) { // ws refuses a ping only before the open: a bug of ours, not a reason to stop the others' heartbeats
+      this[kFault](error)
+      return 0
+    }
+    return stepAfterPing(idleTimeout, pingInterval, silentMs)
   }
 
   /** Close with 1001 now; terminate follows the callback in progress. */
@@ -306,20 +334,9 @@ export class Connection extends ConnectionContext implements ConnectionEvents, I
       else result = handler.websocketInit?.(this.#state, this)
       if (result === undefined) return true
       if (result !== null && typeof (result as PromiseLike<unknown>).then === 'function') {
-        this.#pending = kind
-        this.#onFulfilled ??= (settled) => {
-          try {
-            if (settled !== undefined) this.#interpret(this.#pending, settled)
-          } catch (error) {
-            this.#crash(this.#pending, error)
-          }
-          Connection.#drainSafely(this)
-        }
-        this.#onRejected ??= (error) => {
-          this.#crash(this.#pending, error)
-          Connection.#drainSafely(this)
-        }
-        ;(result as PromiseLike<unknown>).then(this.#onFulfilled, this.#onRejected)
+        const reactions = (this.#async ??= this.#reactions())
+        reactions.pending = kind
+        ;(result as PromiseLike<unknown>).then(reactions.fulfilled, reactions.rejected)
         return false
       }
       this.#interpret(kind, result)
@@ -419,7 +436,7 @@ export class Connection extends ConnectionContext implements ConnectionEvents, I
   #end (reason: TerminateReason): void {
     this[kPhase] = 'closing'
     this.#endReason = reason
-    this.#idleTimer?.stop()
+    stopBeating(this)
     this.#hibernation?.cancel()
     this.#mailbox?.stopRate()
     if (this.#loop === IDLE) {
@@ -452,17 +469,38 @@ export class Connection extends ConnectionContext implements ConnectionEvents, I
     else done()
   }
 
+  /** Made once per connection, not per promise. */
+  #reactions (): AsyncReactions {
+    const reactions: AsyncReactions = {
+      pending: 'websocketInit',
+      fulfilled: (settled) => {
+        try {
+          if (settled !== undefined) this.#interpret(reactions.pending, settled)
+        } catch (error) {
+          this.#crash(reactions.pending, error)
+        }
+        Connection.#drainSafely(this)
+      },
+      rejected: (error) => {
+        this.#crash(reactions.pending, error)
+        Connection.#drainSafely(this)
+      }
+    }
+    return reactions
+  }
+
   // ---- options ---------------------------------------------------------------
 
   #setOptions (live: LiveOptions): void {
     this.#options = resolveConnectionOptions(this.#options, live)
-    if (live.idleTimeout !== undefined || live.pingInterval !== undefined) this.#armIdleTimer()
+    if (live.idleTimeout !== undefined || live.pingInterval !== undefined) this.#startHeartbeat()
     if (live.maxFrameSize !== undefined) applyReceiverLimits(this[kWs], this.#options.maxFrameSize, this.#options.validateUtf8)
   }
 
-  #armIdleTimer (): void {
-    const { idleTimeout, pingInterval } = this.#options
-    if (this.#idleTimer === undefined && idleTimeout === 0 && pingInterval === 0) return
-    (this.#idleTimer ??= new IdleTimer(this, this[kWs])).arm(idleTimeout, pingInterval)
+  /** (Re)start counting silence from now with the current periods; both 0: no heartbeat. */
+  #startHeartbeat (): void {
+    const step = firstStep(this.#options.idleTimeout, this.#options.pingInterval)
+    if (step !== 0) listenForData(this[kWs])
+    restartSilence(this, step)
   }
 }

@@ -21,6 +21,8 @@ export const kWs = Symbol('fastify-ws-handlers.ws')
 export const kPhase = Symbol('fastify-ws-handlers.phase')
 export const kShutdown = Symbol('fastify-ws-handlers.shutdown')
 export const kWriteShared = Symbol('fastify-ws-handlers.write-shared')
+/** The connection's number in its registry: its id is the registry's instance id and this (see `id`). */
+export const kSerial = Symbol('fastify-ws-handlers.serial')
 
 /** Where a connection is in its life: see the diagram in connection.ts. */
 export type Phase = 'open' | 'closing' | 'closed'
@@ -39,7 +41,10 @@ export interface RouteContext {
 
 /** What a connection needs of the app-wide registry (registry/registry.ts implements it). */
 export interface ConnectionRegistry {
-  nextId(): string
+  /** A number for the next connection: a small integer is stored inline, an id string would cost ≈ 32 B per connection. */
+  nextSerial(): number
+  /** The id of the connection with this number: `<instance id>-<serial in base 36>`. */
+  idOf(serial: number): string
   add(connection: ConnectionContext): void
   subscribe(connection: ConnectionContext, topic: string): boolean
   unsubscribe(connection: ConnectionContext, topic: string): boolean
@@ -62,7 +67,7 @@ export interface Upgrade {
 const noTopics: readonly string[] = Object.freeze([])
 
 export abstract class ConnectionContext implements WebSocketContext<unknown>, TimerOwner {
-  readonly id: string
+  readonly [kSerial]: number
   readonly request: RequestSnapshot
   protected readonly [kRoute]: RouteContext
   protected readonly [kWs]: WebSocket
@@ -78,7 +83,7 @@ export abstract class ConnectionContext implements WebSocketContext<unknown>, Ti
   readonly #openedAt = Math.round(performance.now())
 
   constructor (route: RouteContext, ws: WebSocket, upgrade: Upgrade) {
-    this.id = route.registry.nextId()
+    this[kSerial] = route.registry.nextSerial()
     this.request = upgrade.request
     this[kRoute] = route
     this[kWs] = ws
@@ -92,6 +97,11 @@ export abstract class ConnectionContext implements WebSocketContext<unknown>, Ti
   abstract [kShutdown] (): void
   /** `broadcast`: write a frame encoded once for every subscriber; false when not written. */
   abstract [kWriteShared] (encoded: Buffer, frame: BroadcastFrame): boolean
+
+  /** Made when asked for (logs, the app): most connections never need the string. */
+  get id (): string {
+    return this[kRoute].registry.idOf(this[kSerial])
+  }
 
   get alive (): boolean {
     return this[kPhase] !== 'closed'

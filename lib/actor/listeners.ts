@@ -12,7 +12,7 @@ import { CloseCode } from '../core/close-codes.js'
 import { rememberReceivedText } from '../wire/writes.js'
 import { frameInChannel } from '../core/diagnostics.js'
 import type { InFrame, InvalidJsonMessage, JsonFrame, TerminateReason } from '../core/types.js'
-import { closeCodeOfWsError, internalsOf } from '../wire/ws-internals.js'
+import { closeCodeOfWsError, hookSocketData, internalsOf } from '../wire/ws-internals.js'
 
 /** What went wrong with one message of a JSON route: the close code and a short reason (≤ 123 bytes). */
 export type JsonProblem = InvalidJsonMessage
@@ -24,6 +24,7 @@ export const kReceived = Symbol('fastify-ws-handlers.received')
 export const kInvalidJson = Symbol('fastify-ws-handlers.invalid-json')
 export const kPeerEnded = Symbol('fastify-ws-handlers.peer-ended')
 export const kFault = Symbol('fastify-ws-handlers.fault')
+export const kDataReceived = Symbol('fastify-ws-handlers.data-received')
 
 export interface ConnectionEvents {
   /** JSON routes: how text becomes `json` frames. */
@@ -39,6 +40,8 @@ export interface ConnectionEvents {
   [kPeerEnded](reason: TerminateReason): void
   /** Something threw on the way in: close this connection with 1011 (must not throw itself). */
   [kFault](error: unknown): void
+  /** Bytes arrived on the socket (even part of a frame): the silence the idle timeout counts is over. */
+  [kDataReceived](): void
 }
 
 const kEvents = Symbol('fastify-ws-handlers.events')
@@ -60,6 +63,25 @@ export function listen (ws: WebSocket, events: ConnectionEvents): void {
   const receiver = internalsOf(ws)._receiver
   ;(receiver as Slot)[kEvents] = events
   receiver.on('conclude', onConclude)
+}
+
+/**
+ * The heartbeat hears of socket data (only while a connection has one), before ws parses it, so
+ * that a slow large frame counts as life; hooked into ws's own data listener, not a second one.
+ */
+export function listenForData (ws: WebSocket): void {
+  hookSocketData(ws, onSocketData)
+}
+
+function onSocketData (ws: WebSocket | undefined): void {
+  /* c8 ignore next -- ws removes its data listener (our wrapper) before it lets the socket go; kept in case that order changes */
+  if (ws === undefined) return
+  const events = eventsOf(ws)
+  try {
+    events[kDataReceived]()
+  } catch (error) {
+    events[kFault](error)
+  }
 }
 
 function received (events: ConnectionEvents, frame: InFrame<unknown>, bytes: number): void {

@@ -12,7 +12,7 @@
 import { randomBytes } from 'node:crypto'
 import type { FastifyBaseLogger } from 'fastify'
 import { instanceOf } from './in-process.js'
-import { kShutdown, kWriteShared, type ConnectionContext, type ConnectionRegistry } from '../actor/context.js'
+import { kSerial, kShutdown, kWriteShared, type ConnectionContext, type ConnectionRegistry } from '../actor/context.js'
 import { encodeFrame } from '../wire/writes.js'
 import { DEFAULT_IPV6_SUBNET, clientKey } from './ip-group.js'
 import { show } from '../core/options.js'
@@ -35,7 +35,7 @@ export interface Lease { readonly route: string, readonly ip: string, readonly s
 export class Registry implements ConnectionRegistry, WebSocketConnections {
   /** The prefix of this instance's connection ids; other instances route posts by it. */
   readonly instanceId = randomBytes(4).toString('hex')
-  readonly #live = new Map<string, ConnectionContext>()
+  readonly #live = new Map<number, ConnectionContext>()
   /** Admitted (upgrading or open) connections: all, per route, per client (an IPv4 address or an IPv6 network: ip-group.ts). */
   #admitted = 0
   readonly #perRoute = new Map<string, number>()
@@ -70,8 +70,19 @@ export class Registry implements ConnectionRegistry, WebSocketConnections {
     return this.#closing
   }
 
-  nextId (): string {
-    return `${this.instanceId}-${(++this.#lastId).toString(36)}`
+  nextSerial (): number {
+    return ++this.#lastId
+  }
+
+  idOf (serial: number): string {
+    return `${this.instanceId}-${serial.toString(36)}`
+  }
+
+  /** The serial of one of this instance's ids (which may be gone), or undefined for another instance's or a malformed one. */
+  #serialOf (id: string): number | undefined {
+    if (instanceOf(id) !== this.instanceId) return undefined
+    const serial = parseInt(id.slice(this.instanceId.length + 1), 36)
+    return Number.isSafeInteger(serial) && this.idOf(serial) === id ? serial : undefined
   }
 
   /**
@@ -134,7 +145,7 @@ export class Registry implements ConnectionRegistry, WebSocketConnections {
   }
 
   add (connection: ConnectionContext): void {
-    this.#live.set(connection.id, connection)
+    this.#live.set(connection[kSerial], connection)
     // init refuses upgrades once app.close() began (503); one that was already between that
     // check and the 101 (a microtask's gap) opens, then closes with 1001.
     /* c8 ignore next */
@@ -142,13 +153,14 @@ export class Registry implements ConnectionRegistry, WebSocketConnections {
   }
 
   remove (connection: ConnectionContext): void {
-    this.#live.delete(connection.id)
+    this.#live.delete(connection[kSerial])
     this.#uncount(connection.request.routeUrl, connection.request.ip)
     if (this.#live.size === 0) this.#onEmpty?.()
   }
 
   get (id: string): ConnectionContext | undefined {
-    return this.#live.get(id)
+    const serial = this.#serialOf(id)
+    return serial === undefined ? undefined : this.#live.get(serial)
   }
 
   values (): IterableIterator<WebSocketContext> {
@@ -170,7 +182,7 @@ export class Registry implements ConnectionRegistry, WebSocketConnections {
   post (id: string, message: unknown): boolean {
     const json = this.#jsonOf(message)
     const carried = json === undefined ? message : JSON.parse(json)
-    const connection = this.#live.get(id)
+    const connection = this.get(id)
     if (connection !== undefined) return connection.post(carried)
     if (instanceOf(id) === this.instanceId) return false // ours, and gone
     return this.#adapter.post(id, carried, json)
@@ -256,7 +268,7 @@ export class Registry implements ConnectionRegistry, WebSocketConnections {
     instanceId: this.instanceId,
     publish: (topic, message) => this.#publishHere(topic, message),
     broadcast: (topic, frame, except) => this.#broadcastHere(topic, frame, except),
-    post: (id, message) => this.#live.get(id)?.post(message) ?? false
+    post: (id, message) => this.get(id)?.post(message) ?? false
   }
 
   #publishHere (topic: string, message: unknown): number {
@@ -272,9 +284,10 @@ export class Registry implements ConnectionRegistry, WebSocketConnections {
     const subscribers = this.#topics.get(topic)
     if (subscribers === undefined) return 0
     const encoded = encodeFrame(frame)
+    const skipped = except === undefined ? undefined : this.#serialOf(except)
     let written = 0
     for (const connection of subscribers) {
-      if (connection.id !== except && connection[kWriteShared](encoded, frame)) written++
+      if (connection[kSerial] !== skipped && connection[kWriteShared](encoded, frame)) written++
     }
     return written
   }

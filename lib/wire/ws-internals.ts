@@ -15,8 +15,11 @@
  *   and its inflaters' owner symbol: released contexts are pooled and reused (zlib-pool.ts);
  * - `_closeTimeout`: how long this connection waits for the peer's close reply (ws has it per
  *   server only; the app's own routes keep the server's);
- * - `_socket`: corked so that a tick's replies leave in one write, read for the idle timer,
- *   detached from the HTTP response after the 101.
+ * - `_socket`: corked so that a tick's replies leave in one write, detached from the HTTP
+ *   response after the 101; ws's 'data' listener on it, wrapped (`hookSocketData`) so that
+ *   the heartbeat hears of every chunk (a partial frame is life too) without a second listener;
+ *   and ws's `websocket` symbol on it, so that the wrapper, shared by every socket, finds the
+ *   connection without a slot of its own.
  *
  * Public APIs are used where they do the job: `subprotocol.parse` (ws's own header rule),
  * `shouldHandle` and `handleProtocols` (per-upgrade compression and subprotocol), `ping`,
@@ -96,12 +99,58 @@ export function closeCodeOfWsError (error: Error): number {
   return sentCloseCodeOf(error) ?? CloseCode.PROTOCOL_ERROR
 }
 
+/** The symbol under which this socket holds `ws` (ws's private `websocket` symbol), if any. */
+function backLinkOf (socket: Socket, ws: WebSocket): symbol | undefined {
+  return Object.getOwnPropertySymbols(socket).find((candidate) => (socket as unknown as Record<symbol, unknown>)[candidate] === ws)
+}
+
+type DataListener = ((this: Socket, chunk: Buffer) => void) & { listener?: DataListener }
+/** What hears of socket data: the socket's WebSocket, or undefined once ws let the socket go (at its close). */
+export type OnSocketData = (ws: WebSocket | undefined) => void
+/** One wrapper per (ws's listener, our callback): both are module-level functions, so in practice one. */
+const dataWrappers = new Map<DataListener, Map<OnSocketData, DataListener>>()
+
+/**
+ * Call `onData` for every chunk the socket delivers, before ws parses it. ws's own 'data'
+ * listener is swapped for a shared wrapper that calls `onData`, then ws's listener: a second
+ * listener would turn the socket's listener slot into an array (+64 B per connection). The
+ * wrapper carries ws's listener as `.listener`, as Node's `once` wrappers do, so ws's own
+ * `removeListener('data', socketOnData)` (at its close) still removes it; it finds the
+ * WebSocket through ws's link back from the socket, so it needs no slot of its own. When the
+ * socket has other 'data' listeners than ws's one, `onData` gets a listener of its own.
+ */
+export function hookSocketData (ws: WebSocket, onData: OnSocketData): void {
+  const socket = internalsOf(ws)._socket
+  const listeners = socket.rawListeners('data') as DataListener[]
+  const backLink = backLinkOf(socket, ws)
+  if (listeners.length !== 1 || backLink === undefined) {
+    socket.on('data', () => { onData(ws) })
+    return
+  }
+  const wsListener = listeners[0]!
+  if (wsListener.listener !== undefined) return // hooked already
+  let byCallback = dataWrappers.get(wsListener)
+  if (byCallback === undefined) dataWrappers.set(wsListener, byCallback = new Map())
+  let wrapper = byCallback.get(onData)
+  if (wrapper === undefined) {
+    wrapper = function (this: Socket, chunk: Buffer): void {
+      onData((this as unknown as Record<symbol, WebSocket | undefined>)[backLink])
+      wsListener.call(this, chunk)
+    }
+    wrapper.listener = wsListener
+    byCallback.set(onData, wrapper)
+  }
+  socket.removeListener('data', wsListener)
+  socket.on('data', wrapper)
+}
+
 /** What is not where this plugin expects it, or undefined. */
 export function wsInternalsProblem (ws: WebSocket): string | undefined {
   const { _socket: socket, _receiver: receiver, _sender: sender, _extensions: extensions } = internalsOf(ws)
   const missing: string[] = []
   if (typeof internalsOf(ws)._closeTimeout !== 'number') missing.push('_closeTimeout')
   if (typeof socket?.cork !== 'function') missing.push('_socket')
+  else if (backLinkOf(socket, ws) === undefined) missing.push('_socket[websocket]')
   if (typeof receiver?.on !== 'function') missing.push('_receiver')
   else {
     for (const field of ['_maxPayload', '_state', '_fragmented'] as const) {
