@@ -285,6 +285,10 @@ await echoVariants('Echo, 64 B text, 50 connections × 10 in flight', [
   rawWs, rawFastifyWebsocket, { label: '@fastify/websocket decoding', kind: 'fastify-websocket', scenario: 'echo-decode' },
   { label: 'plugin, default heartbeats', kind: 'plugin', scenario: 'echo-heartbeat' }, plugin
 ], echoShape)
+// Metrics: without an SDK nothing subscribes (the run above); with one, every frame is measured.
+await echoVariants('Echo, 64 B text, 50 × 10: without and with an OpenTelemetry metrics SDK', [
+  { ...plugin, label: 'no SDK' }, { label: 'metrics SDK registered', kind: 'plugin', scenario: 'echo-metrics' }
+], echoShape)
 await echoScenario('Echo, 1 connection × 1 in flight (latency floor)', 'echo', { ...echoShape, connections: 1, inFlight: 1 })
 await echoScenario('Echo, 16 KiB binary, 50 connections × 10 in flight', 'echo', { ...echoShape, size: 16 * 1024, binary: true })
 await echoScenario('Async handler (awaits a resolved promise per message), 64 B, 50 × 10', 'async-echo', echoShape)

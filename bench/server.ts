@@ -6,6 +6,8 @@
 import { once } from 'node:events'
 import type { AddressInfo } from 'node:net'
 import fastifyWebsocket from '@fastify/websocket'
+import { PrometheusExporter } from '@opentelemetry/exporter-prometheus'
+import { MeterProvider } from '@opentelemetry/sdk-metrics'
 import Fastify from 'fastify'
 import { WebSocketServer, type PerMessageDeflateOptions, type WebSocket } from 'ws'
 import wsHandlers, { defineHandler, text, type InFrame, type OutFrame, type WebSocketHandler } from '../lib/index.js'
@@ -15,6 +17,7 @@ export type Kind = 'ws' | 'fastify-websocket' | 'plugin'
 export type Scenario =
   | 'echo' | 'async-echo' | 'compressed' | 'compressed-hibernate'
   | 'echo-heartbeat' // plugin only: the default idle timeout and pings (the others run with both off)
+  | 'echo-metrics' // plugin only: an OpenTelemetry metrics SDK registered (a reader that collects on demand)
   | 'echo-decode' // raw servers only: text is decoded to a string and the string sent back
   | 'fanout' | 'fanout-loop' // broadcast to a topic / a loop of ws.send over websocketServer.clients
   | 'fanout-publish' // publish to a topic: each subscriber's info replies with the frame (the run queue)
@@ -109,7 +112,9 @@ if (kind === 'ws') {
     // Instances A and B of one run share a channel prefix (their parent's pid).
     const adapter = scenario === 'redis' ? redisAdapter({ channelPrefix: `fws-bench-${process.ppid}:` }) : undefined
     const heartbeat = scenario === 'echo-heartbeat' ? {} : { idleTimeout: 0, pingInterval: 0 }
-    await app.register(wsHandlers, { perMessageDeflate: deflate || undefined, ...heartbeat, adapter })
+    // As an app that scrapes: the SDK aggregates every measurement; nothing is exported during the run.
+    const metrics = scenario === 'echo-metrics' ? { meterProvider: new MeterProvider({ readers: [new PrometheusExporter({ preventServerStart: true })] }) } : undefined
+    await app.register(wsHandlers, { perMessageDeflate: deflate || undefined, ...heartbeat, adapter, metrics })
     app.ws('/', handlerFor(app.wsConnections), { compress: compressed })
     connections = () => app.wsConnections.size
     fanOut = scenario === 'fanout'

@@ -1,4 +1,6 @@
 // The example app: HTTP routes beside WebSocket routes. Each handler lives in its own file.
+import { PrometheusExporter } from '@opentelemetry/exporter-prometheus'
+import { MeterProvider } from '@opentelemetry/sdk-metrics'
 import Fastify, { type FastifyServerOptions } from 'fastify'
 import wsHandlers, { defineHandler, text, type PubSubAdapter } from '../lib/index.js'
 import { redisAdapter } from '../lib/redis.js'
@@ -22,7 +24,15 @@ export async function buildExampleApp (options: FastifyServerOptions = {}, examp
   const app = Fastify(options)
   // With REDIS_URL, several instances share chat rooms (topics) and posts by connection id.
   const adapter = example.adapter ?? (process.env.REDIS_URL === undefined ? undefined : redisAdapter())
-  await app.register(wsHandlers, { idleTimeout: 60_000, adapter })
+  // OpenTelemetry metrics, scraped by Prometheus at GET /metrics (see "Metrics" in the README).
+  const exporter = new PrometheusExporter({ preventServerStart: true })
+  const meterProvider = new MeterProvider({ readers: [exporter] })
+  app.addHook('onClose', async () => { await meterProvider.shutdown() })
+  await app.register(wsHandlers, { idleTimeout: 60_000, adapter, metrics: { meterProvider } })
+  app.get('/metrics', (request, reply) => {
+    reply.hijack()
+    exporter.getMetricsRequestHandler(request.raw, reply.raw)
+  })
   const brokerUrl = process.env.MQTT_BROKER_URL
   const broker = example.broker ?? (brokerUrl === undefined ? await embeddedBroker() : externalBroker(brokerUrl))
   const mqttStats: GatewayStats = { brokerPauses: 0, clientPauses: 0, brokerLosses: 0 }

@@ -19,6 +19,7 @@ import { governServer, makeWebSocketRoute, runInitLast, upgradeRequired, type Pl
 import { checkWs } from './wire/ws-check.js'
 import { settledWithin } from './core/timeout.js'
 import { inProcessAdapter } from './registry/in-process.js'
+import { meterFor, recordMetrics } from './registry/metrics.js'
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -47,9 +48,14 @@ const plugin: FastifyPluginAsync<WebSocketHandlersOptions> = async function wsHa
   await checkWs() // the ws that @fastify/websocket resolves still does what this plugin relies on
   const {
     closeTimeout = DEFAULT_CLOSE_TIMEOUT, perMessageDeflate, adapter = inProcessAdapter(),
-    maxConnections, maxConnectionsPerIp, ipv6Subnet, ...routeDefaults // app-wide, not route defaults
+    maxConnections, maxConnectionsPerIp, ipv6Subnet, metrics, ...routeDefaults // app-wide, not route defaults
   } = opts
   const registry = new Registry(adapter, fastify.log, { maxConnections, maxConnectionsPerIp, ipv6Subnet })
+  const meter = meterFor(metrics)
+  if (meter !== undefined) {
+    const stopRecording = recordMetrics(meter, registry)
+    fastify.addHook('onClose', async function stopMetrics () { stopRecording() })
+  }
   await adapter.start(registry.local, fastify.log)
   const defaults: PluginDefaults = {
     connection: resolveConnectionOptions(DEFAULTS, opts),

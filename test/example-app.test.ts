@@ -38,6 +38,9 @@ t.test('the example app: health, echo, hello, counter, private, posting from HTT
   const posted = await app.inject({ method: 'POST', url: `/connections/${id}`, payload: 'hi', headers: { 'content-type': 'text/plain' } })
   t.equal(posted.statusCode, 202)
   t.same(await priv.seen.frameCount(2), [welcome, 'text:posted: hi'])
+  const scrape = (await app.inject('/metrics')).body
+  t.match(scrape, /^websocket_server_connections\{websocket_route="\/private",[^}]*\} 1$/m, 'GET /metrics: the open connection, for Prometheus')
+  t.match(scrape, /^websocket_server_closes_total\{websocket_route="\/counter",websocket_close_code="1000",websocket_terminate_reason="stop",[^}]*\} 1$/m)
   const bearer = await connect(`${base}/private`, undefined, { headers: { authorization: 'Bearer secret' } })
   t.match(await bearer.seen.frameCount(1), [/^text:welcome, token:sec…/])
   bearer.ws.close()

@@ -7,6 +7,7 @@ import { randomBytes } from 'node:crypto'
 import { Writable } from 'node:stream'
 import Fastify, { type FastifyInstance } from 'fastify'
 import { Redis } from 'ioredis'
+import { AggregationTemporality, InMemoryMetricExporter, MeterProvider, PeriodicExportingMetricReader, type Histogram } from '@opentelemetry/sdk-metrics'
 import t from 'tap'
 import wsHandlers, { text, type PubSubAdapter } from '../lib/index.js'
 import { redisAdapter } from '../lib/redis.js'
@@ -31,14 +32,14 @@ const channelPrefix = `fws-test-${randomBytes(4).toString('hex')}:`
 
 interface Instance { app: FastifyInstance, adapter: PubSubAdapter, logs: Array<Record<string, unknown>> }
 
-async function instance (t: { teardown(fn: () => unknown): void }, withUrl = true): Promise<Instance> {
+async function instance (t: { teardown(fn: () => unknown): void }, withUrl = true, meterProvider?: MeterProvider): Promise<Instance> {
   const logs: Array<Record<string, unknown>> = []
   const stream = new Writable({ write (chunk, _encoding, done) { logs.push(JSON.parse(String(chunk))); done() } })
   const app = Fastify({ logger: { level: 'warn', stream } })
   t.teardown(() => app.close())
   // Without a url, the adapter reads REDIS_URL (else 127.0.0.1:6379), as the example app does.
   const adapter = redisAdapter(withUrl ? { url, channelPrefix } : { channelPrefix })
-  await app.register(wsHandlers, { adapter })
+  await app.register(wsHandlers, { adapter, metrics: meterProvider === undefined ? undefined : { meterProvider } })
   app.ws('/room', {
     websocketInit: (_state, ctx) => { ctx.subscribe('room') },
     info: (message) => ({ reply: text(JSON.stringify(message)) }),
@@ -188,15 +189,16 @@ t.test('across instances: every subscriber gets the JSON copy, and fields of any
 t.test('the wire format round-trips, and refuses what it cannot read with a reason', async (t) => {
   const origin = Buffer.from('0a0b0c0d', 'hex')
   const longId = `0a0b0c0d-${'x'.repeat(300)}`
-  t.match(decodeWire(encodeWire(origin, 4, longId, Buffer.from('{"a":1}'))), { origin, message: { kind: 'post', id: longId, message: { a: 1 } } })
+  t.match(decodeWire(encodeWire(origin, 4, longId, Buffer.from('{"a":1}'), 1_765_000_000_123.5)), { origin, sentAt: 1_765_000_000_123.5, message: { kind: 'post', id: longId, message: { a: 1 } } })
   t.match(decodeWire(encodeWire(origin, 2, '', Buffer.from('hi'))), { message: { kind: 'broadcast', frame: { binary: false }, except: undefined } })
   t.match(decodeWire(encodeWire(origin, 3, '0a0b0c0d-1', Buffer.from([1]))), { message: { kind: 'broadcast', frame: { binary: true }, except: '0a0b0c0d-1' } })
   t.equal(decodeWire(Buffer.alloc(3)), '3 bytes, shorter than a header')
-  t.equal(decodeWire(Buffer.from([1, 1, 0, 0, 0, 0, 0, 0, 0, 0])), 'unknown format version 1', 'the old format is not misread')
+  t.equal(decodeWire(Buffer.alloc(18, 1)), 'unknown format version 1', 'the old formats are not misread')
+  t.equal(decodeWire(Buffer.concat([Buffer.from([2, 1]), Buffer.alloc(16)])), 'unknown format version 2')
   t.equal(decodeWire(encodeWire(origin, 9, '', Buffer.alloc(0))), 'unknown kind 9')
   const lying = encodeWire(origin, 4, 'abc', Buffer.alloc(0))
-  lying.writeUInt32BE(1000, 6)
-  t.equal(decodeWire(lying), 'a field of 1000 bytes in a message of 13')
+  lying.writeUInt32BE(1000, 14)
+  t.equal(decodeWire(lying), 'a field of 1000 bytes in a message of 21')
   t.equal(decodeWire(encodeWire(origin, 2, '', Buffer.from([0xff]))), 'a text broadcast that is not UTF-8', 'it would break every client')
   t.throws(() => decodeWire(encodeWire(origin, 1, '', Buffer.from('{'))), SyntaxError, 'a body that is not JSON throws (the adapter drops it)')
 })
@@ -225,4 +227,32 @@ t.test('fuzz: random and mutated messages on the adapter\'s channels are dropped
   t.match(dropped[0], { level: 40, code: 'FST_WS_REDIS', problem: String, dropped: Number })
   t.equal(a.app.wsConnections.size, 1, 'the connection is still open')
   onA.ws.terminate()
+})
+
+t.test('metrics: the delivery lag from another instance, and what the adapter drops', async (t) => {
+  const exporter = new InMemoryMetricExporter(AggregationTemporality.CUMULATIVE)
+  const reader = new PeriodicExportingMetricReader({ exporter, exportIntervalMillis: 3_600_000 })
+  const meterProvider = new MeterProvider({ readers: [reader] })
+  t.teardown(async () => await meterProvider.shutdown())
+  const a = await instance(t)
+  const b = await instance(t, true, meterProvider)
+  const onB = await inject(b.app, '/room')
+  await until(async () => await instancesIn('room') === 1, 'B listens to the room')
+  a.app.wsConnections.publish('room', 'from A')
+  await onB.seen.frameCount(1)
+  await admin.publish(`${channelPrefix}t:room`, Buffer.from('not the wire format'))
+  const read = async (name: string): Promise<Map<string, unknown>> => {
+    exporter.reset()
+    await reader.forceFlush()
+    const metric = exporter.getMetrics()[0]?.scopeMetrics[0]?.metrics.find((candidate) => candidate.descriptor.name === name)
+    return new Map(metric?.dataPoints.map((point) => [JSON.stringify(point.attributes), point.value]))
+  }
+  await until(async () => (await read('websocket.server.adapter.errors')).size === 1, 'the junk message counted')
+  t.same(await read('websocket.server.adapter.errors'), new Map([['{"error.type":"dropped"}', 1]]))
+  await admin.client('KILL', 'TYPE', 'pubsub', 'SKIPME', 'yes') // every subscriber connection, B's too
+  await until(async () => (await read('websocket.server.adapter.errors')).has('{"error.type":"error"}'), 'the lost connection counted')
+  const lag = (await read('websocket.server.adapter.delivery.lag')).get('{"websocket.message.kind":"publish"}') as Histogram
+  t.equal(lag.count, 1, 'one publication from A')
+  t.ok(lag.sum! >= 0 && lag.sum! < 5, `a lag in seconds (${lag.sum!})`)
+  onB.ws.terminate()
 })

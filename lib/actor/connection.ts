@@ -31,8 +31,8 @@ import type { BroadcastFrame } from '../core/types.js'
 import { CloseCode, fitCloseReason } from '../core/close-codes.js'
 import { resultProblem } from './results.js'
 import { backlogOf, writeFrames, writeShared } from '../wire/writes.js'
-import { ConnectionContext, kPhase, kRoute, kShutdown, kWriteShared, kWs, type RouteContext, type Upgrade } from './context.js'
-import { frameOutChannel } from '../core/diagnostics.js'
+import { ConnectionContext, kPhase, kQueued, kRoute, kShutdown, kWriteShared, kWs, type RouteContext, type Upgrade } from './context.js'
+import { callbackChannel, frameOutChannel } from '../core/diagnostics.js'
 import { InternalError, InvalidMessageError, InvalidResultError, OutboundOverflowError, RateLimitedError } from '../core/errors.js'
 import { json } from '../core/frames.js'
 import { Hibernation } from './hibernate.js'
@@ -71,6 +71,8 @@ function callbackName (kind: MailKind): string {
 interface AsyncReactions {
   /** The callback whose promise is pending, for the crash log line. */
   pending: MailKind
+  /** When it began (performance.now()), or -1 when nobody observed the callback channel. */
+  startedAt: number
   readonly fulfilled: (result: unknown) => void
   readonly rejected: (error: unknown) => void
 }
@@ -205,6 +207,11 @@ export class Connection extends ConnectionContext implements ConnectionEvents, B
     this.#crash('info', error)
   }
 
+  /** Items waiting in the mailbox (metrics). */
+  get [kQueued] (): number {
+    return this.#mailbox?.size ?? 0
+  }
+
   [kDataReceived] (): void {
     if (this[kPhase] === 'open') restartSilence(this, firstStep(this.#options.idleTimeout, this.#options.pingInterval))
   }
@@ -246,6 +253,7 @@ export class Connection extends ConnectionContext implements ConnectionEvents, B
     // readyState: the peer ended TCP and ws has not said 'close' yet.
     if (this[kPhase] !== 'open' || this[kWs].readyState !== this[kWs].OPEN || this.#closedForOverflow()) return false
     writeShared(this[kWs], encoded, frame)
+    if (frameOutChannel.hasSubscribers) frameOutChannel.publish({ ctx: this, frames: [{ type: frame.binary ? 'binary' : 'text', data: frame.data }] })
     return true
   }
 
@@ -327,22 +335,27 @@ export class Connection extends ConnectionContext implements ConnectionEvents, B
       return true
     }
     const handler = this[kRoute].handler
+    // Observed (metrics): how long the callback ran, an async one until it settled.
+    const startedAt = callbackChannel.hasSubscribers && handler[kind] !== undefined ? performance.now() : -1
     try {
       let result: unknown
       if (kind === 'handle') result = handler.handle?.(payload as InFrame, this.#state, this)
       else if (kind === 'info') result = handler.info?.(payload, this.#state, this)
       else result = handler.websocketInit?.(this.#state, this)
-      if (result === undefined) return true
-      if (result !== null && typeof (result as PromiseLike<unknown>).then === 'function') {
+      if (result !== undefined && result !== null && typeof (result as PromiseLike<unknown>).then === 'function') {
         const reactions = (this.#async ??= this.#reactions())
         reactions.pending = kind
+        reactions.startedAt = startedAt
         ;(result as PromiseLike<unknown>).then(reactions.fulfilled, reactions.rejected)
         return false
       }
-      this.#interpret(kind, result)
+      if (result !== undefined) this.#interpret(kind, result)
     } catch (error) {
+      this.#ran(kind, startedAt, true)
       this.#crash(kind, error)
+      return true
     }
+    this.#ran(kind, startedAt, false)
     return true
   }
 
@@ -469,19 +482,29 @@ export class Connection extends ConnectionContext implements ConnectionEvents, B
     else done()
   }
 
+  /** Tell the callback channel's observers (`startedAt` -1: nobody observed when it began). */
+  #ran (callback: MailKind, startedAt: number, failed: boolean): void {
+    if (startedAt >= 0 && callbackChannel.hasSubscribers) callbackChannel.publish({ ctx: this, callback, durationMs: performance.now() - startedAt, failed })
+  }
+
   /** Made once per connection, not per promise. */
   #reactions (): AsyncReactions {
     const reactions: AsyncReactions = {
       pending: 'websocketInit',
+      startedAt: -1,
       fulfilled: (settled) => {
+        let failed = false
         try {
           if (settled !== undefined) this.#interpret(reactions.pending, settled)
         } catch (error) {
+          failed = true
           this.#crash(reactions.pending, error)
         }
+        this.#ran(reactions.pending, reactions.startedAt, failed)
         Connection.#drainSafely(this)
       },
       rejected: (error) => {
+        this.#ran(reactions.pending, reactions.startedAt, true)
         this.#crash(reactions.pending, error)
         Connection.#drainSafely(this)
       }

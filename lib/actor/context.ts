@@ -21,6 +21,8 @@ export const kWs = Symbol('fastify-ws-handlers.ws')
 export const kPhase = Symbol('fastify-ws-handlers.phase')
 export const kShutdown = Symbol('fastify-ws-handlers.shutdown')
 export const kWriteShared = Symbol('fastify-ws-handlers.write-shared')
+/** Items waiting in the connection's mailbox. */
+export const kQueued = Symbol('fastify-ws-handlers.queued')
 /** The connection's number in its registry: its id is the registry's instance id and this (see `id`). */
 export const kSerial = Symbol('fastify-ws-handlers.serial')
 
@@ -95,6 +97,7 @@ export abstract class ConnectionContext implements WebSocketContext<unknown>, Ti
   abstract [kStreamFailed] (error: unknown): void
   /** app.close(): close with 1001. */
   abstract [kShutdown] (): void
+  abstract get [kQueued] (): number
   /** `broadcast`: write a frame encoded once for every subscriber; false when not written. */
   abstract [kWriteShared] (encoded: Buffer, frame: BroadcastFrame): boolean
 

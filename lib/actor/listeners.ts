@@ -85,7 +85,7 @@ function onSocketData (ws: WebSocket | undefined): void {
 }
 
 function received (events: ConnectionEvents, frame: InFrame<unknown>, bytes: number): void {
-  if (frameInChannel.hasSubscribers) frameInChannel.publish({ ctx: events, frame })
+  if (frameInChannel.hasSubscribers) frameInChannel.publish({ ctx: events, frame, bytes })
   events[kReceived](frame, bytes)
 }
 

@@ -10,12 +10,28 @@ import type { TerminateReason } from './types.js'
 export const openChannel = diagnostics.channel('fastify-ws-handlers:open')
 /** `{ ctx, reason }` when a connection ends (before `terminate`). */
 export const closeChannel = diagnostics.channel('fastify-ws-handlers:close')
-/** `{ ctx, frame }` for each frame received, before `handle`. */
+/** `{ ctx, frame, bytes }` for each frame received, before `handle`; `bytes`: its payload's size as received. */
 export const frameInChannel = diagnostics.channel('fastify-ws-handlers:frame-in')
-/** `{ request, error }` for each upgrade refused before the 101 by the plugin (origin, limits, handshake, subprotocol, init's errors). */
+/**
+ * `{ request, error, routeUrl, instanceId }` for each upgrade refused before the 101 by the
+ * plugin (origin, limits, handshake, subprotocol, init's errors). `instanceId` (in the events
+ * below too): the app's, the prefix of its connection ids, so that several apps in a process
+ * can tell their events apart.
+ */
 export const refusedChannel = diagnostics.channel('fastify-ws-handlers:refused')
-/** `{ ctx, frames }` for each reply that is written. */
+/** `{ ctx, frames }` for each reply that is written, and `{ ctx, frames: [frame] }` for each broadcast written to a subscriber. */
 export const frameOutChannel = diagnostics.channel('fastify-ws-handlers:frame-out')
+/** `{ ctx, callback, durationMs, failed }` when a callback (websocketInit, handle, info) has run, an async one once it settled. */
+export const callbackChannel = diagnostics.channel('fastify-ws-handlers:callback')
+/** `{ operation: 'publish' | 'broadcast' | 'post', delivered, instanceId }` for each call of the app's (`delivered`: connections reached on this instance). */
+export const deliverChannel = diagnostics.channel('fastify-ws-handlers:deliver')
+/**
+ * The Redis adapter's events, each with `instanceId`: `{ event: 'delivery', kind, lagMs }` for a
+ * message from another instance (lag by the two wall clocks), `{ event: 'error', what, error? }`
+ * for a lost connection or a failed command, `{ event: 'dropped', problem }` for a message it could
+ * not read.
+ */
+export const adapterChannel = diagnostics.channel('fastify-ws-handlers:adapter')
 
 /**
  * Whether `log` writes info lines: pino's isLevelEnabled. Fastify's disabled logger (logger:

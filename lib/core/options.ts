@@ -114,7 +114,12 @@ const pluginChecks: Readonly<Record<string, Check>> = {
   perMessageDeflate: object,
   adapter: (v) => v !== null && typeof v === 'object' && typeof (v as { publish?: unknown }).publish === 'function'
     ? undefined
-    : `expected an adapter (inProcessAdapter(), redisAdapter()), got ${show(v)}`
+    : `expected an adapter (inProcessAdapter(), redisAdapter()), got ${show(v)}`,
+  metrics: (v) => v === false || (v !== null && typeof v === 'object' && !Array.isArray(v) &&
+    Object.keys(v).every((key) => key === 'meterProvider') &&
+    ((v as { meterProvider?: unknown }).meterProvider === undefined || typeof (v as { meterProvider: { getMeter?: unknown } }).meterProvider.getMeter === 'function'))
+    ? undefined
+    : `expected false or { meterProvider } (a MeterProvider of @opentelemetry/api), got ${show(v)}`
 }
 
 /** The first problem with `options` against `checks`, as a sentence, or undefined. */

@@ -5,6 +5,7 @@
  */
 import type { FastifyBaseLogger, FastifyReply, FastifyRequest, RouteGenericInterface } from 'fastify'
 import type { PerMessageDeflateOptions } from 'ws'
+import type { MeterProvider } from '@opentelemetry/api'
 
 // ---------------------------------------------------------------------------
 // Frames
@@ -259,6 +260,18 @@ export interface WebSocketHandlersOptions extends RouteWebSocketOptions {
    * registers @fastify/websocket.
    */
   perMessageDeflate?: PerMessageDeflateOptions
+  /**
+   * OpenTelemetry metrics (see "Metrics" in the README): recorded to the global meter provider
+   * when the app has registered an SDK, or to `meterProvider`; `false` records none. Without an
+   * SDK nothing is recorded and nothing costs.
+   */
+  metrics?: MetricsOptions | false
+}
+
+/** Where the plugin's metrics go. */
+export interface MetricsOptions {
+  /** Default: the global one (`metrics.getMeterProvider()` of `@opentelemetry/api`). */
+  meterProvider?: MeterProvider
 }
 
 // ---------------------------------------------------------------------------

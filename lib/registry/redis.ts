@@ -20,6 +20,7 @@ import { Redis, type RedisOptions } from 'ioredis'
 import type { BroadcastFrame, LocalDelivery, PubSubAdapter } from '../core/types.js'
 import { RedisAdapterError } from '../core/errors.js'
 import { settledWithin } from '../core/timeout.js'
+import { adapterChannel } from '../core/diagnostics.js'
 
 export interface RedisAdapterOptions {
   /** Default: `REDIS_URL`, else redis://127.0.0.1:6379. */
@@ -40,18 +41,21 @@ export interface RedisPubSubAdapter extends PubSubAdapter {
  * The wire format of one message on a channel (all of it checked on receipt; what does not
  * parse is dropped and logged, never thrown):
  *
- *   [version 1 B = 2][kind 1 B][origin instance id 4 B][field length 4 B, big-endian][field, UTF-8][body]
+ *   [version 1 B = 3][kind 1 B][origin instance id 4 B][sent at 8 B][field length 4 B, big-endian][field, UTF-8][body]
  *
+ * "sent at" is the publisher's wall clock (ms since the epoch, a big-endian double): the
+ * receiving instance reports the delivery lag (`fastify-ws-handlers:adapter`, and the metric).
  * kind PUBLISH: no field (length 0), body JSON; TEXT/BINARY (broadcast): field = the `except`
  * id ('' for none), body the payload; POST: field = the target connection id, body JSON.
- * Version 1 (one-byte lengths, no version byte) is not read: its first byte is a kind (1-4).
+ * Versions 1 (one-byte lengths, no version byte: its first byte is a kind, 1-4) and 2 (no time)
+ * are not read: upgrade every instance together, or give the new ones their own channelPrefix.
  */
-const VERSION = 2
+const VERSION = 3
 const PUBLISH = 1
 const TEXT = 2
 const BINARY = 3
 const POST = 4
-const HEAD = 10 // version, kind, origin, field length
+const HEAD = 18 // version, kind, origin, sent at, field length
 
 /** What arrived on a channel, once checked; or why it is dropped. */
 export type WireMessage =
@@ -60,22 +64,24 @@ export type WireMessage =
   | { readonly kind: 'post', readonly id: string, readonly message: unknown }
 
 /** The envelope of one message (exported for the wire-format tests). */
-export function encodeWire (origin: Buffer, kind: number, field: string, body: Buffer): Buffer {
+export function encodeWire (origin: Buffer, kind: number, field: string, body: Buffer, sentAt = Date.now()): Buffer {
   const fieldBytes = Buffer.from(field)
   const head = Buffer.allocUnsafe(HEAD)
   head[0] = VERSION
   head[1] = kind
   origin.copy(head, 2, 0, 4)
-  head.writeUInt32BE(fieldBytes.length, 6)
+  head.writeDoubleBE(sentAt, 6)
+  head.writeUInt32BE(fieldBytes.length, 14)
   return Buffer.concat([head, fieldBytes, body])
 }
 
-/** The origin's 4 bytes (to skip our own), and the message; a string says why it cannot be read. */
-export function decodeWire (payload: Buffer): { origin: Buffer, message: WireMessage } | string {
+/** The origin's 4 bytes (to skip our own), when it was sent, and the message; a string says why it cannot be read. */
+export function decodeWire (payload: Buffer): { origin: Buffer, sentAt: number, message: WireMessage } | string {
   if (payload.length < HEAD) return `${payload.length} bytes, shorter than a header`
   if (payload[0] !== VERSION) return `unknown format version ${payload[0]!}`
   const kind = payload[1]
-  const fieldLength = payload.readUInt32BE(6)
+  const sentAt = payload.readDoubleBE(6)
+  const fieldLength = payload.readUInt32BE(14)
   if (fieldLength > payload.length - HEAD) return `a field of ${fieldLength} bytes in a message of ${payload.length}`
   const origin = payload.subarray(2, 6)
   const field = payload.toString('utf8', HEAD, HEAD + fieldLength)
@@ -83,15 +89,15 @@ export function decodeWire (payload: Buffer): { origin: Buffer, message: WireMes
   const except = field === '' ? undefined : field
   switch (kind) {
     case PUBLISH:
-      return { origin, message: { kind: 'publish', message: JSON.parse(body.toString()) } }
+      return { origin, sentAt, message: { kind: 'publish', message: JSON.parse(body.toString()) } }
     case POST:
-      return { origin, message: { kind: 'post', id: field, message: JSON.parse(body.toString()) } }
+      return { origin, sentAt, message: { kind: 'post', id: field, message: JSON.parse(body.toString()) } }
     case TEXT:
       // Written as a text frame to every subscriber: text that is not UTF-8 would break their clients (1007).
       if (!isUtf8(body)) return 'a text broadcast that is not UTF-8'
-      return { origin, message: { kind: 'broadcast', frame: { binary: false, data: body }, except } }
+      return { origin, sentAt, message: { kind: 'broadcast', frame: { binary: false, data: body }, except } }
     case BINARY:
-      return { origin, message: { kind: 'broadcast', frame: { binary: true, data: body }, except } }
+      return { origin, sentAt, message: { kind: 'broadcast', frame: { binary: true, data: body }, except } }
     default:
       return `unknown kind ${kind!}`
   }
@@ -114,7 +120,9 @@ export function redisAdapter (options: RedisAdapterOptions = {}): RedisPubSubAda
 
   function lost (what: string, error?: Error): void {
     if (error !== undefined) lastError = error
-    if (closing || down) return
+    if (closing) return
+    if (adapterChannel.hasSubscribers) adapterChannel.publish({ event: 'error', what, error, instanceId: local.instanceId })
+    if (down) return
     down = true
     log.error({ err: new RedisAdapterError(`${what} (${url})${error === undefined ? '' : `: ${error.message}`}; reconnecting, local delivery goes on`) },
       'Redis adapter lost Redis')
@@ -127,6 +135,7 @@ export function redisAdapter (options: RedisAdapterOptions = {}): RedisPubSubAda
   /** A message that cannot be read is dropped: logged at most once a second (with the count), so a flood cannot fill the logs. */
   function drop (channel: Buffer, problem: string): void {
     drops.since++
+    if (adapterChannel.hasSubscribers) adapterChannel.publish({ event: 'dropped', problem, instanceId: local.instanceId })
     const now = performance.now()
     if (now - drops.lastLoggedAt < 1000) return
     log.warn({ code: 'FST_WS_REDIS', channel: channel.toString(), problem, dropped: drops.since }, 'Redis adapter dropped a message it cannot read')
@@ -145,6 +154,7 @@ export function redisAdapter (options: RedisAdapterOptions = {}): RedisPubSubAda
       }
       if (decoded.origin.equals(origin)) return // our own: delivered locally already
       const { message } = decoded
+      if (adapterChannel.hasSubscribers) adapterChannel.publish({ event: 'delivery', kind: message.kind, lagMs: Date.now() - decoded.sentAt, instanceId: local.instanceId })
       const topic = channel.toString().slice(prefix.length + 2)
       if (message.kind === 'publish') local.publish(topic, message.message)
       else if (message.kind === 'post') local.post(message.id, message.message)

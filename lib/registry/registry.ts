@@ -16,6 +16,7 @@ import { kSerial, kShutdown, kWriteShared, type ConnectionContext, type Connecti
 import { encodeFrame } from '../wire/writes.js'
 import { DEFAULT_IPV6_SUBNET, clientKey } from './ip-group.js'
 import { show } from '../core/options.js'
+import { deliverChannel } from '../core/diagnostics.js'
 import { InvalidBroadcastError, InvalidTopicError, MessageNotSerializableError, TooManyConnectionsError } from '../core/errors.js'
 import type { BroadcastFrame, BroadcastOptions, LocalDelivery, OutFrame, PubSubAdapter, WebSocketConnections, WebSocketContext } from '../core/types.js'
 
@@ -183,9 +184,9 @@ export class Registry implements ConnectionRegistry, WebSocketConnections {
     const json = this.#jsonOf(message)
     const carried = json === undefined ? message : JSON.parse(json)
     const connection = this.get(id)
-    if (connection !== undefined) return connection.post(carried)
-    if (instanceOf(id) === this.instanceId) return false // ours, and gone
-    return this.#adapter.post(id, carried, json)
+    const delivered = connection !== undefined ? connection.post(carried) : instanceOf(id) !== this.instanceId && this.#adapter.post(id, carried, json)
+    if (deliverChannel.hasSubscribers) deliverChannel.publish({ operation: 'post', delivered: delivered ? 1 : 0, instanceId: this.instanceId })
+    return delivered
   }
 
   /**
@@ -252,14 +253,18 @@ export class Registry implements ConnectionRegistry, WebSocketConnections {
     const json = this.#jsonOf(message)
     const carried = json === undefined ? message : JSON.parse(json)
     this.#adapter.publish(topic, carried, json)
-    return this.#publishHere(topic, carried)
+    const delivered = this.#publishHere(topic, carried)
+    if (deliverChannel.hasSubscribers) deliverChannel.publish({ operation: 'publish', delivered, instanceId: this.instanceId })
+    return delivered
   }
 
   broadcast (topic: string, frame: OutFrame, options: BroadcastOptions = {}): number {
     assertTopic(topic)
     const shared = toBroadcastFrame(frame)
     this.#adapter.broadcast(topic, shared, options.except)
-    return this.#broadcastHere(topic, shared, options.except)
+    const delivered = this.#broadcastHere(topic, shared, options.except)
+    if (deliverChannel.hasSubscribers) deliverChannel.publish({ operation: 'broadcast', delivered, instanceId: this.instanceId })
+    return delivered
   }
 
   // ---- LocalDelivery: what the adapter brings from other instances ----------

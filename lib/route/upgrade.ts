@@ -181,7 +181,7 @@ function upgradeStep (
     try {
       await checkAndInit(request, reply)
     } catch (error) {
-      if (refusedChannel.hasSubscribers) refusedChannel.publish({ request, error })
+      if (refusedChannel.hasSubscribers) refusedChannel.publish({ request, error, routeUrl: url, instanceId: registry.instanceId })
       if (isLoadShedding(error)) {
         answerLoadShedding(request, reply, error)
         return
