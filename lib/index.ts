@@ -136,6 +136,7 @@ export function defineHandler<
 }
 
 export { text, json, binary, ping, pong, close } from './core/frames.js'
+export { topic } from './core/topics.js'
 export { upgradeRequired } from './route/upgrade.js'
 export { inProcessAdapter, InProcessBus } from './registry/in-process.js'
 export { CloseCode } from './core/close-codes.js'

@@ -66,7 +66,7 @@ t.test('per route: connections, frames and bytes both ways, closes by code and r
   const { provider, read } = sdk(t)
   const app = Fastify()
   t.teardown(() => app.close())
-  await app.register(wsHandlers, { metrics: { meterProvider: provider } })
+  await app.register(wsHandlers, { metrics: { meterProvider: provider, callbackSampling: 1 } })
   app.ws('/echo', { handle: (frame) => frame.type === 'text' ? { reply: [text(frame.data), text('é')] } : undefined })
   app.ws('/quiet', { handle: (frame) => ({ reply: frame.type === 'text' && frame.data === 'bye' ? close(1000, 'bye') : { type: 'ping' } }) })
   await app.ready()
@@ -88,8 +88,10 @@ t.test('per route: connections, frames and bytes both ways, closes by code and r
   t.same(readings.get('websocket.server.messages.sent'), new Map([['websocket.route=/echo,websocket.frame.type=text', 4], ['websocket.route=/quiet,websocket.frame.type=ping', 1]]))
   t.same(readings.get('websocket.server.bytes.sent'), new Map([['websocket.route=/echo,websocket.frame.type=text', 7 + 2 * 2], ['websocket.route=/quiet,websocket.frame.type=ping', 0]]), 'é is two bytes')
   const durations = readings.get('websocket.server.callback.duration')!.get('websocket.route=/echo,websocket.callback=handle') as Histogram
-  t.equal(durations.count, 2, 'one duration per handle')
+  t.equal(durations.count, 2, 'one duration per handle (callbackSampling: 1)')
   t.ok(durations.sum! >= 0 && durations.sum! < 5, `in seconds (${durations.sum!})`)
+  t.equal(readings.get('websocket.server.callback.calls')!.get('websocket.route=/echo,websocket.callback=handle'), 2)
+  t.equal(readings.get('websocket.server.callback.time')!.get('websocket.route=/echo,websocket.callback=handle'), durations.sum, 'the exact total time')
   a.close(4001, 'bye')
   await a.closed()
   b.close() // no code: 1005
@@ -137,10 +139,15 @@ t.test('publish, broadcast and post: calls and the connections they reached; mai
   t.teardown(() => app.close())
   await app.register(wsHandlers, { metrics: { meterProvider: provider } })
   let release!: () => void
+  let began = false
   const busy = new Promise<void>((resolve) => { release = resolve })
   app.ws('/room', {
     websocketInit: (_state, ctx) => { ctx.subscribe('room') },
-    handle: async (frame) => { if (frame.type === 'text' && frame.data === 'wait') await busy },
+    handle: async (frame) => {
+      if (frame.type !== 'text' || frame.data !== 'wait') return
+      began = true
+      await busy
+    },
     info: () => undefined
   })
   await app.ready()
@@ -153,7 +160,7 @@ t.test('publish, broadcast and post: calls and the connections they reached; mai
   t.ok(app.wsConnections.post([...app.wsConnections][0]!.id, 'to one'))
   t.notOk(app.wsConnections.post('00000000-1', 'to nobody'))
   a.send('wait')
-  await until(async () => (await read()).get('websocket.server.callback.duration') !== undefined, 'handle began')
+  await until(() => began, 'handle began')
   for (let i = 0; i < 3; i++) a.send(`queued ${i}`)
   await until(async () => (await read()).get('websocket.server.mailbox.longest')?.get('websocket.route=/room') === 3, 'three items wait')
   const readings = await read()
@@ -238,15 +245,15 @@ t.test('an SDK whose instruments throw costs the metric, never a connection', as
   app2.ws('/x', { handle: (frame) => frame.type === 'text' ? { reply: text(frame.data) } : undefined })
   await app2.ready()
   const client = await wsClient(app2, '/x')
-  client.send('still served')
-  t.same(await client.next(), { type: 'text', data: 'still served' })
+  for (let i = 0; i < 16; i++) client.send(`still served ${i}`) // the 16th call is timed into the histogram, which throws
+  for (let i = 0; i < 16; i++) t.same(await client.next(), { type: 'text', data: `still served ${i}` })
   client.close()
 })
 
 t.test('the metrics option is checked', async (t) => {
-  for (const bad of [true, null, [], { meterProvider: {} }, { provider: 1 }]) {
+  for (const bad of [true, null, [], { meterProvider: {} }, { provider: 1 }, { callbackSampling: 0 }, { callbackSampling: 1.5 }]) {
     const app = Fastify()
-    await t.rejects(async () => { await app.register(wsHandlers, { metrics: bad as never }).ready() }, { code: 'FST_WS_INVALID_OPTION', message: /option "metrics": expected false or \{ meterProvider \}/ })
+    await t.rejects(async () => { await app.register(wsHandlers, { metrics: bad as never }).ready() }, { code: 'FST_WS_INVALID_OPTION', message: /option "metrics": expected false or \{ meterProvider\?, callbackSampling\? \}/ })
   }
 })
 
@@ -271,7 +278,26 @@ t.test('the README\'s Prometheus endpoint serves the metrics in the exposition f
   t.equal(scrape.statusCode, 200)
   t.match(scrape.body, /^websocket_server_connections\{websocket_route="\/echo",[^}]*\} 1$/m)
   t.match(scrape.body, /^websocket_server_messages_received_total\{websocket_route="\/echo",websocket_frame_type="text",[^}]*\} 1$/m)
-  t.match(scrape.body, /^websocket_server_callback_duration_count\{websocket_route="\/echo",websocket_callback="handle",[^}]*\} 1$/m)
+  t.match(scrape.body, /^websocket_server_callback_calls_total\{websocket_route="\/echo",websocket_callback="handle",[^}]*\} 1$/m)
   t.notMatch(scrape.body, /websocket_callback="websocketInit"/, 'a callback the handler does not have is not timed')
   client.close()
+})
+
+t.test('callback durations: one call in callbackSampling goes to the histogram, every crash does; counts and time are exact', async (t) => {
+  const { provider, read } = sdk(t)
+  const app = Fastify()
+  t.teardown(() => app.close())
+  await app.register(wsHandlers, { metrics: { meterProvider: provider, callbackSampling: 4 } })
+  app.ws('/x', { handle: (frame) => { if (frame.type === 'text' && frame.data === 'crash') throw new Error('boom') } })
+  await app.ready()
+  const client = await wsClient(app, '/x')
+  for (let i = 0; i < 10; i++) client.send(String(i))
+  await until(async () => (await read()).get('websocket.server.callback.calls')?.get('websocket.route=/x,websocket.callback=handle') === 10, 'ten calls')
+  client.send('crash')
+  await client.closed()
+  const readings = await read()
+  const durations = readings.get('websocket.server.callback.duration')!
+  t.equal((durations.get('websocket.route=/x,websocket.callback=handle') as Histogram).count, 2, 'calls 4 and 8 of 10')
+  t.equal((durations.get('websocket.route=/x,websocket.callback=handle,error.type=crash') as Histogram).count, 1)
+  t.equal(readings.get('websocket.server.callback.calls')!.get('websocket.route=/x,websocket.callback=handle'), 11)
 })

@@ -6,7 +6,7 @@ import type net from 'node:net'
 import Fastify from 'fastify'
 import t from 'tap'
 import WebSocket from 'ws'
-import wsHandlers, { InProcessBus, inProcessAdapter, text, type WebSocketContext } from '../lib/index.js'
+import wsHandlers, { InProcessBus, defineHandler, inProcessAdapter, text, topic, type WebSocketContext } from '../lib/index.js'
 import { RawClient, buildApp, connect, inject, listen, terminateRecorder, until } from './helpers.js'
 
 const room = {
@@ -120,6 +120,37 @@ t.test('bad topics and frames are refused with a coded error', async (t) => {
   t.throws(() => app.wsConnections.broadcast('room', { type: 'ping' }), { code: 'FST_WS_INVALID_BROADCAST' })
   await inject(app, '/bad')
   t.match((await recorder.first).reason, { type: 'crash', error: { code: 'FST_WS_INVALID_TOPIC' } })
+})
+
+t.test('a typed topic (topic<M>(name)) is its name at runtime: subscribe, publish, broadcast, count, leave', async (t) => {
+  const { app } = await buildApp(t)
+  const prices = topic<{ symbol: string, price: number }>('prices')
+  t.same(prices, { name: 'prices' })
+  t.ok(Object.isFrozen(prices))
+  app.ws('/ticker', defineHandler<undefined, { symbol: string, price: number }>({
+    websocketInit: (_state, ctx) => { ctx.subscribe(prices) },
+    info: (update) => ({ reply: text(`${update.symbol} ${update.price}`) }),
+    handle: (frame, _state, ctx) => frame.type === 'text' && frame.data === 'leave' ? { reply: text(`left: ${String(ctx.unsubscribe(prices))}`) } : undefined
+  }))
+  app.ws('/by-name', { websocketInit: (_state, ctx) => { ctx.subscribe('prices') }, info: (message) => ({ reply: text(JSON.stringify(message)) }) })
+  const ticker = await inject(app, '/ticker')
+  const byName = await inject(app, '/by-name')
+  await until(() => app.wsConnections.subscriberCount(prices) === 2, 'both in the topic, whichever way they named it')
+  t.equal(app.wsConnections.subscriberCount('prices'), 2)
+  t.equal([...app.wsConnections.subscribers(prices)].length, 2)
+  t.equal(app.wsConnections.publish(prices, { symbol: 'ACME', price: 3 }), 2)
+  t.equal(app.wsConnections.broadcast(prices, text('bell')), 2)
+  t.same(await ticker.seen.frameCount(2), ['text:ACME 3', 'text:bell'])
+  t.same(await byName.seen.frameCount(2), ['text:{"symbol":"ACME","price":3}', 'text:bell'])
+  ticker.ws.send('leave')
+  t.same(await ticker.seen.frameCount(3), ['text:ACME 3', 'text:bell', 'text:left: true'])
+  t.equal(app.wsConnections.subscriberCount(prices), 1)
+  for (const bad of ['', 7, null, {}, { name: '' }]) {
+    t.throws(() => topic(bad as string), { code: 'FST_WS_INVALID_TOPIC' }, `topic(${JSON.stringify(bad)})`)
+    t.throws(() => app.wsConnections.publish(bad as string, 1), { code: 'FST_WS_INVALID_TOPIC' }, `publish to ${JSON.stringify(bad)}`)
+  }
+  ticker.ws.close()
+  byName.ws.close()
 })
 
 t.test('connections can be iterated and counted, per route', async (t) => {

@@ -11,7 +11,8 @@ import { closeChannel, closeLogFields, logsInfo, openChannel } from '../core/dia
 import type { ResolvedConnectionOptions } from '../core/options.js'
 import type { JsonReader } from './listeners.js'
 import { Timers, kTimerFired, nextTimerRef, type TimerOwner } from './timers.js'
-import type { JsonOptions, RequestSnapshot, StreamRef, StreamTo, TerminateReason, TimerRef, WebSocketContext, WebSocketHandler } from '../core/types.js'
+import type { JsonOptions, RequestSnapshot, StreamRef, StreamTo, TerminateReason, TimerRef, Topic, WebSocketContext, WebSocketHandler } from '../core/types.js'
+import { nameOf, topicName } from '../core/topics.js'
 import { kStreamFailed, kStreamMessage, type Stream } from './streams.js'
 
 // Symbol keys for what the actor (connection.ts) shares with this base: ctx stays what the
@@ -144,14 +145,16 @@ export abstract class ConnectionContext implements WebSocketContext<unknown>, Ti
     return this.#topics ?? noTopics
   }
 
-  subscribe (topic: string): boolean {
+  subscribe (to: string | Topic<unknown>): boolean {
+    const topic = topicName(to)
     if (this[kPhase] === 'closed' || !this[kRoute].registry.subscribe(this, topic)) return false
     // A literal: an empty array's first push reserves room for 17 (+136 B per connection).
     this.#topics = Object.freeze(this.#topics === undefined ? [topic] : [...this.#topics, topic])
     return true
   }
 
-  unsubscribe (topic: string): boolean {
+  unsubscribe (to: string | Topic<unknown>): boolean {
+    const topic = nameOf(to)
     if (!this[kRoute].registry.unsubscribe(this, topic)) return false
     const left = this.#topics!.filter((subscribed) => subscribed !== topic)
     this.#topics = left.length === 0 ? undefined : Object.freeze(left)

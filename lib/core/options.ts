@@ -98,6 +98,14 @@ function isJsonOptions (value: unknown): boolean {
     (onInvalid === undefined || onInvalid === 'close' || onInvalid === 'error-frame' || typeof onInvalid === 'function')
 }
 
+function isMetricsOptions (value: unknown): boolean {
+  if (value === null || typeof value !== 'object' || Array.isArray(value)) return false
+  const { meterProvider, callbackSampling } = value as { meterProvider?: { getMeter?: unknown }, callbackSampling?: unknown }
+  return Object.keys(value).every((key) => key === 'meterProvider' || key === 'callbackSampling') &&
+    (meterProvider === undefined || typeof meterProvider?.getMeter === 'function') &&
+    (callbackSampling === undefined || (Number.isInteger(callbackSampling) && (callbackSampling as number) >= 1))
+}
+
 /** Fastify's route options that `app.ws()` passes on; any other key is a typo. */
 export const fastifyRouteOptionKeys: ReadonlySet<string> = new Set([
   'schema', 'attachValidation', 'exposeHeadRoute', 'onRequest', 'preParsing', 'preValidation', 'preHandler',
@@ -115,11 +123,9 @@ const pluginChecks: Readonly<Record<string, Check>> = {
   adapter: (v) => v !== null && typeof v === 'object' && typeof (v as { publish?: unknown }).publish === 'function'
     ? undefined
     : `expected an adapter (inProcessAdapter(), redisAdapter()), got ${show(v)}`,
-  metrics: (v) => v === false || (v !== null && typeof v === 'object' && !Array.isArray(v) &&
-    Object.keys(v).every((key) => key === 'meterProvider') &&
-    ((v as { meterProvider?: unknown }).meterProvider === undefined || typeof (v as { meterProvider: { getMeter?: unknown } }).meterProvider.getMeter === 'function'))
+  metrics: (v) => v === false || isMetricsOptions(v)
     ? undefined
-    : `expected false or { meterProvider } (a MeterProvider of @opentelemetry/api), got ${show(v)}`
+    : `expected false or { meterProvider?, callbackSampling? } (a MeterProvider of @opentelemetry/api, a whole number >= 1), got ${show(v)}`
 }
 
 /** The first problem with `options` against `checks`, as a sentence, or undefined. */

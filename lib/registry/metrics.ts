@@ -7,9 +7,15 @@
  * (the API's no-op meter) nothing subscribes to them, so an unobserved app pays one property
  * read per event, as before. With one, each app records only its own connections (its registry
  * and instance id), and stops at app.close().
+ *
+ * The SDK hashes the attributes of every synchronous measurement (≈ 1.2 µs each, measured): five
+ * per echoed message would more than double the CPU of a 64 B echo. So per-message counts are
+ * tallied here, in plain numbers per route, and reported by observable instruments when the SDK
+ * collects (exact, and a few nanoseconds per event); callback durations go to a histogram for one
+ * callback in `callbackSampling` (and every one that threw), beside exact call counts and time.
  */
 import type { Channel } from 'node:diagnostics_channel'
-import { createNoopMeter, metrics as otel, type Attributes, type Counter, type Histogram, type Meter, type ObservableResult, type UpDownCounter } from '@opentelemetry/api'
+import { createNoopMeter, metrics as otel, type Attributes, type Histogram, type Meter, type ObservableResult } from '@opentelemetry/api'
 import {
   adapterChannel, callbackChannel, closeChannel, closeLogFields, deliverChannel, frameInChannel, frameOutChannel, openChannel, refusedChannel
 } from '../core/diagnostics.js'
@@ -17,6 +23,8 @@ import type { InFrame, MetricsOptions, OutFrame, TerminateReason } from '../core
 import { kQueued, kRoute, type ConnectionContext, type RouteContext } from '../actor/context.js'
 
 export const METER_NAME = 'fastify-ws-handlers'
+/** One callback in this many is timed into the duration histogram by default. */
+export const DEFAULT_CALLBACK_SAMPLING = 16
 
 /** The histogram boundaries for callback durations and delivery lag, in seconds: 50 µs to 5 s. */
 const SECONDS_BUCKETS = [0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5]
@@ -27,47 +35,23 @@ export interface MetricsSource {
   values(): Iterable<unknown>
 }
 
-interface Instruments {
-  connections: UpDownCounter
-  refused: Counter
-  messagesIn: Counter
-  messagesOut: Counter
-  bytesIn: Counter
-  bytesOut: Counter
-  closes: Counter
-  callbackDuration: Histogram
-  deliveries: Counter
-  recipients: Counter
-  adapterErrors: Counter
-  adapterLag: Histogram
-}
+/** One time series: its attributes (made once) and its running value. */
+interface Tally { readonly attributes: Attributes, value: number }
 
-function instrumentsOf (meter: Meter): Instruments {
-  const seconds = { unit: 's', advice: { explicitBucketBoundaries: SECONDS_BUCKETS } }
-  return {
-    connections: meter.createUpDownCounter('websocket.server.connections', { description: 'Open WebSocket connections', unit: '{connection}' }),
-    refused: meter.createCounter('websocket.server.upgrades.refused', { description: 'Upgrades refused before the 101, by status and error code', unit: '{upgrade}' }),
-    messagesIn: meter.createCounter('websocket.server.messages.received', { description: 'Frames received (text, binary, ping, pong)', unit: '{message}' }),
-    messagesOut: meter.createCounter('websocket.server.messages.sent', { description: 'Frames written: replies and broadcasts', unit: '{message}' }),
-    bytesIn: meter.createCounter('websocket.server.bytes.received', { description: 'Payload bytes received', unit: 'By' }),
-    bytesOut: meter.createCounter('websocket.server.bytes.sent', { description: 'Payload bytes written', unit: 'By' }),
-    closes: meter.createCounter('websocket.server.closes', { description: 'Connections ended, by close code and terminate reason', unit: '{connection}' }),
-    callbackDuration: meter.createHistogram('websocket.server.callback.duration', { description: 'How long websocketInit, handle and info ran (an async one until it settled)', ...seconds }),
-    deliveries: meter.createCounter('websocket.server.deliveries', { description: 'Calls of publish, broadcast and post', unit: '{call}' }),
-    recipients: meter.createCounter('websocket.server.deliveries.recipients', { description: 'Connections of this instance that a publish, broadcast or post reached', unit: '{connection}' }),
-    adapterErrors: meter.createCounter('websocket.server.adapter.errors', { description: 'Adapter connection errors and messages it could not read', unit: '{error}' }),
-    adapterLag: meter.createHistogram('websocket.server.adapter.delivery.lag', { description: 'From publishing on another instance to receiving here (the two wall clocks)', ...seconds })
+/** Tallies by two keys (a route and a kind), found with two map lookups and no string built per event. */
+class Tallies {
+  readonly #byFirst = new Map<string, Map<string | number, Tally>>()
+
+  get (first: string, second: string | number, attributes: () => Attributes): Tally {
+    let bySecond = this.#byFirst.get(first)
+    if (bySecond === undefined) this.#byFirst.set(first, bySecond = new Map())
+    let tally = bySecond.get(second)
+    if (tally === undefined) bySecond.set(second, tally = { attributes: Object.freeze(attributes()), value: 0 })
+    return tally
   }
-}
 
-/** Attribute objects are made once per route (and kind), not per event. */
-class AttributeCache {
-  readonly #byKey = new Map<string, Attributes>()
-
-  get (key: string, make: () => Attributes): Attributes {
-    let attributes = this.#byKey.get(key)
-    if (attributes === undefined) this.#byKey.set(key, attributes = Object.freeze(make()))
-    return attributes
+  * [Symbol.iterator] (): IterableIterator<Tally> {
+    for (const bySecond of this.#byFirst.values()) yield * bySecond.values()
   }
 }
 
@@ -78,33 +62,75 @@ function payloadBytes (frame: OutFrame): number {
   return typeof data === 'string' ? Buffer.byteLength(data) : data.byteLength
 }
 
-/** The app's meter, or undefined when recording would go nowhere (no SDK registered, or `metrics: false`). */
-export function meterFor (options: MetricsOptions | false | undefined): Meter | undefined {
+const noopMeterClass = createNoopMeter().constructor
+
+/** The app's meter and sampling, or undefined when recording would go nowhere (no SDK registered, or `metrics: false`). */
+export function meterFor (options: MetricsOptions | false | undefined): { meter: Meter, callbackSampling: number } | undefined {
   if (options === false) return undefined
   const meter = (options?.meterProvider ?? otel.getMeterProvider()).getMeter(METER_NAME)
-  return meter instanceof noopMeterClass ? undefined : meter
+  return meter instanceof noopMeterClass ? undefined : { meter, callbackSampling: options?.callbackSampling ?? DEFAULT_CALLBACK_SAMPLING }
 }
-const noopMeterClass = createNoopMeter().constructor
 
 /**
  * Record this app's metrics to `meter` until the returned function is called (app.close()).
  * `source` is the app's registry: its connections for the mailbox gauges, its instance id for
  * the events that carry no connection.
  */
-export function recordMetrics (meter: Meter, source: MetricsSource): () => void {
-  const instruments = instrumentsOf(meter)
-  const attributes = new AttributeCache()
-  const own = (ctx: unknown): RouteContext | undefined => {
-    const route = (ctx as { [kRoute]: RouteContext })[kRoute]
-    return route.registry === source as unknown ? route : undefined
+export function recordMetrics ({ meter, callbackSampling }: { meter: Meter, callbackSampling: number }, source: MetricsSource): () => void {
+  const route = (url: string) => () => ({ 'websocket.route': url })
+  const frameOf = (url: string, type: string) => () => ({ 'websocket.route': url, 'websocket.frame.type': type })
+  const callbackOf = (url: string, callback: string) => () => ({ 'websocket.route': url, 'websocket.callback': callback })
+  const tallies = {
+    connections: new Tallies(),
+    messagesIn: new Tallies(),
+    bytesIn: new Tallies(),
+    messagesOut: new Tallies(),
+    bytesOut: new Tallies(),
+    closes: new Tallies(),
+    refused: new Tallies(),
+    calls: new Tallies(),
+    callTime: new Tallies(),
+    deliveries: new Tallies(),
+    recipients: new Tallies(),
+    adapterErrors: new Tallies()
   }
-  const routeOf = (url: string): Attributes => attributes.get(url, () => ({ 'websocket.route': url }))
+  const observables: Array<[keyof typeof tallies, 'counter' | 'updown', string, string, string]> = [
+    ['connections', 'updown', 'websocket.server.connections', 'Open WebSocket connections', '{connection}'],
+    ['refused', 'counter', 'websocket.server.upgrades.refused', 'Upgrades refused before the 101, by status and error code', '{upgrade}'],
+    ['messagesIn', 'counter', 'websocket.server.messages.received', 'Frames received (text, binary, ping, pong)', '{message}'],
+    ['messagesOut', 'counter', 'websocket.server.messages.sent', 'Frames written: replies and broadcasts', '{message}'],
+    ['bytesIn', 'counter', 'websocket.server.bytes.received', 'Payload bytes received', 'By'],
+    ['bytesOut', 'counter', 'websocket.server.bytes.sent', 'Payload bytes written', 'By'],
+    ['closes', 'counter', 'websocket.server.closes', 'Connections ended, by close code and terminate reason', '{connection}'],
+    ['calls', 'counter', 'websocket.server.callback.calls', 'Calls of websocketInit, handle and info', '{call}'],
+    ['callTime', 'counter', 'websocket.server.callback.time', 'Time spent in websocketInit, handle and info (an async one until it settled)', 's'],
+    ['deliveries', 'counter', 'websocket.server.deliveries', 'Calls of publish, broadcast and post', '{call}'],
+    ['recipients', 'counter', 'websocket.server.deliveries.recipients', 'Connections of this instance that a publish, broadcast or post reached', '{connection}'],
+    ['adapterErrors', 'counter', 'websocket.server.adapter.errors', 'Adapter connection errors and messages it could not read', '{error}']
+  ]
+  const seconds = { unit: 's', advice: { explicitBucketBoundaries: SECONDS_BUCKETS } }
+  const callbackDuration: Histogram = meter.createHistogram('websocket.server.callback.duration', {
+    description: `How long websocketInit, handle and info ran: one call in ${callbackSampling}, and every one that threw`, ...seconds
+  })
+  const adapterLag: Histogram = meter.createHistogram('websocket.server.adapter.delivery.lag', {
+    description: 'From publishing on another instance to receiving here (the two wall clocks)', ...seconds
+  })
 
-  // Mailbox depth, read when the SDK collects: the items waiting, in all and in the longest,
-  // per route. Registered first: a meter that fails here fails the start with nothing subscribed.
+  // Registered first: a meter that fails here fails the start with nothing subscribed.
+  const stops: Array<() => void> = []
+  for (const [key, kind, name, description, unit] of observables) {
+    const instrument = kind === 'counter' ? meter.createObservableCounter(name, { description, unit }) : meter.createObservableUpDownCounter(name, { description, unit })
+    const observe = (result: ObservableResult): void => {
+      for (const tally of tallies[key]) result.observe(tally.value, tally.attributes)
+    }
+    instrument.addCallback(observe)
+    stops.push(() => { instrument.removeCallback(observe) })
+  }
+  // Mailbox depth, read when the SDK collects: the items waiting, in all and in the longest, per route.
   const queued = meter.createObservableGauge('websocket.server.mailbox.queued', { description: 'Items waiting in the mailboxes of a route\'s connections', unit: '{message}' })
   const longest = meter.createObservableGauge('websocket.server.mailbox.longest', { description: 'Items waiting in the longest mailbox of a route', unit: '{message}' })
-  const observe = (result: ObservableResult, pick: 'sum' | 'max'): void => {
+  const depths = new Tallies()
+  const observeDepths = (pick: 'sum' | 'max') => (result: ObservableResult): void => {
     const byRoute = new Map<string, { sum: number, max: number }>()
     for (const connection of source.values() as Iterable<ConnectionContext>) {
       const url = (connection as unknown as { [kRoute]: RouteContext })[kRoute].url
@@ -116,88 +142,82 @@ export function recordMetrics (meter: Meter, source: MetricsSource): () => void 
         entry.max = Math.max(entry.max, depth)
       }
     }
-    for (const [url, { sum, max }] of byRoute) result.observe(pick === 'sum' ? sum : max, routeOf(url))
+    for (const [url, depth] of byRoute) result.observe(depth[pick], depths.get(url, '', route(url)).attributes)
   }
-  const observeQueued = (result: ObservableResult): void => { observe(result, 'sum') }
-  const observeLongest = (result: ObservableResult): void => { observe(result, 'max') }
-  queued.addCallback(observeQueued)
-  longest.addCallback(observeLongest)
+  for (const [gauge, pick] of [[queued, 'sum'], [longest, 'max']] as const) {
+    const observe = observeDepths(pick)
+    gauge.addCallback(observe)
+    stops.push(() => { gauge.removeCallback(observe) })
+  }
 
+  const own = (ctx: unknown): string | undefined => {
+    const routeContext = (ctx as { [kRoute]: RouteContext })[kRoute]
+    return routeContext.registry === source as unknown ? routeContext.url : undefined
+  }
+  let sampled = 0
   const listeners: Array<[Channel, (message: never) => void]> = [
     [openChannel, ({ ctx }: { ctx: ConnectionContext }) => {
-      const route = own(ctx)
-      if (route !== undefined) instruments.connections.add(1, routeOf(route.url))
+      const url = own(ctx)
+      if (url !== undefined) tallies.connections.get(url, '', route(url)).value++
     }],
     [closeChannel, ({ ctx, reason }: { ctx: ConnectionContext, reason: TerminateReason }) => {
-      const route = own(ctx)
-      if (route === undefined) return
-      instruments.connections.add(-1, routeOf(route.url))
-      const { code } = closeLogFields(reason, 0)
-      instruments.closes.add(1, attributes.get(`${route.url}\0${code ?? ''}\0${reason.type}`, () => ({
-        'websocket.route': route.url, 'websocket.close.code': code ?? 1005, 'websocket.terminate.reason': reason.type
-      })))
+      const url = own(ctx)
+      if (url === undefined) return
+      tallies.connections.get(url, '', route(url)).value--
+      const code = closeLogFields(reason, 0).code ?? 1005
+      tallies.closes.get(url, `${code} ${reason.type}`, () => ({ 'websocket.route': url, 'websocket.close.code': code, 'websocket.terminate.reason': reason.type })).value++
     }],
     [frameInChannel, ({ ctx, frame, bytes }: { ctx: ConnectionContext, frame: InFrame<unknown>, bytes: number }) => {
-      const route = own(ctx)
-      if (route === undefined) return
-      const frameAttributes = attributes.get(`${route.url}\0${frame.type}`, () => ({ 'websocket.route': route.url, 'websocket.frame.type': frame.type }))
-      instruments.messagesIn.add(1, frameAttributes)
-      instruments.bytesIn.add(bytes, frameAttributes)
+      const url = own(ctx)
+      if (url === undefined) return
+      tallies.messagesIn.get(url, frame.type, frameOf(url, frame.type)).value++
+      tallies.bytesIn.get(url, frame.type, frameOf(url, frame.type)).value += bytes
     }],
     [frameOutChannel, ({ ctx, frames }: { ctx: ConnectionContext, frames: OutFrame | readonly OutFrame[] }) => {
-      const route = own(ctx)
-      if (route === undefined) return
+      const url = own(ctx)
+      if (url === undefined) return
       for (const frame of Array.isArray(frames) ? frames as readonly OutFrame[] : [frames as OutFrame]) {
-        const frameAttributes = attributes.get(`${route.url}\0${frame.type}`, () => ({ 'websocket.route': route.url, 'websocket.frame.type': frame.type }))
-        instruments.messagesOut.add(1, frameAttributes)
-        instruments.bytesOut.add(payloadBytes(frame), frameAttributes)
+        tallies.messagesOut.get(url, frame.type, frameOf(url, frame.type)).value++
+        tallies.bytesOut.get(url, frame.type, frameOf(url, frame.type)).value += payloadBytes(frame)
       }
     }],
     [callbackChannel, ({ ctx, callback, durationMs, failed }: { ctx: ConnectionContext, callback: string, durationMs: number, failed: boolean }) => {
-      const route = own(ctx)
-      if (route === undefined) return
-      instruments.callbackDuration.record(durationMs / 1000, attributes.get(`${route.url}\0${callback}\0${String(failed)}`, () => ({
-        'websocket.route': route.url, 'websocket.callback': callback, ...(failed ? { 'error.type': 'crash' } : {})
-      })))
+      const url = own(ctx)
+      if (url === undefined) return
+      tallies.calls.get(url, callback, callbackOf(url, callback)).value++
+      tallies.callTime.get(url, callback, callbackOf(url, callback)).value += durationMs / 1000
+      if (failed) callbackDuration.record(durationMs / 1000, { 'websocket.route': url, 'websocket.callback': callback, 'error.type': 'crash' })
+      else if (++sampled % callbackSampling === 0) callbackDuration.record(durationMs / 1000, tallies.calls.get(url, callback, callbackOf(url, callback)).attributes)
     }],
     [refusedChannel, ({ error, instanceId, routeUrl }: { error: { statusCode?: number, code?: string }, instanceId: string, routeUrl: string }) => {
       if (instanceId !== source.instanceId) return
       const status = error.statusCode ?? 500
       const code = error.code ?? 'unknown'
-      instruments.refused.add(1, attributes.get(`${routeUrl}\0${status}\0${code}`, () => ({
-        'websocket.route': routeUrl, 'http.response.status_code': status, 'error.type': code
-      })))
+      tallies.refused.get(routeUrl, `${status} ${code}`, () => ({ 'websocket.route': routeUrl, 'http.response.status_code': status, 'error.type': code })).value++
     }],
     [deliverChannel, ({ operation, delivered, instanceId }: { operation: string, delivered: number, instanceId: string }) => {
       if (instanceId !== source.instanceId) return
-      const operationAttributes = attributes.get(`\0${operation}`, () => ({ 'websocket.operation': operation }))
-      instruments.deliveries.add(1, operationAttributes)
-      instruments.recipients.add(delivered, operationAttributes)
+      const attributes = (): Attributes => ({ 'websocket.operation': operation })
+      tallies.deliveries.get('', operation, attributes).value++
+      tallies.recipients.get('', operation, attributes).value += delivered
     }],
     [adapterChannel, (event: { event: 'delivery', kind: string, lagMs: number, instanceId: string } | { event: 'error' | 'dropped', instanceId: string }) => {
       if (event.instanceId !== source.instanceId) return
-      if (event.event === 'delivery') {
-        instruments.adapterLag.record(Math.max(0, event.lagMs) / 1000, attributes.get(`\0kind\0${event.kind}`, () => ({ 'websocket.message.kind': event.kind })))
-      } else {
-        instruments.adapterErrors.add(1, attributes.get(`\0adapter\0${event.event}`, () => ({ 'error.type': event.event })))
-      }
+      // At most one per cross-instance message: a synchronous histogram is affordable here.
+      if (event.event === 'delivery') adapterLag.record(Math.max(0, event.lagMs) / 1000, { 'websocket.message.kind': event.kind })
+      else tallies.adapterErrors.get('', event.event, () => ({ 'error.type': event.event })).value++
     }]
   ]
-  // The ways a subscriber's throw could reach us are the SDK's: a channel runs subscribers in
-  // a try and reports a throw as an uncaught exception, so each records in a try of its own.
-  const guarded = listeners.map(([channel, listener]) => {
+  for (const [channel, listener] of listeners) {
+    // A channel reports a subscriber's throw as an uncaught exception: a metric that fails to
+    // record (an SDK's bug) must not crash the app, nor close a connection.
     const subscriber = (message: unknown): void => {
       try {
         listener(message as never)
-      } catch { /* a metric that fails to record must not close a connection or crash the app */ }
+      } catch { /* that reading is lost, nothing else */ }
     }
     channel.subscribe(subscriber)
-    return [channel, subscriber] as const
-  })
-
-  return () => {
-    for (const [channel, subscriber] of guarded) channel.unsubscribe(subscriber)
-    queued.removeCallback(observeQueued)
-    longest.removeCallback(observeLongest)
+    stops.push(() => { channel.unsubscribe(subscriber) })
   }
+  return () => { for (const stop of stops) stop() }
 }

@@ -16,9 +16,10 @@ import { kSerial, kShutdown, kWriteShared, type ConnectionContext, type Connecti
 import { encodeFrame } from '../wire/writes.js'
 import { DEFAULT_IPV6_SUBNET, clientKey } from './ip-group.js'
 import { show } from '../core/options.js'
+import { nameOf, topicName } from '../core/topics.js'
 import { deliverChannel } from '../core/diagnostics.js'
-import { InvalidBroadcastError, InvalidTopicError, MessageNotSerializableError, TooManyConnectionsError } from '../core/errors.js'
-import type { BroadcastFrame, BroadcastOptions, LocalDelivery, OutFrame, PubSubAdapter, WebSocketConnections, WebSocketContext } from '../core/types.js'
+import { InvalidBroadcastError, MessageNotSerializableError, TooManyConnectionsError } from '../core/errors.js'
+import type { BroadcastFrame, BroadcastOptions, LocalDelivery, OutFrame, PubSubAdapter, Topic, WebSocketConnections, WebSocketContext } from '../core/types.js'
 
 /** App-wide connection limits (plugin options). */
 export interface ConnectionLimits {
@@ -210,8 +211,8 @@ export class Registry implements ConnectionRegistry, WebSocketConnections {
   // ---- topics ---------------------------------------------------------------
 
   /** Called by the connection (ctx.subscribe); true when it was not subscribed yet. */
+  /** `topic`: a name that `topicName` accepted. */
   subscribe (connection: ConnectionContext, topic: string): boolean {
-    assertTopic(topic)
     let subscribers = this.#topics.get(topic)
     if (subscribers === undefined) {
       this.#adapter.subscribe(topic) // first: if the adapter throws (in the handler: a crash), nothing changed here
@@ -236,20 +237,20 @@ export class Registry implements ConnectionRegistry, WebSocketConnections {
     return true
   }
 
-  subscribers (topic: string): IterableIterator<WebSocketContext> {
-    return (this.#topics.get(topic) ?? noSubscribers).values()
+  subscribers (topic: string | Topic<unknown>): IterableIterator<WebSocketContext> {
+    return (this.#topics.get(nameOf(topic)) ?? noSubscribers).values()
   }
 
-  subscriberCount (topic: string): number {
-    return this.#topics.get(topic)?.size ?? 0
+  subscriberCount (topic: string | Topic<unknown>): number {
+    return this.#topics.get(nameOf(topic))?.size ?? 0
   }
 
   topics (): IterableIterator<string> {
     return this.#topics.keys()
   }
 
-  publish (topic: string, message: unknown): number {
-    assertTopic(topic)
+  publish (to: string | Topic<unknown>, message: unknown): number {
+    const topic = topicName(to)
     const json = this.#jsonOf(message)
     const carried = json === undefined ? message : JSON.parse(json)
     this.#adapter.publish(topic, carried, json)
@@ -258,8 +259,8 @@ export class Registry implements ConnectionRegistry, WebSocketConnections {
     return delivered
   }
 
-  broadcast (topic: string, frame: OutFrame, options: BroadcastOptions = {}): number {
-    assertTopic(topic)
+  broadcast (to: string | Topic<unknown>, frame: OutFrame, options: BroadcastOptions = {}): number {
+    const topic = topicName(to)
     const shared = toBroadcastFrame(frame)
     this.#adapter.broadcast(topic, shared, options.except)
     const delivered = this.#broadcastHere(topic, shared, options.except)
@@ -330,10 +331,6 @@ function decrement (counts: Map<string, number>, key: string): void {
   const left = counts.get(key)! - 1
   if (left === 0) counts.delete(key)
   else counts.set(key, left)
-}
-
-export function assertTopic (topic: unknown): void {
-  if (typeof topic !== 'string' || topic.length === 0) throw new InvalidTopicError(show(topic))
 }
 
 /**

@@ -11,7 +11,7 @@ import { InvalidResultError } from '../core/errors.js'
 import type {
   CloseFrame, Commands, InFrame, OutFrame, RequestSnapshot, StreamRef, StreamTo, TerminateReason, TimerRef, WebSocketContext, WebSocketHandler
 } from '../core/types.js'
-import { assertTopic } from '../registry/registry.js'
+import { nameOf, topicName } from '../core/topics.js'
 
 const ignore = (): void => {}
 
@@ -136,14 +136,14 @@ export function handlerHarness<State = undefined, Info = unknown, Message = neve
       timers.splice(index, 1)
       return true
     },
-    subscribe (topic) {
-      assertTopic(topic)
+    subscribe (to) {
+      const topic = topicName(to)
       if (topics.includes(topic)) return false
       topics.push(topic)
       return true
     },
-    unsubscribe (topic) {
-      const index = topics.indexOf(topic)
+    unsubscribe (to) {
+      const index = topics.indexOf(nameOf(to))
       if (index === -1) return false
       topics.splice(index, 1)
       return true

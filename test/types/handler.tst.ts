@@ -1,7 +1,7 @@
 import Fastify from 'fastify'
 import { expect, test } from 'tstyche'
 import wsHandlers, {
-  close, defineHandler, text, type InFrame, type RequestSnapshot, type TerminateReason, type TimeoutMessage,
+  close, defineHandler, text, topic, type InFrame, type RequestSnapshot, type TerminateReason, type TimeoutMessage,
   type WebSocketContext, type WebSocketHandler
 } from '../../lib/index.js'
 import { handlerHarness } from '../../lib/testing.js'
@@ -179,4 +179,24 @@ test('handlerHarness takes the handler\'s JSON message type', () => {
   expect(h.handleJson).type.toBeCallableWith({ type: 'say', text: 'hi' })
   expect(h.handleJson).type.not.toBeCallableWith({ type: 'shout' })
   expect(h.handle).type.toBeCallableWith({ type: 'json', data: { type: 'say', text: 'hi' } })
+})
+
+test('a typed topic checks publish and the subscribers\' info against each other', () => {
+  type Price = { symbol: string, price: number }
+  type Chat = { from: string, text: string }
+  const prices = topic<Price>('prices')
+  const app = Fastify()
+  expect(app.wsConnections.publish).type.toBeCallableWith(prices, { symbol: 'ACME', price: 1 })
+  expect(app.wsConnections.publish).type.not.toBeCallableWith(prices, { from: 'ada', text: 'hi' })
+  expect(app.wsConnections.publish).type.toBeCallableWith('prices', { anything: true }) // a plain name stays untyped
+  defineHandler<undefined, Price>({
+    websocketInit: (_state, ctx) => {
+      ctx.subscribe(prices)
+      expect(ctx.subscribe).type.not.toBeCallableWith(topic<Chat>('chat')) // info does not take Chat
+    },
+    info: (message) => ({ reply: text(`${message.symbol} ${message.price}`) })
+  })
+  // An Info that names more than the topic's messages takes it too.
+  defineHandler<undefined, Price | Chat>({ websocketInit: (_state, ctx) => { ctx.subscribe(prices) } })
+  expect(app.wsConnections.subscriberCount(prices)).type.toBe<number>()
 })
