@@ -2,7 +2,7 @@
 import { PrometheusExporter } from '@opentelemetry/exporter-prometheus'
 import { MeterProvider } from '@opentelemetry/sdk-metrics'
 import Fastify, { type FastifyServerOptions } from 'fastify'
-import wsHandlers, { defineHandler, text, type PubSubAdapter } from '../lib/index.js'
+import wsHandlers, { close, defineHandler, text, type PubSubAdapter } from '../lib/index.js'
 import { redisAdapter } from '../lib/redis.js'
 import { tokenUser, unauthorized } from './auth.js'
 import { embeddedBroker, externalBroker, type Broker } from './broker.js'
@@ -10,6 +10,7 @@ import { chat } from './chat.js'
 import { chatPage } from './chat-page.js'
 import { counter } from './counter.js'
 import { echo } from './echo.js'
+import { clientMessageSchema, graphqlOverWebSocket } from './graphql.js'
 import { hello } from './hello.js'
 import { mqttGateway, type GatewayStats } from './mqtt.js'
 
@@ -46,6 +47,13 @@ export async function buildExampleApp (options: FastifyServerOptions = {}, examp
   // MQTT over WebSocket (Cowboy's subprotocol example): `v12.stomp, mqtt` is upgraded with mqtt,
   // `v12.stomp` alone gets 400, and so does a client offering no subprotocol (MQTT requires one).
   app.ws('/mqtt', mqttGateway(broker, mqttStats), { protocols: ['mqtt', 'mqttv3.1'], protocolRequired: true })
+  // GraphQL over WebSocket (graphql-transport-ws, as the graphql-ws client speaks it): queries,
+  // mutations and subscriptions fed by topics; a message that is not the protocol's closes 4400.
+  app.ws('/graphql', graphqlOverWebSocket(app.wsConnections), {
+    protocols: ['graphql-transport-ws'],
+    protocolRequired: true,
+    json: { schema: clientMessageSchema, onInvalid: (problem) => close(4400, problem.reason) }
+  })
   // An inbox: authenticated before the upgrade, then it relays what the app posts to it.
   app.ws('/private', defineHandler<string, string>({
     init (request, reply) {
