@@ -1,9 +1,11 @@
 /**
  * The load generator, in its own process: `node load.js '<json task>'`, started by run.ts.
  * Tasks: `echo` (pipelined round trips, throughput and latency), `open` (hold N idle
- * connections until told to close), `churn` (connect/close cycles). Results go back over IPC.
+ * connections until told to close), `churn` (connect/close cycles), `fanout`, `relay`, `flood`
+ * (one raw socket writing as fast as TCP takes it). Results go back over IPC.
  */
 import { once } from 'node:events'
+import net from 'node:net'
 import WebSocket from 'ws'
 
 export type Task =
@@ -12,6 +14,7 @@ export type Task =
   | { type: 'churn', url: string, cycles: number, concurrency: number }
   | { type: 'fanout', url: string, connections: number }
   | { type: 'relay', publishUrl: string, subscribeUrl: string, rate: number, durationMs: number, warmupMs: number }
+  | { type: 'flood', url: string }
 
 export interface EchoResult { messagesPerSecond: number, p50Ms: number, p99Ms: number, totalMessages: number }
 export interface ChurnResult { cyclesPerSecond: number }
@@ -176,8 +179,41 @@ async function relay (t: Extract<Task, { type: 'relay' }>): Promise<RelayResult>
   return { sent, delivered: latencies.length, messagesPerSecond: latencies.length / ((to - from) / 1000), p50Ms: at(0.5), p99Ms: at(0.99) }
 }
 
+/**
+ * One raw socket that upgrades, then writes small masked text frames ("f…", which the server
+ * does not answer) as fast as TCP takes them, until told to stop: the client that a rate limit
+ * must hold back. It never reads, so a paused server holds it through TCP's flow control.
+ */
+async function flood (t: Extract<Task, { type: 'flood' }>): Promise<void> {
+  const { hostname, port, pathname } = new URL(t.url)
+  const socket = net.connect(Number(port), hostname)
+  await once(socket, 'connect')
+  socket.write(`GET ${pathname} HTTP/1.1\r\nHost: ${hostname}:${port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n` +
+    'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n')
+  const [head] = await once(socket, 'data') as [Buffer]
+  if (!head.toString().startsWith('HTTP/1.1 101')) throw new Error(`flood: not upgraded: ${head.toString().split('\r\n')[0]!}`)
+  socket.on('data', () => {}) // replies, pings: read and dropped
+  // 512 frames of 8 bytes ("flood…"), masked with a zero key: 14 bytes each.
+  const frame = Buffer.from([0x81, 0x88, 0, 0, 0, 0, ...Buffer.from('flooding')])
+  const batch = Buffer.concat(Array.from({ length: 512 }, () => frame))
+  let running = true
+  const write = (): void => {
+    for (;;) if (!running || !socket.write(batch)) return // until the kernel's buffer is full
+  }
+  socket.on('drain', write)
+  socket.on('error', () => { running = false })
+  write()
+  process.send!({ ready: true })
+  await once(process, 'message')
+  running = false
+  socket.destroy()
+}
+
 if (task.type === 'fanout') {
   await fanout(task)
+} else if (task.type === 'flood') {
+  await flood(task)
+  process.disconnect()
 } else {
   const result = task.type === 'echo'
     ? await echo(task)

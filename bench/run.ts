@@ -45,6 +45,8 @@ interface Server {
   cpu: () => Promise<number>
   /** Start one fan-out; resolves with the wall-clock time it started at. */
   fanout: () => Promise<number>
+  /** Flood frames the server handled so far (the flood scenarios). */
+  flooded: () => Promise<number>
   stop: () => Promise<void>
 }
 
@@ -53,7 +55,7 @@ async function startServer ({ kind, scenario }: Variant, cpu = SERVER_CPU): Prom
   pin(child, cpu)
   const [{ port }] = await once(child, 'message') as [{ port: number }]
   let nextId = 0
-  async function ask<T> (cmd: 'memory' | 'cpu' | 'fanout'): Promise<T> {
+  async function ask<T> (cmd: 'memory' | 'cpu' | 'fanout' | 'flooded'): Promise<T> {
     const id = ++nextId
     child.send({ id, cmd })
     for (;;) {
@@ -66,6 +68,7 @@ async function startServer ({ kind, scenario }: Variant, cpu = SERVER_CPU): Prom
     memory: async () => await ask<MemoryFigures>('memory'),
     cpu: async () => (await ask<CpuFigures>('cpu')).cpuMicros,
     fanout: async () => (await ask<{ startedAt: number }>('fanout')).startedAt,
+    flooded: async () => (await ask<{ flooded: number }>('flooded')).flooded,
     async stop () {
       child.kill()
       await once(child, 'exit')
@@ -252,6 +255,41 @@ async function topicMemory (table: string, connections: number): Promise<void> {
   }
 }
 
+/**
+ * A neighbour's latency while another client floods: one paced echo connection (a message every
+ * millisecond at most) alone, beside a raw-socket flood held by `rateLimit` (2,000 messages/s,
+ * reading paused over it), and beside the same flood with no limit. The flooder's rate is what
+ * the server handled.
+ */
+async function floodScenario (table: string, shape: EchoShape): Promise<void> {
+  if (skipped(table)) return
+  const variants: Variant[] = [
+    { label: 'no flood', kind: 'plugin', scenario: 'flood-limited' },
+    { label: 'flood, no limit', kind: 'plugin', scenario: 'flood-unlimited' },
+    { label: 'flood, rateLimit 2,000/s', kind: 'plugin', scenario: 'flood-limited' }
+  ]
+  await rounded(variants, async (variant) => {
+    const server = await startServer(variant)
+    const flooder = variant.label === 'no flood' ? undefined : startLoad({ type: 'flood', url: server.url })
+    if (flooder !== undefined) await once(flooder, 'message')
+    const floodedBefore = await server.flooded()
+    const startedAt = performance.now()
+    const result = await runLoad<EchoResult>({ type: 'echo', url: server.url, ...shape })
+    const floodRate = (await server.flooded() - floodedBefore) / ((performance.now() - startedAt) / 1000)
+    const { heapUsed } = await server.memory() // while the flood goes on: nothing may pile up
+    if (flooder !== undefined) {
+      flooder.send('stop')
+      await once(flooder, 'exit')
+    }
+    await server.stop()
+    record(table, variants, 'neighbour p50 round trip (ms)', 'lower', variant.label, result.p50Ms)
+    record(table, variants, 'neighbour p99 round trip (ms)', 'lower', variant.label, result.p99Ms)
+    record(table, variants, 'neighbour messages/s', 'higher', variant.label, result.messagesPerSecond)
+    record(table, variants, 'flood messages handled/s', 'lower', variant.label, floodRate)
+    record(table, variants, 'server heap at the end (MB)', 'lower', variant.label, heapUsed / 1e6)
+  })
+}
+
 /** Redis: text sent to instance A is broadcast to the topic; a subscriber on instance B times it. */
 async function redisRelay (rate: number, durationMs: number): Promise<void> {
   const table = `Redis adapter: ${rate.toLocaleString('en-US')} messages/s published on instance A, delivered on instance B`
@@ -313,6 +351,8 @@ await idleMemory(compressedTitle, compressedVariants(), compressedConnections, t
 await echoVariants('Compressed echo, 200 B, 1 connection, 5 ms idle between messages: waking from hibernate every time',
   compressedVariants(), { ...echoShape, connections: 1, inFlight: 1, size: 200, compress: true, gapMs: 5 })
 await churnScenario(`Churn, ${quick ? '1,000' : '10,000'} connect/close cycles (20 at a time)`, quick ? 1000 : 10_000)
+
+await floodScenario('Rate limits: a paced neighbour\'s echo latency beside a raw-socket flood', { ...echoShape, connections: 1, inFlight: 1, gapMs: 1 })
 
 const subscribers = quick ? 2000 : 10_000
 await fanoutScenario(`Fan-out: one 1 KiB frame to ${subscribers.toLocaleString('en-US')} subscribers`, subscribers, quick ? 5 : 20)

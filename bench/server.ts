@@ -23,6 +23,7 @@ export type Scenario =
   | 'fanout-publish' // publish to a topic: each subscriber's info replies with the frame (the run queue)
   | 'topics-1' | 'topics-10' // every connection in 1 or 10 topics
   | 'redis' // text frames received are broadcast to the topic over the Redis adapter (REDIS_URL)
+  | 'flood-limited' | 'flood-unlimited' // text starting with "f" is handled without a reply, the rest echoed; with or without rateLimit
 
 export interface MemoryFigures { heapUsed: number, rss: number, external: number, connections: number }
 export interface CpuFigures { cpuMicros: number }
@@ -72,6 +73,8 @@ const pluginEcho = defineHandler(scenario === 'async-echo'
 const fanoutPayload = Buffer.alloc(1024, 7)
 const fanoutFrame: OutFrame = { type: 'binary', data: fanoutPayload }
 let fanOut = (): void => {}
+/** Flood frames handled (the flood scenarios). */
+let flooded = 0
 function handlerFor (wsConnections: import('../lib/index.js').WebSocketConnections): WebSocketHandler<undefined, unknown> {
   switch (scenario) {
     case 'fanout':
@@ -82,6 +85,18 @@ function handlerFor (wsConnections: import('../lib/index.js').WebSocketConnectio
     case 'topics-1':
     case 'topics-10':
       return { websocketInit: (_state, ctx) => { for (let i = 0; i < (scenario === 'topics-1' ? 1 : 10); i++) ctx.subscribe(`topic-${i}`) } }
+    case 'flood-limited':
+    case 'flood-unlimited':
+      return {
+        handle (frame) {
+          if (frame.type !== 'text') return undefined
+          if (frame.data.startsWith('f')) {
+            flooded++
+            return undefined
+          }
+          return { reply: text(frame.data) }
+        }
+      }
     case 'redis':
       return {
         websocketInit: (_state, ctx) => { ctx.subscribe('bench') },
@@ -115,7 +130,9 @@ if (kind === 'ws') {
     // As an app that scrapes: the SDK aggregates every measurement; nothing is exported during the run.
     const metrics = scenario === 'echo-metrics' ? { meterProvider: new MeterProvider({ readers: [new PrometheusExporter({ preventServerStart: true })] }) } : undefined
     await app.register(wsHandlers, { perMessageDeflate: deflate || undefined, ...heartbeat, adapter, metrics })
-    app.ws('/', handlerFor(app.wsConnections), { compress: compressed })
+    // 2,000 messages/s per connection: far above what the paced neighbour sends, far below a flood.
+    const rateLimit = scenario === 'flood-limited' ? { messagesPerSecond: 2000 } : undefined
+    app.ws('/', handlerFor(app.wsConnections), { compress: compressed, rateLimit })
     connections = () => app.wsConnections.size
     fanOut = scenario === 'fanout'
       ? () => { app.wsConnections.broadcast('all', fanoutFrame) }
@@ -136,8 +153,12 @@ async function measure (): Promise<MemoryFigures> {
   return { heapUsed, rss, external, connections: connections() }
 }
 
-process.on('message', (message: { id: number, cmd: 'memory' | 'cpu' | 'fanout' | 'exit' }) => {
+process.on('message', (message: { id: number, cmd: 'memory' | 'cpu' | 'fanout' | 'flooded' | 'exit' }) => {
   if (message.cmd === 'exit') process.exit(0) // a clean exit writes --cpu-prof profiles
+  if (message.cmd === 'flooded') {
+    process.send!({ id: message.id, flooded })
+    return
+  }
   if (message.cmd === 'fanout') {
     const startedAt = performance.timeOrigin + performance.now()
     fanOut()
