@@ -15,6 +15,7 @@ export type Task =
   | { type: 'fanout', url: string, connections: number }
   | { type: 'relay', publishUrl: string, subscribeUrl: string, rate: number, durationMs: number, warmupMs: number }
   | { type: 'flood', url: string }
+  | { type: 'scale', url: string, connections: number, localAddress: string }
 
 export interface EchoResult { messagesPerSecond: number, p50Ms: number, p99Ms: number, totalMessages: number }
 export interface ChurnResult { cyclesPerSecond: number }
@@ -25,18 +26,18 @@ export const now = (): number => performance.timeOrigin + performance.now()
 
 const task = JSON.parse(process.argv[2]!) as Task
 
-async function open (url: string, compress = false): Promise<WebSocket> {
-  const ws = new WebSocket(url, { perMessageDeflate: compress ? { threshold: 0 } : false })
+async function open (url: string, compress = false, localAddress?: string): Promise<WebSocket> {
+  const ws = new WebSocket(url, { perMessageDeflate: compress ? { threshold: 0 } : false, localAddress })
   await once(ws, 'open')
   return ws
 }
 
 /** Open `count` connections, `batch` at a time (a 10,000-connection burst overflows the accept queue). */
-async function openMany (url: string, count: number, compress: boolean, batch = 250): Promise<WebSocket[]> {
+async function openMany (url: string, count: number, compress: boolean, batch = 250, localAddress?: string): Promise<WebSocket[]> {
   const sockets: WebSocket[] = []
   while (sockets.length < count) {
     const size = Math.min(batch, count - sockets.length)
-    sockets.push(...await Promise.all(Array.from({ length: size }, async () => await open(url, compress))))
+    sockets.push(...await Promise.all(Array.from({ length: size }, async () => await open(url, compress, localAddress))))
   }
   return sockets
 }
@@ -209,8 +210,32 @@ async function flood (t: Extract<Task, { type: 'flood' }>): Promise<void> {
   socket.destroy()
 }
 
+/**
+ * Hold `connections` idle connections from one source address (ws answers the server's pings);
+ * report on 'report' the pings and messages received and the close codes seen, until told 'exit'.
+ */
+async function scale (t: Extract<Task, { type: 'scale' }>): Promise<void> {
+  const sockets = await openMany(t.url, t.connections, false, 500, t.localAddress)
+  const seen = { pings: 0, messages: 0, closes: {} as Record<number, number> }
+  for (const ws of sockets) {
+    ws.on('ping', () => { seen.pings++ })
+    ws.on('message', () => { seen.messages++ })
+    ws.on('close', (code: number) => { seen.closes[code] = (seen.closes[code] ?? 0) + 1 })
+  }
+  process.send!({ ready: true })
+  for (;;) {
+    const [message] = await once(process, 'message') as [string]
+    if (message === 'exit') break
+    process.send!(seen)
+  }
+  for (const ws of sockets) ws.terminate()
+}
+
 if (task.type === 'fanout') {
   await fanout(task)
+} else if (task.type === 'scale') {
+  await scale(task)
+  process.disconnect()
 } else if (task.type === 'flood') {
   await flood(task)
   process.disconnect()

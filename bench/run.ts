@@ -8,6 +8,8 @@ import { execFileSync, fork, type ChildProcess } from 'node:child_process'
 import { once } from 'node:events'
 import os from 'node:os'
 import type { ChurnResult, EchoResult, RelayResult, Task } from './load.js'
+/** Wall-clock ms, as the server and load processes stamp them. */
+const now = (): number => performance.timeOrigin + performance.now()
 import type { CpuFigures, Kind, MemoryFigures, Scenario } from './server.js'
 
 const quick = process.argv.includes('--quick')
@@ -47,6 +49,10 @@ interface Server {
   fanout: () => Promise<number>
   /** Flood frames the server handled so far (the flood scenarios). */
   flooded: () => Promise<number>
+  /** Pongs the server's handlers saw (the scale scenario). */
+  pongs: () => Promise<number>
+  /** app.close(), timed by the server. */
+  close: () => Promise<number>
   stop: () => Promise<void>
 }
 
@@ -55,7 +61,7 @@ async function startServer ({ kind, scenario }: Variant, cpu = SERVER_CPU): Prom
   pin(child, cpu)
   const [{ port }] = await once(child, 'message') as [{ port: number }]
   let nextId = 0
-  async function ask<T> (cmd: 'memory' | 'cpu' | 'fanout' | 'flooded'): Promise<T> {
+  async function ask<T> (cmd: 'memory' | 'cpu' | 'fanout' | 'flooded' | 'pongs' | 'close'): Promise<T> {
     const id = ++nextId
     child.send({ id, cmd })
     for (;;) {
@@ -69,6 +75,8 @@ async function startServer ({ kind, scenario }: Variant, cpu = SERVER_CPU): Prom
     cpu: async () => (await ask<CpuFigures>('cpu')).cpuMicros,
     fanout: async () => (await ask<{ startedAt: number }>('fanout')).startedAt,
     flooded: async () => (await ask<{ flooded: number }>('flooded')).flooded,
+    pongs: async () => (await ask<{ pongs: number }>('pongs')).pongs,
+    close: async () => (await ask<{ closeMs: number }>('close')).closeMs,
     async stop () {
       child.kill()
       await once(child, 'exit')
@@ -290,6 +298,71 @@ async function floodScenario (table: string, shape: EchoShape): Promise<void> {
   })
 }
 
+/**
+ * The scale run: `connections` idle connections on one server process with the default
+ * heartbeats, from several 127.0.0.x source addresses (a source address has ≈ 28,000 ports), in
+ * client processes of at most 9,000 each. Every connection is pinged after 30 s of silence and
+ * must answer; then one broadcast must reach all; then app.close() closes all with 1001.
+ */
+async function scaleScenario (connections: number): Promise<void> {
+  const table = `Scale: ${connections.toLocaleString('en-US')} idle connections, default heartbeats, one process`
+  if (skipped(table)) return
+  const server = await startServer({ label: 'plugin', kind: 'plugin', scenario: 'scale' })
+  const before = await server.memory()
+  const openedAt = performance.now()
+  const perLoader = 9000
+  const loaders = await Promise.all(Array.from({ length: Math.ceil(connections / perLoader) }, async (_, i) => {
+    const count = Math.min(perLoader, connections - i * perLoader)
+    const loader = startLoad({ type: 'scale', url: server.url, connections: count, localAddress: `127.0.0.${2 + i}` })
+    await once(loader, 'message')
+    return loader
+  }))
+  const openMs = performance.now() - openedAt
+  const open = await server.memory()
+  type Seen = { pings: number, messages: number, closes: Record<number, number> }
+  const report = async (): Promise<Seen[]> => await Promise.all(loaders.map(async (loader) => {
+    loader.send('report')
+    return (await once(loader, 'message') as [Seen])[0]
+  }))
+  const total = (seen: Seen[], pick: (s: Seen) => number): number => seen.reduce((sum, s) => sum + pick(s), 0)
+  // Pings come 30 s after each connection's last data; a connection that did not answer would
+  // be closed at 60 s. Wait for every pong (at most 75 s after the last open).
+  const cpuBefore = await server.cpu()
+  const pingStarted = performance.now()
+  while (await server.pongs() < connections && performance.now() - pingStarted < 75_000) await new Promise((resolve) => setTimeout(resolve, 1000))
+  const pongs = await server.pongs()
+  const heartbeatCpuMs = (await server.cpu() - cpuBefore) / 1000
+  const pinged = await server.memory()
+  const startedAt = await server.fanout()
+  let seen = await report()
+  while (total(seen, (s) => s.messages) < connections && now() - startedAt < 30_000) seen = await report()
+  const broadcastMs = now() - startedAt
+  const reached = total(seen, (s) => s.messages)
+  const closeMs = await server.close()
+  const closedBy = now()
+  const closes = (): number => total(seen, (s) => Object.values(s.closes).reduce((a, b) => a + b, 0))
+  do seen = await report()
+  while (closes() < connections && now() - closedBy < 30_000)
+  const closed1001 = total(seen, (s) => s.closes[1001] ?? 0)
+  const otherCodes = [...new Set(seen.flatMap((s) => Object.keys(s.closes)))].filter((code) => code !== '1001')
+  for (const loader of loaders) {
+    loader.send('exit')
+    await once(loader, 'exit')
+  }
+  await server.stop()
+  const mb = (bytes: number): string => (bytes / 1e6).toFixed(0)
+  console.log(`\n### ${table}\n`)
+  console.log('| figure | value |')
+  console.log('|---|---|')
+  console.log(`| connections open (server) | ${open.connections.toLocaleString('en-US')} in ${(openMs / 1000).toFixed(1)} s (${loaders.length} client processes) |`)
+  console.log(`| RSS with all open | ${mb(open.rss)} MB (${mb(open.rss - before.rss)} MB for the connections: ${((open.rss - before.rss) / connections).toFixed(0)} B each) |`)
+  console.log(`| heap with all open | ${mb(open.heapUsed)} MB (${((open.heapUsed - before.heapUsed) / connections).toFixed(0)} B each) |`)
+  console.log(`| connections that answered a ping (pongs seen by handle) | ${pongs.toLocaleString('en-US')} of ${connections.toLocaleString('en-US')}; server CPU meanwhile ${heartbeatCpuMs.toFixed(0)} ms over ${((performance.now() - pingStarted) / 1000).toFixed(0)} s |`)
+  console.log(`| after the pings | ${pinged.connections.toLocaleString('en-US')} still open (none idle-closed), RSS ${mb(pinged.rss)} MB |`)
+  console.log(`| one broadcast reached | ${reached.toLocaleString('en-US')} in ${broadcastMs.toFixed(0)} ms |`)
+  console.log(`| app.close() | ${closeMs.toFixed(0)} ms; ${closed1001.toLocaleString('en-US')} clients saw 1001${otherCodes.length === 0 ? '' : ` (other codes: ${otherCodes.join(', ')})`} |`)
+}
+
 /** Redis: text sent to instance A is broadcast to the topic; a subscriber on instance B times it. */
 async function redisRelay (rate: number, durationMs: number): Promise<void> {
   const table = `Redis adapter: ${rate.toLocaleString('en-US')} messages/s published on instance A, delivered on instance B`
@@ -357,6 +430,16 @@ await floodScenario('Rate limits: a paced neighbour\'s echo latency beside a raw
 const subscribers = quick ? 2000 : 10_000
 await fanoutScenario(`Fan-out: one 1 KiB frame to ${subscribers.toLocaleString('en-US')} subscribers`, subscribers, quick ? 5 : 20)
 await topicMemory(`Idle subscriptions, ${(quick ? 1000 : 5000).toLocaleString('en-US')} connections`, quick ? 1000 : 5000)
+
+// `--scale=N` sets the scale run's size; by default as many as the process may hold (its
+// open-file limit), at most 100,000.
+const fileLimit = Number(execFileSync('sh', ['-c', 'ulimit -n']).toString().trim()) || 1024
+const scaleArg = process.argv.find((arg) => arg.startsWith('--scale='))?.slice('--scale='.length)
+const scale = scaleArg !== undefined ? Number(scaleArg) : Math.min(100_000, Math.floor((fileLimit - 500) / 1000) * 1000)
+if (!quick) {
+  if (scale < 100_000) console.log(`\n(the open-file limit here is ${fileLimit}: the scale run holds ${scale.toLocaleString('en-US')} connections, not 100,000)`)
+  await scaleScenario(scale)
+}
 
 print()
 await redisRelay(1000, quick ? 2000 : 5000)

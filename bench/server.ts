@@ -23,6 +23,7 @@ export type Scenario =
   | 'fanout-publish' // publish to a topic: each subscriber's info replies with the frame (the run queue)
   | 'topics-1' | 'topics-10' // every connection in 1 or 10 topics
   | 'redis' // text frames received are broadcast to the topic over the Redis adapter (REDIS_URL)
+  | 'scale' // plugin only, default heartbeats: every connection in topic 'all', pongs counted
   | 'flood-limited' | 'flood-unlimited' // text starting with "f" is handled without a reply, the rest echoed; with or without rateLimit
 
 export interface MemoryFigures { heapUsed: number, rss: number, external: number, connections: number }
@@ -75,7 +76,10 @@ const fanoutFrame: OutFrame = { type: 'binary', data: fanoutPayload }
 let fanOut = (): void => {}
 /** Flood frames handled (the flood scenarios). */
 let flooded = 0
-function handlerFor (wsConnections: import('../lib/index.js').WebSocketConnections): WebSocketHandler<undefined, unknown> {
+/** Connections that answered a ping (the scale scenario). */
+let pongs = 0
+let shutdown = async (): Promise<void> => {}
+function handlerFor (wsConnections: import('../lib/index.js').WebSocketConnections): WebSocketHandler<unknown, unknown> {
   switch (scenario) {
     case 'fanout':
     case 'fanout-loop':
@@ -85,6 +89,16 @@ function handlerFor (wsConnections: import('../lib/index.js').WebSocketConnectio
     case 'topics-1':
     case 'topics-10':
       return { websocketInit: (_state, ctx) => { for (let i = 0; i < (scenario === 'topics-1' ? 1 : 10); i++) ctx.subscribe(`topic-${i}`) } }
+    case 'scale':
+      return {
+        websocketInit: (_state, ctx) => { ctx.subscribe('all') },
+        // Counts connections that answered at least once (the state remembers it).
+        handle (frame, state) {
+          if (frame.type !== 'pong' || state === true) return undefined
+          pongs++
+          return { state: true }
+        }
+      }
     case 'flood-limited':
     case 'flood-unlimited':
       return {
@@ -126,7 +140,7 @@ if (kind === 'ws') {
   } else {
     // Instances A and B of one run share a channel prefix (their parent's pid).
     const adapter = scenario === 'redis' ? redisAdapter({ channelPrefix: `fws-bench-${process.ppid}:` }) : undefined
-    const heartbeat = scenario === 'echo-heartbeat' ? {} : { idleTimeout: 0, pingInterval: 0 }
+    const heartbeat = scenario === 'echo-heartbeat' || scenario === 'scale' ? {} : { idleTimeout: 0, pingInterval: 0 }
     // As an app that scrapes: the SDK aggregates every measurement; nothing is exported during the run.
     const metrics = scenario === 'echo-metrics' ? { meterProvider: new MeterProvider({ readers: [new PrometheusExporter({ preventServerStart: true })] }) } : undefined
     await app.register(wsHandlers, { perMessageDeflate: deflate || undefined, ...heartbeat, adapter, metrics })
@@ -134,7 +148,8 @@ if (kind === 'ws') {
     const rateLimit = scenario === 'flood-limited' ? { messagesPerSecond: 2000 } : undefined
     app.ws('/', handlerFor(app.wsConnections), { compress: compressed, rateLimit })
     connections = () => app.wsConnections.size
-    fanOut = scenario === 'fanout'
+    shutdown = async () => { await app.close() }
+    fanOut = scenario === 'fanout' || scenario === 'scale'
       ? () => { app.wsConnections.broadcast('all', fanoutFrame) }
       : scenario === 'fanout-publish'
         ? () => { app.wsConnections.publish('all', 'go') }
@@ -153,10 +168,15 @@ async function measure (): Promise<MemoryFigures> {
   return { heapUsed, rss, external, connections: connections() }
 }
 
-process.on('message', (message: { id: number, cmd: 'memory' | 'cpu' | 'fanout' | 'flooded' | 'exit' }) => {
+process.on('message', (message: { id: number, cmd: 'memory' | 'cpu' | 'fanout' | 'flooded' | 'pongs' | 'close' | 'exit' }) => {
   if (message.cmd === 'exit') process.exit(0) // a clean exit writes --cpu-prof profiles
-  if (message.cmd === 'flooded') {
-    process.send!({ id: message.id, flooded })
+  if (message.cmd === 'flooded' || message.cmd === 'pongs') {
+    process.send!({ id: message.id, flooded, pongs })
+    return
+  }
+  if (message.cmd === 'close') { // app.close(): every connection closed with 1001, terminates awaited
+    const started = performance.now()
+    shutdown().then(() => process.send!({ id: message.id, closeMs: performance.now() - started }), (error: unknown) => { throw error })
     return
   }
   if (message.cmd === 'fanout') {
