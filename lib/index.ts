@@ -15,7 +15,8 @@ import { Registry } from './registry/registry.js'
 import type {
   RouteWebSocketOptions, WebSocketConnections, WebSocketHandler, WebSocketHandlersOptions
 } from './core/types.js'
-import { governServer, makeWebSocketRoute, runInitLast, upgradeRequired, type PluginDefaults } from './route/upgrade.js'
+import { governServer, isWebSocketRoute, makeWebSocketRoute, runInitLast, upgradeRequired, type PluginDefaults } from './route/upgrade.js'
+import { isHttp2Server, kH2Stream, serveExtendedConnect, type H2Request } from './route/h2.js'
 import { checkWs } from './wire/ws-check.js'
 import { settledWithin } from './core/timeout.js'
 import { inProcessAdapter } from './registry/in-process.js'
@@ -92,11 +93,26 @@ const plugin: FastifyPluginAsync<WebSocketHandlersOptions> = async function wsHa
     makeWebSocketRoute(this, routeOptions, ws!, wsOptions, defaults)
   })
 
+  // WebSockets over HTTP/2 (RFC 8441) when the app runs Fastify's http2 server.
+  const h2 = isHttp2Server(fastify.server) ? serveExtendedConnect(fastify, fastify.server) : undefined
+  if (h2 !== undefined) {
+    fastify.addHook('onRequest', function refuseConnectToOtherRoutes (request, reply, done) {
+      if ((request.raw as unknown as H2Request)[kH2Stream] === undefined || isWebSocketRoute(request)) {
+        done()
+        return
+      }
+      reply.code(404).send({ statusCode: 404, error: 'Not Found', message: `${request.url} is not a WebSocket route` })
+    })
+  }
+
   fastify.addHook('preClose', async function closeConnections () {
     // From now on Fastify answers every request with 503; an upgrade's socket is not the HTTP
     // server's to end, and would hold server.close() forever: end it once the 503 is written.
     fastify.server.on('upgrade', endRefusedUpgrade)
     await registry.shutdown(closeTimeout)
+    // Node's server.close() waits for every HTTP/2 session, which clients keep open: close the
+    // ones that carried WebSockets, now that their WebSockets are closed.
+    h2?.closeSessions()
   })
   fastify.addHook('onClose', async function closeAdapter () {
     // Bounded whatever the adapter does: a broker that stops answering must not hold app.close().

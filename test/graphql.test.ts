@@ -11,6 +11,7 @@ import WebSocket from 'ws'
 import { buildExampleApp } from '../example-app/app.js'
 import { roomTopic } from '../example-app/graphql.js'
 import { listen, until } from './helpers.js'
+import { mutate, pick, random } from './fuzz.js'
 
 async function exampleApp (t: { teardown(fn: () => unknown): void }): Promise<{ app: Awaited<ReturnType<typeof buildExampleApp>>['app'], url: string }> {
   const { app } = await buildExampleApp()
@@ -97,4 +98,27 @@ t.test('a client that never sends connection_init is closed with 4408 after 3 s'
   t.same(await silent.closed, [4408, 'Connection initialisation timeout'])
   t.equal(polite.ws.readyState, WebSocket.OPEN, 'the acknowledged client stays')
   polite.ws.close()
+})
+
+t.test('fuzz: mutated protocol messages get the protocol\'s answer or a 44xx close, never a crash; the server goes on', async (t) => {
+  const { url } = await exampleApp(t)
+  const next = random(19)
+  const valid = [
+    { type: 'connection_init' }, { type: 'ping' }, { type: 'pong' }, { type: 'complete', id: '1' },
+    { type: 'subscribe', id: '1', payload: { query: 'subscription { messages(room: "f") { text } }' } },
+    { type: 'subscribe', id: '2', payload: { query: '{ hello }', variables: { a: 1 } } },
+    { type: 'subscribe', id: '3', payload: { query: 'mutation { say(room: "f", from: "z", text: "y") { text } }' } }
+  ]
+  for (let round = 0; round < 30; round++) {
+    const peer = await raw(url)
+    for (let i = 0; i < 8 && peer.ws.readyState === WebSocket.OPEN; i++) {
+      const message = Buffer.from(JSON.stringify(pick(next, valid)))
+      peer.ws.send(next(3) === 0 ? message.toString() : mutate(next, message).toString())
+    }
+    peer.ws.close()
+    const [code] = await peer.closed
+    t.ok(code === 1000 || code === 1005 || (code >= 4400 && code < 4500), `round ${round}: closed with ${code}`)
+  }
+  const survivor = client(t, url)
+  t.same(await survivor.iterate({ query: '{ hello }' }).next(), { done: false, value: { data: { hello: 'world' } } }, 'still serving')
 })

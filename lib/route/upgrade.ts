@@ -4,12 +4,17 @@
  * @fastify/websocket handler that starts a Connection without keeping Fastify's request and
  * reply alive.
  */
+import type { IncomingMessage, ServerResponse } from 'node:http'
+import type { ServerHttp2Stream } from 'node:http2'
+import type { Socket } from 'node:net'
+import type { Duplex } from 'node:stream'
 import type { FastifyInstance, FastifyReply, FastifyRequest, RouteOptions } from 'fastify'
 import type { WebSocket, WebSocketServer } from 'ws'
 import { Connection } from '../actor/connection.js'
 import type { RouteContext } from '../actor/context.js'
 import { refusedChannel } from '../core/diagnostics.js'
 import { jsonReader } from './json-reader.js'
+import { answeringStream, kH2Stream } from './h2.js'
 import { originCheck, ownOrigin, type OriginCheck } from './origin.js'
 import type { Lease, Registry } from '../registry/registry.js'
 import {
@@ -38,12 +43,12 @@ interface PendingUpgrade {
   readonly protocol: string
   /** This upgrade's place under the connection limits; the connection takes it over. */
   readonly lease: Lease
-  /** The response @fastify/websocket assigned to the socket; detached after the 101. */
+  /** The response @fastify/websocket assigned to the socket; detached after the 101 (HTTP/1.1). */
   readonly response: FastifyReply['raw']
 }
 
 const kPendingUpgrade = Symbol('fastify-ws-handlers.pending-upgrade')
-type RawRequest = FastifyRequest['raw'] & { [kPendingUpgrade]?: PendingUpgrade }
+type RawRequest = FastifyRequest['raw'] & { [kPendingUpgrade]?: PendingUpgrade, [kH2Stream]?: ServerHttp2Stream }
 type AnyHandler = WebSocketHandler<unknown, unknown>
 
 const noHeaders: RequestSnapshot['headers'] = Object.freeze({})
@@ -85,12 +90,16 @@ export function makeWebSocketRoute (
     const raw = request.raw as RawRequest
     const pending = raw[kPendingUpgrade]!
     raw[kPendingUpgrade] = undefined
-    // @fastify/websocket's error listener (added last, just before this handler) closes over
-    // request and reply; ours closes over nothing. Listeners the app added are kept.
-    const errorListeners = socket.listeners('error')
-    socket.removeListener('error', errorListeners[errorListeners.length - 1] as () => void)
-    // The response stays assigned to the socket and pins request and reply: let them go.
-    pending.response.detachSocket(internalsOf(socket)._socket)
+    if (raw[kH2Stream] === undefined) {
+      // @fastify/websocket's error listener (added last, just before this handler) closes over
+      // request and reply; ours closes over nothing. Listeners the app added are kept.
+      const errorListeners = socket.listeners('error')
+      socket.removeListener('error', errorListeners[errorListeners.length - 1] as () => void)
+      // The response stays assigned to the socket and pins request and reply: let them go.
+      ;(pending.response as ServerResponse).detachSocket(internalsOf(socket)._socket as Socket)
+    } else {
+      raw[kH2Stream] = undefined // over HTTP/2 the stream is the socket: nothing of the request holds it
+    }
     const snapshot = snapshotOf(request, pending)
     defaults.registry.handOver(pending.lease) // counted from now on by the connection's routeUrl and ip
     // eslint-disable-next-line no-new -- the connection lives through the socket's listeners
@@ -108,16 +117,52 @@ export function runInitLast (registry: Registry): (routeOptions: RouteOptions) =
     const step = (routeOptions as WebSocketRouteOptions)[kRunInit]
     if (step === undefined || routeOptions.method === 'HEAD') return
     const handler = routeOptions.handler
+    const startConnection = (routeOptions as WebSocketRouteOptions).wsHandler as (this: FastifyInstance, socket: WebSocket, request: FastifyRequest) => void
     routeOptions.handler = function webSocketRoute (this: FastifyInstance, request, reply) {
       if (!isUpgradeRequest(request)) return handler.call(this, request, reply) // plain GETs as they were
       return step(request, reply).then(() => {
         if (reply.sent) return reply
+        const stream = (request.raw as RawRequest)[kH2Stream]
+        if (stream !== undefined) return acceptOverHttp2(this, request, reply, stream, startConnection, registry)
         const answer = handler.call(this, request, reply) // @fastify/websocket upgrades here, synchronously
         releaseIfNotUpgraded(request, registry)
         return answer
       })
     }
+    // Marked where a request can read it (Fastify binds the handler it keeps, so not by handler).
+    routeOptions.config = { ...routeOptions.config, [kWebSocketRoute]: true }
   }
+}
+
+/** In a WebSocket route's config, so that an HTTP/2 CONNECT to another route is refused (isWebSocketRoute). */
+const kWebSocketRoute = Symbol('fastify-ws-handlers.websocket-route')
+
+/** Whether Fastify routed this request to one of the plugin's WebSocket routes. */
+export function isWebSocketRoute (request: FastifyRequest): boolean {
+  return (request.routeOptions.config as { [kWebSocketRoute]?: boolean } | undefined)?.[kWebSocketRoute] === true
+}
+
+/**
+ * An HTTP/2 CONNECT that `init` accepted: ws's handshake on the stream (h2.ts turns its 101
+ * into the stream's 200), then the connection, as @fastify/websocket's handler does for HTTP/1.1.
+ */
+function acceptOverHttp2 (
+  app: FastifyInstance, request: FastifyRequest, reply: FastifyReply, stream: ServerHttp2Stream,
+  startConnection: (this: FastifyInstance, socket: WebSocket, request: FastifyRequest) => void, registry: Registry
+): FastifyReply {
+  reply.hijack()
+  const raw = request.raw as RawRequest
+  stream.once('close', () => { // before the connection took the lease over: ws gave up on a stream that went away
+    const pending = raw[kPendingUpgrade]
+    raw[kPendingUpgrade] = undefined
+    if (pending !== undefined) registry.release(pending.lease)
+  })
+  const wss = app.websocketServer
+  wss.handleUpgrade(request.raw as IncomingMessage, answeringStream(stream) as unknown as Duplex, Buffer.alloc(0), (ws) => {
+    wss.emit('connection', ws, request.raw)
+    startConnection.call(app, ws, request)
+  })
+  return reply
 }
 
 /** An admitted upgrade that did not become a connection must not count against the limits. */
@@ -224,7 +269,8 @@ function upgradeStep (
 
   function admit (request: FastifyRequest, reply: FastifyReply): Lease {
     try {
-      return registry.admit(url, request.ip ?? '', settings.maxConnections, request.raw.socket)
+      // Over HTTP/2 the stream is what app.close() may have to end, not the session's socket.
+      return registry.admit(url, request.ip ?? '', settings.maxConnections, (request.raw as RawRequest)[kH2Stream] ?? request.raw.socket)
     } catch (error) {
       reply.header('retry-after', RETRY_AFTER_SECONDS)
       throw error

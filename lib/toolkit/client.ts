@@ -6,8 +6,11 @@
  * and the server-side `terminate` reason. A refused upgrade rejects with `UpgradeRefusedError`
  * carrying the status, headers and body.
  */
-import type { IncomingHttpHeaders, IncomingMessage } from 'node:http'
+import type { IncomingHttpHeaders, IncomingMessage, OutgoingHttpHeaders } from 'node:http'
+import http2, { type SecureClientSessionOptions } from 'node:http2'
 import { randomBytes } from 'node:crypto'
+import { once } from 'node:events'
+import type { Duplex } from 'node:stream'
 import type { FastifyInstance } from 'fastify'
 import WebSocket from 'ws'
 import type { TerminateReason } from '../core/types.js'
@@ -67,6 +70,13 @@ export interface ClientOptions {
   timeoutMs?: number
   /** Called with the ws client underneath before any frame is read (as injectWS's `onInit`): attach your own listeners. */
   onInit?: (ws: WebSocket) => void
+  /**
+   * Over HTTP/2 (RFC 8441's extended CONNECT, on Node's http2 client) instead of an HTTP/1.1
+   * upgrade: `wsClient('https://127.0.0.1:3000/path', { http2: { rejectUnauthorized: false } })`
+   * (`http://` for cleartext h2 with prior knowledge). The options go to `http2.connect`; one
+   * session per client, closed with it. Default: HTTP/1.1.
+   */
+  http2?: true | SecureClientSessionOptions
 }
 
 export class TestClient {
@@ -186,7 +196,10 @@ export class TestClient {
 export async function wsClient (app: FastifyInstance, path: string, options?: ClientOptions): Promise<TestClient>
 export async function wsClient (url: string, options?: ClientOptions): Promise<TestClient>
 export async function wsClient (target: FastifyInstance | string, pathOrOptions?: string | ClientOptions, maybeOptions?: ClientOptions): Promise<TestClient> {
-  if (typeof target === 'string') return await realClient(target, (pathOrOptions ?? {}) as ClientOptions)
+  if (typeof target === 'string') {
+    const options = (pathOrOptions ?? {}) as ClientOptions
+    return options.http2 === undefined ? await realClient(target, options) : await http2Client(target, options, options.http2)
+  }
   return await injectedClient(target, pathOrOptions as string, maybeOptions ?? {})
 }
 
@@ -232,7 +245,7 @@ async function realClient (url: string, options: ClientOptions): Promise<TestCli
   options.onInit?.(ws)
   const opened = new Promise<Handshake>((resolve, reject) => {
     ws.once('upgrade', (response: IncomingMessage) => {
-      watch.claim(response.socket.localPort!)
+      watch.claim(String(response.socket.localPort!))
       resolve({ status: 101, headers: response.headers, protocol: String(response.headers['sec-websocket-protocol'] ?? ''), body: '' })
     })
     ws.once('unexpected-response', (_request, response: IncomingMessage) => {
@@ -251,6 +264,60 @@ async function realClient (url: string, options: ClientOptions): Promise<TestCli
     watch.done()
   }
   return client
+}
+
+/** A WebSocket over an HTTP/2 stream: the extended CONNECT of RFC 8441, then a client-side ws on the stream. */
+async function http2Client (url: string, options: ClientOptions, sessionOptions: true | SecureClientSessionOptions): Promise<TestClient> {
+  const target = new URL(url)
+  const secure = target.protocol === 'https:' || target.protocol === 'wss:'
+  const timeoutMs = options.timeoutMs ?? 2000
+  const session = http2.connect(`${secure ? 'https' : 'http'}://${target.host}`, sessionOptions === true ? {} : sessionOptions)
+  session.on('error', ignore) // a failed session shows in the handshake or in closed()
+  const watch = watchByPort()
+  try {
+    const stream = await deadline((async () => {
+      await once(session, 'remoteSettings')
+      if (session.remoteSettings.enableConnectProtocol !== true) {
+        throw new Error(`${target.host} does not offer WebSockets over HTTP/2 (no SETTINGS_ENABLE_CONNECT_PROTOCOL)`)
+      }
+      const headers: OutgoingHttpHeaders = {
+        ...lowerCaseKeys(options.headers ?? {}),
+        ':method': 'CONNECT',
+        ':protocol': 'websocket',
+        ':scheme': secure ? 'https' : 'http',
+        ':authority': target.host,
+        ':path': target.pathname + target.search,
+        'sec-websocket-version': '13'
+      }
+      if (options.protocols !== undefined) headers['sec-websocket-protocol'] = options.protocols.join(', ')
+      return session.request(headers, { endStream: false })
+    })(), timeoutMs, () => `no HTTP/2 session with ${target.host} within ${timeoutMs} ms`)
+    const [responseHeaders] = await deadline(once(stream, 'response') as Promise<[IncomingHttpHeaders & { ':status'?: number }]>, timeoutMs,
+      () => `the CONNECT of ${target.pathname} got no answer within ${timeoutMs} ms (an init that never settles?)`)
+    const { ':status': status = 0, ...headers } = responseHeaders
+    if (status !== 200) {
+      let body = ''
+      stream.on('data', (chunk: Buffer) => { body += chunk.toString() })
+      await once(stream, 'end')
+      session.close()
+      throw new UpgradeRefusedError({ status, headers, protocol: '', body })
+    }
+    watch.claim(`${session.socket.localPort!}/${stream.id!}`)
+    const ws = new WebSocket(null as unknown as string, undefined, {})
+    const client = new TestClient(ws, watch.terminated, timeoutMs)
+    options.onInit?.(ws)
+    client.handshake = { status, headers, protocol: String(headers['sec-websocket-protocol'] ?? ''), body: '' }
+    const internals = ws as unknown as { _isServer: boolean, setSocket: (socket: Duplex, head: Buffer, options: object) => void }
+    internals._isServer = false
+    internals.setSocket(stream, Buffer.alloc(0), { maxPayload: 0 })
+    ws.once('close', () => { session.close() })
+    return client
+  } catch (error) {
+    session.close()
+    throw error
+  } finally {
+    watch.done()
+  }
 }
 
 /** The HTTP head of the server's answer, then (for a refusal) its body. */

@@ -10,15 +10,17 @@ import type { IncomingMessage } from 'node:http'
 import type { TerminateReason, WebSocketContext } from '../core/types.js'
 
 const byRequest = new WeakMap<object, (ctx: WebSocketContext) => void>()
-const openedByPort = new Map<number, WebSocketContext>()
-const portOf = new WeakMap<WebSocketContext, number>()
+/** By the client's port ('54321'), over HTTP/2 with its stream's id ('54321/3'). */
+const openedByPort = new Map<string, WebSocketContext>()
+const portOf = new WeakMap<WebSocketContext, string>()
 let realClientsConnecting = 0
 const waiting = new WeakMap<WebSocketContext, (reason: TerminateReason) => void>()
 const reasons = new WeakMap<WebSocketContext, TerminateReason>()
 diagnostics.subscribe('fastify-ws-handlers:open', (message) => {
-  const { ctx, request } = message as { ctx: WebSocketContext, request: IncomingMessage }
+  const { ctx, request } = message as { ctx: WebSocketContext, request: IncomingMessage & { stream?: { id?: number } } }
   const claim = byRequest.get(request)
-  const port = request.socket?.remotePort
+  const remotePort = request.socket?.remotePort
+  const port = remotePort === undefined ? undefined : request.stream?.id === undefined ? String(remotePort) : `${remotePort}/${request.stream.id}`
   if (claim !== undefined) claim(ctx)
   else if (realClientsConnecting > 0 && port !== undefined) {
     openedByPort.set(port, ctx)
@@ -64,7 +66,7 @@ export function watchInjected (request: object): TerminateWatch {
 }
 
 /** For a real-port client, while it waits for its 101: its local port names its connection. */
-export function watchByPort (): TerminateWatch & { claim: (port: number) => void, done: () => void } {
+export function watchByPort (): TerminateWatch & { claim: (port: string) => void, done: () => void } {
   const watch = watchTerminate()
   realClientsConnecting++
   return {

@@ -1,0 +1,89 @@
+/**
+ * WebSockets over HTTP/2 (RFC 8441, extended CONNECT), on Fastify's http2 server: the same
+ * routes, hooks, `init`, limits and lifecycle as an HTTP/1.1 upgrade.
+ *
+ * The server advertises SETTINGS_ENABLE_CONNECT_PROTOCOL. Node hands a CONNECT stream to the
+ * server's 'connect' event, never to Fastify's router: here it becomes a GET for routing (the
+ * request keeps `:protocol`), with the handshake headers a WebSocket route checks, so that every
+ * hook and `init` run as for an upgrade and a refusal is a real HTTP/2 response. Once `init`
+ * accepted, ws's own `handleUpgrade` runs on the stream (ws frames over an Http2Stream as over a
+ * socket): its HTTP/1.1 "101" head is turned into the stream's `:status 200` response, with the
+ * subprotocol and the extensions it negotiated. HTTP/1.1 upgrades keep working on the same server.
+ */
+import { randomBytes } from 'node:crypto'
+import type { Http2SecureServer, Http2Server, Http2ServerRequest, Http2ServerResponse, Http2Session, ServerHttp2Stream } from 'node:http2'
+import type { IncomingMessage } from 'node:http'
+import type { Duplex } from 'node:stream'
+import type { FastifyInstance } from 'fastify'
+
+/** The stream of a WebSocket CONNECT, on the raw request while it is routed. */
+export const kH2Stream = Symbol('fastify-ws-handlers.h2-stream')
+
+export type H2Request = Http2ServerRequest & { [kH2Stream]?: ServerHttp2Stream }
+
+/** Whether Fastify was started with `http2: true`. */
+export function isHttp2Server (server: unknown): server is Http2Server | Http2SecureServer {
+  return typeof (server as { updateSettings?: unknown }).updateSettings === 'function'
+}
+
+/**
+ * Serve extended CONNECT on `fastify`'s http2 server. Returns what app.close() needs: the
+ * sessions that carried WebSockets, closed once their WebSockets are (Node's `server.close()`
+ * leaves idle sessions open until their timeout).
+ */
+export function serveExtendedConnect (fastify: FastifyInstance, server: Http2Server | Http2SecureServer): { closeSessions: () => void } {
+  server.updateSettings({ enableConnectProtocol: true })
+  const sessions = new Set<Http2Session>()
+  server.on('connect', function onConnect (request: Http2ServerRequest | IncomingMessage, answer: Http2ServerResponse | Duplex) {
+    if (request.httpVersionMajor !== 2) { // an HTTP/1.1 CONNECT (allowHTTP1): not a WebSocket
+      (answer as Duplex).end('HTTP/1.1 405 Method Not Allowed\r\nconnection: close\r\ncontent-length: 0\r\n\r\n')
+      return
+    }
+    const h2 = request as H2Request
+    const response = answer as Http2ServerResponse
+    if (h2.headers[':protocol'] !== 'websocket') {
+      response.writeHead(501, { 'content-type': 'application/json' })
+      response.end(JSON.stringify({ statusCode: 501, error: 'Not Implemented', message: `extended CONNECT for ${String(h2.headers[':protocol'] ?? 'no protocol')}: only websocket` }))
+      return
+    }
+    const session = h2.stream.session
+    if (session !== undefined && !sessions.has(session)) {
+      sessions.add(session)
+      session.once('close', () => sessions.delete(session))
+    }
+    // Routed as the GET of an upgrade (RFC 8441 §5: the key and the Upgrade headers do not exist over h2).
+    ;(h2 as { method: string }).method = 'GET' // a setter of Http2ServerRequest (typed read-only)
+    Object.assign(h2.headers, { upgrade: 'websocket', connection: 'upgrade', 'sec-websocket-key': randomBytes(16).toString('base64') })
+    h2[kH2Stream] = h2.stream
+    fastify.routing(h2 as unknown as IncomingMessage, response as never)
+  })
+  return {
+    closeSessions () {
+      for (const session of sessions) session.close()
+    }
+  }
+}
+
+/**
+ * The stream, made ready for ws's `handleUpgrade`: the head ws writes first ("HTTP/1.1 101 …" with
+ * its Sec-WebSocket-Protocol and -Extensions, or an error status) becomes the stream's response.
+ */
+export function answeringStream (stream: ServerHttp2Stream): ServerHttp2Stream {
+  const shim = stream as ServerHttp2Stream & { write: (head: string) => boolean }
+  shim.write = function respond (head: string): boolean {
+    delete (shim as { write?: unknown }).write // the prototype's write from now on: WebSocket frames
+    const [statusLine = '', ...lines] = String(head).split('\r\n')
+    const status = Number(/^HTTP\/1\.1 (\d{3})/.exec(statusLine)?.[1] ?? 500)
+    const headers: Record<string, string> = {}
+    for (const line of lines) {
+      const colon = line.indexOf(':')
+      if (colon === -1) continue
+      const name = line.slice(0, colon).trim().toLowerCase()
+      if (name === 'sec-websocket-protocol' || name === 'sec-websocket-extensions') headers[name] = line.slice(colon + 1).trim()
+    }
+    if (status === 101) stream.respond({ ':status': 200, ...headers })
+    else stream.respond({ ':status': status }, { endStream: true })
+    return true
+  }
+  return shim
+}

@@ -1,0 +1,177 @@
+/**
+ * WebSockets over HTTP/2 (RFC 8441): on Fastify's http2 server the same routes accept extended
+ * CONNECT streams, with every hook, `init`, the limits and the lifecycle; refusals are real
+ * HTTP/2 responses; HTTP/1.1 upgrades keep working on the same server; app.close() closes the
+ * sessions it served. The toolkit's client speaks both (`wsClient(url, { http2 })`).
+ */
+import { once } from 'node:events'
+import { readFileSync } from 'node:fs'
+import http2 from 'node:http2'
+import type { AddressInfo } from 'node:net'
+import Fastify, { type FastifyInstance } from 'fastify'
+import t from 'tap'
+import WebSocket from 'ws'
+import wsHandlers, { close, defineHandler, text } from '../lib/index.js'
+import { UpgradeRefusedError, wsClient, type ClientOptions } from '../lib/testing.js'
+import { until } from './helpers.js'
+
+const tls = { key: readFileSync(new URL('./fixtures/localhost-key.pem', import.meta.url)), cert: readFileSync(new URL('./fixtures/localhost-cert.pem', import.meta.url)) }
+const overH2: ClientOptions = { http2: { ca: tls.cert } }
+
+interface Served { app: FastifyInstance, base: string, versions: string[] }
+
+/** The app over TLS with h2 and HTTP/1.1 (as browsers need it), or cleartext h2 (prior knowledge). */
+async function h2App (t: { teardown(fn: () => unknown): void }, options: { cleartext?: boolean, plugin?: object } = {}): Promise<Served> {
+  const app = (options.cleartext === true
+    ? Fastify({ http2: true })
+    : Fastify({ http2: true, https: { ...tls, allowHTTP1: true } })) as unknown as FastifyInstance
+  t.teardown(() => app.close())
+  await app.register(wsHandlers, { closeTimeout: 500, ...options.plugin })
+  const versions: string[] = []
+  app.addHook('onRequest', async (request) => { versions.push(request.raw.httpVersion) })
+  app.addHook('onRequest', async (request, reply) => {
+    if (request.headers.authorization === 'Bearer wrong') await reply.code(401).send({ error: 'who are you?' })
+  })
+  app.ws('/echo', defineHandler({
+    init: (request) => request.query !== null && (request.query as { refuse?: string }).refuse !== undefined ? { state: undefined, options: { maxFrameSize: -1 } } : undefined,
+    handle: (frame) => {
+      if (frame.type === 'text' && frame.data.startsWith('close ')) return { reply: close(Number(frame.data.slice(6)), 'as asked') }
+      return frame.type === 'text' ? { reply: text(frame.data) } : frame.type === 'binary' ? { reply: { type: 'binary', data: frame.data } } : undefined
+    }
+  }), { protocols: ['chat', 'superchat'], maxFrameSize: 2 << 20 })
+  app.ws('/small', { handle: () => undefined }, { maxFrameSize: 16 })
+  app.get('/page', async () => 'a plain route')
+  await app.listen({ port: 0, host: '127.0.0.1' })
+  const { port } = app.server.address() as AddressInfo
+  return { app, base: `${options.cleartext === true ? 'http' : 'https'}://localhost:${port}`, versions }
+}
+
+t.test('over HTTP/2: echo, the subprotocol, a 1 MB message both ways, close codes both ways, terminate', async (t) => {
+  const { app, base, versions } = await h2App(t)
+  const client = await wsClient(`${base}/echo`, { ...overH2, protocols: ['superchat', 'chat'] })
+  t.equal(client.handshake.status, 200, 'RFC 8441: 200, not 101')
+  t.equal(client.handshake.protocol, 'chat', 'the route\'s preference among those offered')
+  t.same(versions, ['2.0'], 'every hook ran, on an HTTP/2 request')
+  client.send('hello')
+  t.same(await client.next(), { type: 'text', data: 'hello' })
+  const big = Buffer.alloc(1 << 20, 7)
+  client.send(big)
+  const echoed = await client.next()
+  t.ok(Buffer.isBuffer(echoed.data) && big.equals(echoed.data), '1 MB back intact')
+  client.send('close 4001')
+  t.same(await client.closed(), { code: 4001, reason: 'as asked' })
+  t.match(await client.terminated(), { type: 'stop', code: 4001 })
+
+  const second = await wsClient(`${base}/echo`, overH2)
+  second.close(4002, 'from the client')
+  t.match(await second.terminated(), { type: 'remote', code: 4002, reason: 'from the client' })
+  await until(() => app.wsConnections.size === 0, 'both gone')
+})
+
+t.test('refusals are real HTTP/2 responses: a hook\'s 401, init\'s invalid result, the subprotocol, an unknown path, a plain route, another :protocol', async (t) => {
+  const { base } = await h2App(t)
+  const refusal = async (path: string, options: ClientOptions = {}): Promise<UpgradeRefusedError> => {
+    try {
+      await wsClient(`${base}${path}`, { ...overH2, ...options })
+    } catch (error) {
+      if (error instanceof UpgradeRefusedError) return error
+      throw error
+    }
+    throw new Error(`${path} was accepted`)
+  }
+  const unauthorized = await refusal('/echo', { headers: { authorization: 'Bearer wrong' } })
+  t.equal(unauthorized.statusCode, 401)
+  t.same(unauthorized.json(), { error: 'who are you?' })
+  t.equal((await refusal('/echo?refuse=1')).statusCode, 500, 'init\'s invalid result')
+  t.match((await refusal('/echo', { protocols: ['mqtt'] })).json(), { statusCode: 400, code: 'FST_WS_PROTOCOL_NOT_SUPPORTED' })
+  t.equal((await refusal('/nowhere')).statusCode, 404)
+  t.match((await refusal('/page')).json(), { statusCode: 404, message: '/page is not a WebSocket route' })
+
+  const session = http2.connect(base, { ca: tls.cert })
+  t.teardown(() => session.close())
+  await once(session, 'remoteSettings')
+  const other = session.request({ ':method': 'CONNECT', ':protocol': 'webtransport', ':path': '/echo', ':scheme': 'https', ':authority': new URL(base).host }, { endStream: false })
+  const [headers] = await once(other, 'response') as [Record<string, unknown>]
+  t.equal(headers[':status'], 501, 'a CONNECT for another protocol')
+  other.resume()
+  await once(other, 'end')
+  other.end()
+})
+
+t.test('one session carries several WebSockets and plain requests at once', async (t) => {
+  const { app, base } = await h2App(t)
+  const session = http2.connect(base, { ca: tls.cert })
+  t.teardown(() => session.close())
+  await once(session, 'remoteSettings')
+  t.equal(session.remoteSettings.enableConnectProtocol, true, 'the server advertises extended CONNECT')
+  const authority = new URL(base).host
+  const sockets = await Promise.all([1, 2, 3].map(async () => {
+    const stream = session.request({ ':method': 'CONNECT', ':protocol': 'websocket', ':path': '/echo', ':scheme': 'https', ':authority': authority, 'sec-websocket-version': '13' }, { endStream: false })
+    const [headers] = await once(stream, 'response') as [Record<string, unknown>]
+    t.equal(headers[':status'], 200)
+    const ws = new WebSocket(null as unknown as string, undefined, {}) as WebSocket & { _isServer: boolean, setSocket: (socket: unknown, head: Buffer, options: object) => void }
+    ws._isServer = false
+    ws.setSocket(stream, Buffer.alloc(0), { maxPayload: 0 })
+    return ws
+  }))
+  const page = session.request({ ':path': '/page', ':authority': authority })
+  let body = ''
+  page.on('data', (chunk: Buffer) => { body += chunk.toString() })
+  await once(page, 'end')
+  t.equal(body, 'a plain route')
+  const replies = await Promise.all(sockets.map(async (ws, i) => {
+    const reply = once(ws, 'message')
+    ws.send(`socket ${i}`)
+    return String((await reply)[0])
+  }))
+  t.same(replies, ['socket 0', 'socket 1', 'socket 2'])
+  t.equal(app.wsConnections.size, 3)
+  for (const ws of sockets) ws.close()
+  await until(() => app.wsConnections.size === 0, 'all three closed')
+})
+
+t.test('HTTP/1.1 upgrades keep working on the same server (a browser\'s first contact), and cleartext h2 works for non-browser clients', async (t) => {
+  const { base } = await h2App(t)
+  const h1 = new WebSocket(`${base.replace('https', 'wss')}/echo`, { ca: tls.cert })
+  await once(h1, 'open')
+  h1.send('over 1.1')
+  t.equal(String((await once(h1, 'message'))[0]), 'over 1.1')
+  h1.close()
+
+  const { base: cleartext } = await h2App(t, { cleartext: true })
+  const client = await wsClient(`${cleartext}/echo`, { http2: true })
+  client.send('prior knowledge')
+  t.same(await client.next(), { type: 'text', data: 'prior knowledge' })
+  client.close()
+})
+
+t.test('app.close(): 1001 to every h2 WebSocket and the sessions closed, promptly', async (t) => {
+  const { app, base } = await h2App(t)
+  const clients = await Promise.all([1, 2].map(async () => await wsClient(`${base}/echo`, overH2)))
+  const started = Date.now()
+  await app.close()
+  t.ok(Date.now() - started < 5000, `closed in ${Date.now() - started} ms (a session held open would take the 72 s session timeout)`)
+  for (const client of clients) {
+    t.same(await client.closed(), { code: 1001, reason: '' })
+    t.match(await client.terminated(), { type: 'shutdown' })
+  }
+})
+
+t.test('limits over HTTP/2 as over HTTP/1.1: a frame over maxFrameSize closes 1009, text that is not UTF-8 closes 1007', async (t) => {
+  const { base } = await h2App(t)
+  const open = async (transport: 'HTTP/2' | 'HTTP/1.1', path: string): Promise<WebSocket> => {
+    if (transport === 'HTTP/2') return (await wsClient(`${base}${path}`, overH2)).ws
+    const ws = new WebSocket(`${base.replace('https', 'wss')}${path}`, { ca: tls.cert })
+    await once(ws, 'open')
+    return ws
+  }
+  const closeCode = async (ws: WebSocket): Promise<number> => (await once(ws, 'close') as [number])[0]
+  for (const transport of ['HTTP/2', 'HTTP/1.1'] as const) {
+    const large = await open(transport, '/small')
+    large.send('x'.repeat(17))
+    t.equal(await closeCode(large), 1009, `${transport}: 1009`)
+    const invalid = await open(transport, '/echo')
+    invalid.send(Buffer.from([0xff, 0xfe]), { binary: false })
+    t.equal(await closeCode(invalid), 1007, `${transport}: 1007`)
+  }
+})
