@@ -13,6 +13,7 @@ import t from 'tap'
 import WebSocket from 'ws'
 import wsHandlers, { close, defineHandler, text } from '../lib/index.js'
 import { UpgradeRefusedError, wsClient, type ClientOptions } from '../lib/testing.js'
+import { answeringStream } from '../lib/route/h2.js'
 import { until } from './helpers.js'
 
 const tls = { key: readFileSync(new URL('./fixtures/localhost-key.pem', import.meta.url)), cert: readFileSync(new URL('./fixtures/localhost-cert.pem', import.meta.url)) }
@@ -21,7 +22,7 @@ const overH2: ClientOptions = { http2: { ca: tls.cert } }
 interface Served { app: FastifyInstance, base: string, versions: string[] }
 
 /** The app over TLS with h2 and HTTP/1.1 (as browsers need it), or cleartext h2 (prior knowledge). */
-async function h2App (t: { teardown(fn: () => unknown): void }, options: { cleartext?: boolean, plugin?: object } = {}): Promise<Served> {
+async function h2App (t: { teardown(fn: () => unknown): void }, options: { cleartext?: boolean, plugin?: object, routes?: (app: FastifyInstance) => void } = {}): Promise<Served> {
   const app = (options.cleartext === true
     ? Fastify({ http2: true })
     : Fastify({ http2: true, https: { ...tls, allowHTTP1: true } })) as unknown as FastifyInstance
@@ -41,6 +42,7 @@ async function h2App (t: { teardown(fn: () => unknown): void }, options: { clear
   }), { protocols: ['chat', 'superchat'], maxFrameSize: 2 << 20 })
   app.ws('/small', { handle: () => undefined }, { maxFrameSize: 16 })
   app.get('/page', async () => 'a plain route')
+  options.routes?.(app)
   await app.listen({ port: 0, host: '127.0.0.1' })
   const { port } = app.server.address() as AddressInfo
   return { app, base: `${options.cleartext === true ? 'http' : 'https'}://localhost:${port}`, versions }
@@ -96,6 +98,21 @@ t.test('refusals are real HTTP/2 responses: a hook\'s 401, init\'s invalid resul
   other.resume()
   await once(other, 'end')
   other.end()
+  const classic = session.request({ ':method': 'CONNECT', ':authority': 'example.com:443' }, { endStream: false }) // a tunnel, not a WebSocket
+  const [classicHeaders] = await once(classic, 'response') as [Record<string, unknown>]
+  t.equal(classicHeaders[':status'], 501, 'a classic CONNECT (no :protocol)')
+  classic.resume()
+  await once(classic, 'end')
+  classic.end()
+})
+
+t.test('ws\'s own refusal head (a closing server\'s 503) becomes the stream\'s response and ends it', async (t) => {
+  const calls: unknown[] = []
+  const stream = { respond: (...args: unknown[]) => { calls.push(args) }, write: () => { calls.push('prototype write'); return true } }
+  const answering = answeringStream(stream as never) as unknown as { write: (chunk: string) => boolean }
+  answering.write('HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Type: text/html\r\nContent-Length: 0\r\n\r\n')
+  t.same(calls, [[{ ':status': 503 }, { endStream: true }]])
+  t.equal(Object.hasOwn(answering, 'write'), false, 'one head only: the stream\'s own write again')
 })
 
 t.test('one session carries several WebSockets and plain requests at once', async (t) => {
@@ -174,4 +191,81 @@ t.test('limits over HTTP/2 as over HTTP/1.1: a frame over maxFrameSize closes 10
     invalid.send(Buffer.from([0xff, 0xfe]), { binary: false })
     t.equal(await closeCode(invalid), 1007, `${transport}: 1007`)
   }
+})
+
+t.test('every way an h2 WebSocket ends reaches terminate once: peer reset, session gone, the peer\'s GOAWAY', async (t) => {
+  const reasons: string[] = []
+  const { app, base } = await h2App(t, { routes: (app) => app.ws('/watched', { terminate: (reason) => { reasons.push(reason.type) } }) })
+  const authority = new URL(base).host
+  const open = async (session: http2.ClientHttp2Session): Promise<http2.ClientHttp2Stream> => {
+    const stream = session.request({ ':method': 'CONNECT', ':protocol': 'websocket', ':path': '/watched', ':scheme': 'https', ':authority': authority, 'sec-websocket-version': '13' }, { endStream: false })
+    await once(stream, 'response')
+    return stream
+  }
+  const session = http2.connect(base, { ca: tls.cert })
+  session.on('error', () => {})
+  await once(session, 'remoteSettings')
+  const reset = await open(session)
+  await until(() => app.wsConnections.size === 1, 'open')
+  reset.close(http2.constants.NGHTTP2_CANCEL) // RST_STREAM from the peer
+  await until(() => reasons.length === 1, 'terminate after the reset')
+  const gone = [await open(session), await open(session)]
+  await until(() => app.wsConnections.size === 2, 'two open on one session')
+  t.ok(gone.length === 2)
+  session.destroy() // the TCP connection goes: both streams end
+  await until(() => reasons.length === 3, 'terminate for both')
+  const polite = http2.connect(base, { ca: tls.cert })
+  polite.on('error', () => {})
+  await once(polite, 'remoteSettings')
+  await open(polite)
+  await until(() => app.wsConnections.size === 1, 'open on a new session')
+  polite.goaway(http2.constants.NGHTTP2_NO_ERROR)
+  polite.destroy()
+  await until(() => reasons.length === 4, 'terminate after GOAWAY')
+  t.same(reasons, ['closed', 'closed', 'closed', 'closed'], 'each once, as a connection that went away')
+  await until(() => app.wsConnections.size === 0, 'nothing left')
+})
+
+t.test('an HTTP/1.1 CONNECT on the same server gets 405; a refused upgrade\'s lease is released when its stream goes', async (t) => {
+  let release!: () => void
+  const gate = new Promise<void>((resolve) => { release = resolve })
+  const { app, base } = await h2App(t, { plugin: { maxConnections: 1 }, routes: (app) => app.ws('/slow', { init: async () => { await gate } }) })
+  const { port } = new URL(base)
+  const tlsSocket = (await import('node:tls')).connect({ host: '127.0.0.1', port: Number(port), ca: tls.cert, servername: 'localhost', ALPNProtocols: ['http/1.1'] })
+  await once(tlsSocket, 'secureConnect')
+  tlsSocket.write('CONNECT localhost:443 HTTP/1.1\r\nHost: localhost\r\n\r\n')
+  const [answer] = await once(tlsSocket, 'data') as [Buffer]
+  t.match(answer.toString(), /^HTTP\/1\.1 405 /)
+  tlsSocket.destroy()
+
+  // A CONNECT whose stream is reset while init runs: the connection limit is free again.
+  const session = http2.connect(base, { ca: tls.cert })
+  session.on('error', () => {})
+  t.teardown(() => session.destroy())
+  await once(session, 'remoteSettings')
+  const authority = new URL(base).host
+  const stream = session.request({ ':method': 'CONNECT', ':protocol': 'websocket', ':path': '/slow', ':scheme': 'https', ':authority': authority, 'sec-websocket-version': '13' }, { endStream: false })
+  await until(() => app.wsConnections.countOfRoute('/slow') === 1, 'admitted, init running')
+  stream.close(http2.constants.NGHTTP2_CANCEL)
+  release()
+  await until(() => app.wsConnections.countOfRoute('/slow') === 0, 'the lease released')
+  const client = await wsClient(`${base}/echo`, overH2)
+  t.equal(client.handshake.status, 200, 'the one allowed connection is available again')
+  client.close()
+})
+
+t.test('the example app over HTTP/2 (npm run start:h2): its routes over h2 and HTTP/1.1 on one port', async (t) => {
+  const { buildExampleApp } = await import('../example-app/app.js')
+  const tlsDir = new URL('../example-app/tls/', import.meta.url)
+  const { app } = await buildExampleApp({ http2: true, https: { key: readFileSync(new URL('localhost-key.pem', tlsDir)), cert: readFileSync(new URL('localhost-cert.pem', tlsDir)), allowHTTP1: true } } as never)
+  t.teardown(() => app.close())
+  await app.listen({ port: 0, host: '127.0.0.1' })
+  const base = `https://localhost:${(app.server.address() as AddressInfo).port}`
+  const echo = await wsClient(`${base}/echo`, overH2)
+  echo.send('over h2')
+  t.same(await echo.next(), { type: 'text', data: 'over h2' })
+  const hello = await wsClient(`${base}/hello`, overH2)
+  t.same(await hello.next(), { type: 'text', data: 'Hello!' })
+  echo.close()
+  hello.close()
 })

@@ -46,8 +46,8 @@ export function serveExtendedConnect (fastify: FastifyInstance, server: Http2Ser
       response.end(JSON.stringify({ statusCode: 501, error: 'Not Implemented', message: `extended CONNECT for ${String(h2.headers[':protocol'] ?? 'no protocol')}: only websocket` }))
       return
     }
-    const session = h2.stream.session
-    if (session !== undefined && !sessions.has(session)) {
+    const session = h2.stream.session as Http2Session // set while the stream is open, as it is when its headers arrive
+    if (!sessions.has(session)) {
       sessions.add(session)
       session.once('close', () => sessions.delete(session))
     }
@@ -73,7 +73,7 @@ export function answeringStream (stream: ServerHttp2Stream): ServerHttp2Stream {
   shim.write = function respond (head: string): boolean {
     delete (shim as { write?: unknown }).write // the prototype's write from now on: WebSocket frames
     const [statusLine = '', ...lines] = String(head).split('\r\n')
-    const status = Number(/^HTTP\/1\.1 (\d{3})/.exec(statusLine)?.[1] ?? 500)
+    const status = Number(statusLine.slice('HTTP/1.1 '.length, 'HTTP/1.1 '.length + 3)) // ws writes "HTTP/1.1 NNN …"
     const headers: Record<string, string> = {}
     for (const line of lines) {
       const colon = line.indexOf(':')
