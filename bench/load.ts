@@ -5,12 +5,13 @@
  * (one raw socket writing as fast as TCP takes it). Results go back over IPC.
  */
 import { once } from 'node:events'
+import http2 from 'node:http2'
 import net from 'node:net'
 import WebSocket from 'ws'
 
 export type Task =
-  | { type: 'echo', url: string, connections: number, inFlight: number, size: number, binary: boolean, warmupMs: number, durationMs: number, compress?: boolean, gapMs?: number }
-  | { type: 'open', url: string, connections: number, compress: boolean }
+  | { type: 'echo', url: string, connections: number, inFlight: number, size: number, binary: boolean, warmupMs: number, durationMs: number, compress?: boolean, gapMs?: number, h2?: boolean }
+  | { type: 'open', url: string, connections: number, compress: boolean, h2?: boolean }
   | { type: 'churn', url: string, cycles: number, concurrency: number }
   | { type: 'fanout', url: string, connections: number }
   | { type: 'relay', publishUrl: string, subscribeUrl: string, rate: number, durationMs: number, warmupMs: number }
@@ -27,8 +28,29 @@ export const now = (): number => performance.timeOrigin + performance.now()
 const task = JSON.parse(process.argv[2]!) as Task
 
 async function open (url: string, compress = false, localAddress?: string): Promise<WebSocket> {
+  if (url.startsWith('h2:')) return await openOverHttp2(url)
   const ws = new WebSocket(url, { perMessageDeflate: compress ? { threshold: 0 } : false, localAddress })
   await once(ws, 'open')
+  return ws
+}
+
+/** One cleartext HTTP/2 session per server, shared by every WebSocket of this process (as a browser tab's). */
+const sessions = new Map<string, http2.ClientHttp2Session>()
+
+/** `h2://host:port/path`: a WebSocket on an extended CONNECT stream (RFC 8441) of the shared session. */
+async function openOverHttp2 (url: string): Promise<WebSocket> {
+  const { host, pathname } = new URL(url)
+  let session = sessions.get(host)
+  if (session === undefined) {
+    session = http2.connect(`http://${host}`)
+    sessions.set(host, session)
+    await once(session, 'remoteSettings')
+  }
+  const stream = session.request({ ':method': 'CONNECT', ':protocol': 'websocket', ':scheme': 'http', ':authority': host, ':path': pathname, 'sec-websocket-version': '13' }, { endStream: false })
+  await once(stream, 'response')
+  const ws = new WebSocket(null as unknown as string, undefined, {}) as WebSocket & { _isServer: boolean, setSocket: (socket: unknown, head: Buffer, options: object) => void }
+  ws._isServer = false
+  ws.setSocket(stream, Buffer.alloc(0), { maxPayload: 0 })
   return ws
 }
 
@@ -87,7 +109,9 @@ async function echo (t: Extract<Task, { type: 'echo' }>): Promise<EchoResult> {
 }
 
 async function hold (t: Extract<Task, { type: 'open' }>): Promise<void> {
+  const started = performance.now()
   const sockets = await openMany(t.url, t.connections, t.compress)
+  const openMs = performance.now() - started
   if (t.compress) {
     // One 200-byte message each way, so that both zlib contexts exist (the worst case).
     const message = JSON.stringify({ text: 'x'.repeat(180) })
@@ -97,7 +121,7 @@ async function hold (t: Extract<Task, { type: 'open' }>): Promise<void> {
       await echoed
     }))
   }
-  process.send!({ ready: true })
+  process.send!({ ready: true, openMs })
   await once(process, 'message')
   await Promise.all(sockets.map(async (ws) => {
     const closed = once(ws, 'close')
@@ -245,6 +269,7 @@ if (task.type === 'fanout') {
     : task.type === 'churn'
       ? await churn(task)
       : task.type === 'relay' ? await relay(task) : await hold(task)
+  for (const session of sessions.values()) session.destroy() // an h2 session would keep the process alive
   process.send!({ result })
   process.disconnect()
 }

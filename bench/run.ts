@@ -70,7 +70,7 @@ async function startServer ({ kind, scenario }: Variant, cpu = SERVER_CPU): Prom
     }
   }
   return {
-    url: `ws://127.0.0.1:${port}/`,
+    url: `${scenario === 'echo-h2' ? 'h2' : 'ws'}://127.0.0.1:${port}/`,
     memory: async () => await ask<MemoryFigures>('memory'),
     cpu: async () => (await ask<CpuFigures>('cpu')).cpuMicros,
     fanout: async () => (await ask<{ startedAt: number }>('fanout')).startedAt,
@@ -180,7 +180,7 @@ async function idleMemory (table: string, variants: Variant[], connections: numb
     const server = await startServer(variant)
     const before = await server.memory()
     const load = startLoad({ type: 'open', url: server.url, connections, compress })
-    await once(load, 'message')
+    const [{ openMs }] = await once(load, 'message') as [{ openMs: number }]
     const after = await server.memory()
     load.send('close')
     await once(load, 'exit')
@@ -190,6 +190,7 @@ async function idleMemory (table: string, variants: Variant[], connections: numb
     record(table, variants, 'heap + external per connection (B)', 'lower', variant.label,
       (after.heapUsed + after.external - before.heapUsed - before.external) / connections)
     record(table, variants, 'RSS per connection (B)', 'lower', variant.label, (after.rss - before.rss) / connections)
+    record(table, variants, 'time to open them all (ms)', 'lower', variant.label, openMs)
   })
 }
 
@@ -430,6 +431,13 @@ await floodScenario('Rate limits: a paced neighbour\'s echo latency beside a raw
 const subscribers = quick ? 2000 : 10_000
 await fanoutScenario(`Fan-out: one 1 KiB frame to ${subscribers.toLocaleString('en-US')} subscribers`, subscribers, quick ? 5 : 20)
 await topicMemory(`Idle subscriptions, ${(quick ? 1000 : 5000).toLocaleString('en-US')} connections`, quick ? 1000 : 5000)
+
+// WebSockets over HTTP/2 (cleartext, prior knowledge) against the same plugin over HTTP/1.1:
+// every WebSocket of the load process on one h2 session, as a browser tab's.
+const h1Variant: Variant = { label: 'plugin, HTTP/1.1', kind: 'plugin', scenario: 'echo' }
+const h2Variant: Variant = { label: 'plugin, HTTP/2 (one session)', kind: 'plugin', scenario: 'echo-h2' }
+await echoVariants('HTTP/2: echo, 64 B text, 50 × 10', [h1Variant, h2Variant], echoShape)
+await idleMemory(`HTTP/2: ${(quick ? 500 : 1000).toLocaleString('en-US')} idle WebSockets, one session vs a TCP connection each`, [h1Variant, h2Variant], quick ? 500 : 1000, false)
 
 // `--scale=N` sets the scale run's size; by default as many as the process may hold (its
 // open-file limit), at most 100,000.

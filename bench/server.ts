@@ -16,6 +16,7 @@ import { redisAdapter } from '../lib/redis.js'
 export type Kind = 'ws' | 'fastify-websocket' | 'plugin'
 export type Scenario =
   | 'echo' | 'async-echo' | 'compressed' | 'compressed-hibernate'
+  | 'echo-h2' // plugin only: Fastify's cleartext http2 server (prior knowledge), WebSockets over HTTP/2 streams
   | 'echo-heartbeat' // plugin only: the default idle timeout and pings (the others run with both off)
   | 'echo-metrics' // plugin only: an OpenTelemetry metrics SDK registered (a reader that collects on demand)
   | 'echo-decode' // raw servers only: text is decoded to a string and the string sent back
@@ -131,7 +132,7 @@ if (kind === 'ws') {
   port = (wss.address() as AddressInfo).port
   connections = () => wss.clients.size
 } else {
-  const app = Fastify({ logger: false })
+  const app = (scenario === 'echo-h2' ? Fastify({ logger: false, http2: true }) : Fastify({ logger: false })) as unknown as ReturnType<typeof Fastify>
   if (kind === 'fastify-websocket') {
     await app.register(fastifyWebsocket, { options: { perMessageDeflate: deflate, maxPayload: 1_000_000 } })
     app.get('/', { websocket: true }, rawEcho)
