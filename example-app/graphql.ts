@@ -63,11 +63,8 @@ function roomFeed (state: State, ctx: WebSocketContext<Info>, room: string): Asy
     }
   }
   const stop = async (): Promise<IteratorResult<Line>> => {
-    listeners.delete(push)
-    if (listeners.size === 0) {
-      state.rooms.delete(room)
-      ctx.unsubscribe(roomTopic(room))
-    }
+    listeners.delete(push) // the room's set stays (empty): a line already queued for it finds no feed
+    if (listeners.size === 0) ctx.unsubscribe(roomTopic(room))
     wake?.({ value: undefined, done: true })
     return { value: undefined, done: true }
   }
@@ -113,11 +110,17 @@ export const schema = new GraphQLSchema({
   subscription: new GraphQLObjectType({
     name: 'Subscription',
     fields: {
+      countdown: { // a subscription that ends by itself: next … complete
+        type: new GraphQLNonNull(GraphQLString),
+        args: { from: { type: new GraphQLNonNull(GraphQLString) } },
+        subscribe: async function * (_root, { from }: { from: string }) { for (let n = Number(from); n > 0; n--) yield String(n) },
+        resolve: (n) => n
+      },
       messages: {
         type: new GraphQLNonNull(MessageType),
         args: { room: { type: new GraphQLNonNull(GraphQLString) } },
         subscribe: (_root, { room }: { room: string }, { state, ctx }: Context) => roomFeed(state, ctx, room),
-        resolve: (line: Line) => line
+        resolve: (line) => line
       }
     }
   })
@@ -154,11 +157,12 @@ export function graphqlOverWebSocket (connections: WebSocketConnections) {
 
     info (message, state) {
       if ('room' in message) { // a line on a room's topic: to this connection's feeds of that room
-        for (const push of state.rooms.get(message.room) ?? []) push(message)
+        for (const push of state.rooms.get(message.room)!) push(message)
         return undefined
       }
       if (message.kind === 'init-timeout') return state.acknowledged ? undefined : { reply: close(4408, 'Connection initialisation timeout') }
-      if (!state.operations.has(message.id)) return undefined // completed by the client meanwhile
+      /* c8 ignore next -- the client completed while this item waited in the mailbox (at most one: a stream pulls after info ran) */
+      if (!state.operations.has(message.id)) return undefined
       if (message.kind === 'next') return { reply: send({ type: 'next', id: message.id, payload: message.result }) }
       state.operations.delete(message.id)
       return { reply: send({ type: 'complete', id: message.id }) }

@@ -49,13 +49,37 @@ t.test('graphql-ws: a query, a mutation, and a subscription fed by a topic, unti
   t.same(said.value, { data: { say: { text: 'hi' } } })
   t.same((await first).value, { data: { messages: { from: 'ada', text: 'hi' } } })
   app.wsConnections.publish(roomTopic('blue'), { room: 'blue', from: 'server', text: 'published by the app' })
+  app.wsConnections.publish(roomTopic('blue'), { room: 'blue', from: 'server', text: 'and again, before the first was pulled' })
   t.same((await lines.next()).value, { data: { messages: { from: 'server', text: 'published by the app' } } })
+  t.same((await lines.next()).value, { data: { messages: { from: 'server', text: 'and again, before the first was pulled' } } })
   t.same(await speaker.iterate({ query: '{ rooms }' }).next(), { done: false, value: { data: { rooms: ['blue'] } } })
 
   await lines.return!() // the client sends complete: the stream stops and the topic is left
   await until(() => app.wsConnections.subscriberCount(roomTopic('blue')) === 0, 'complete released the subscription')
   const invalid = await speaker.iterate({ query: '{ nope }' }).next().catch((errors: unknown) => errors)
   t.match(invalid, [{ message: 'Cannot query field "nope" on type "Query".' }], 'validation errors arrive as the protocol\'s error message')
+})
+
+t.test('a subscription that ends by itself completes; a query that does not parse is an error message; WebSocket pings and unknown completes are ignored', async (t) => {
+  const { url } = await exampleApp(t)
+  const graphql = client(t, url)
+  const counted: unknown[] = []
+  for await (const result of graphql.iterate({ query: 'subscription { countdown(from: "3") }' })) counted.push(result.data)
+  t.same(counted, [{ countdown: '3' }, { countdown: '2' }, { countdown: '1' }], 'next × 3, then complete from the server')
+  const peer = await raw(url)
+  peer.ws.send(JSON.stringify({ type: 'connection_init' }))
+  peer.ws.ping()
+  peer.ws.send(JSON.stringify({ type: 'complete', id: 'never-started' }))
+  peer.ws.send(JSON.stringify({ type: 'subscribe', id: 'p', payload: { query: '{' } }))
+  peer.ws.send(JSON.stringify({ type: 'subscribe', id: 'q', payload: { query: 'subscription ($room: String!) { messages(room: $room) { text } }', variables: {} } }))
+  await until(() => peer.messages.length === 4, 'ack, then the two answers')
+  t.match(peer.messages, [
+    { type: 'connection_ack' },
+    { type: 'error', id: 'p', payload: [{ message: /Syntax Error/ }] },
+    { type: 'next', id: 'q', payload: { errors: [{ message: /Variable "\$room" of required type "String!" was not provided/ }] } },
+    { type: 'complete', id: 'q' }
+  ])
+  peer.ws.close()
 })
 
 t.test('the protocol\'s closes: 4400 for what is not its message, 4401 before the ack, 4409 for a duplicate id, 4429 for a second init', async (t) => {

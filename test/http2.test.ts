@@ -229,7 +229,16 @@ t.test('every way an h2 WebSocket ends reaches terminate once: peer reset, sessi
 t.test('an HTTP/1.1 CONNECT on the same server gets 405; a refused upgrade\'s lease is released when its stream goes', async (t) => {
   let release!: () => void
   const gate = new Promise<void>((resolve) => { release = resolve })
-  const { app, base } = await h2App(t, { plugin: { maxConnections: 1 }, routes: (app) => app.ws('/slow', { init: async () => { await gate } }) })
+  let streamClosed = false
+  const { app, base } = await h2App(t, {
+    plugin: { maxConnections: 1 },
+    routes: (app) => app.ws('/slow', {
+      init: async (request) => {
+        (request.raw as unknown as { stream: http2.ServerHttp2Stream }).stream.once('close', () => { streamClosed = true })
+        await gate
+      }
+    })
+  })
   const { port } = new URL(base)
   const tlsSocket = (await import('node:tls')).connect({ host: '127.0.0.1', port: Number(port), ca: tls.cert, servername: 'localhost', ALPNProtocols: ['http/1.1'] })
   await once(tlsSocket, 'secureConnect')
@@ -247,7 +256,8 @@ t.test('an HTTP/1.1 CONNECT on the same server gets 405; a refused upgrade\'s le
   const stream = session.request({ ':method': 'CONNECT', ':protocol': 'websocket', ':path': '/slow', ':scheme': 'https', ':authority': authority, 'sec-websocket-version': '13' }, { endStream: false })
   await until(() => app.wsConnections.countOfRoute('/slow') === 1, 'admitted, init running')
   stream.close(http2.constants.NGHTTP2_CANCEL)
-  release()
+  await until(() => streamClosed, 'the server saw the stream go')
+  release() // init returns for a client that is gone
   await until(() => app.wsConnections.countOfRoute('/slow') === 0, 'the lease released')
   const client = await wsClient(`${base}/echo`, overH2)
   t.equal(client.handshake.status, 200, 'the one allowed connection is available again')
@@ -268,4 +278,30 @@ t.test('the example app over HTTP/2 (npm run start:h2): its routes over h2 and H
   t.same(await hello.next(), { type: 'text', data: 'Hello!' })
   echo.close()
   hello.close()
+})
+
+t.test('the toolkit\'s h2 client says so when a server does not offer WebSockets over HTTP/2', async (t) => {
+  const server = http2.createServer()
+  server.on('stream', (stream) => { stream.respond({ ':status': 404 }, { endStream: true }) })
+  server.listen(0, '127.0.0.1')
+  await once(server, 'listening')
+  t.teardown(() => server.close())
+  await t.rejects(wsClient(`http://127.0.0.1:${(server.address() as AddressInfo).port}/x`, { http2: true }), /does not offer WebSockets over HTTP\/2/)
+
+  const silent = http2.createServer({ settings: { enableConnectProtocol: true } })
+  silent.on('stream', () => {}) // never answers
+  silent.listen(0, '127.0.0.1')
+  await once(silent, 'listening')
+  t.teardown(() => silent.close())
+  await t.rejects(wsClient(`http://127.0.0.1:${(silent.address() as AddressInfo).port}/x`, { http2: true, timeoutMs: 200 }), /the CONNECT of \/x got no answer within 200 ms/)
+})
+
+t.test('the toolkit\'s h2 client hands its ws to onInit before any frame is read', async (t) => {
+  const { base } = await h2App(t)
+  const seen: string[] = []
+  const client = await wsClient(`${base}/echo`, { ...overH2, onInit: (ws) => { ws.on('message', (data) => seen.push(String(data))) } })
+  client.send('raw listener')
+  t.same(await client.next(), { type: 'text', data: 'raw listener' })
+  t.same(seen, ['raw listener'])
+  client.close()
 })

@@ -152,11 +152,17 @@ function acceptOverHttp2 (
 ): FastifyReply {
   reply.hijack()
   const raw = request.raw as RawRequest
-  stream.once('close', () => { // before the connection took the lease over: ws gave up on a stream that went away
+  const giveUp = (): void => {
     const pending = raw[kPendingUpgrade]
     raw[kPendingUpgrade] = undefined
     if (pending !== undefined) registry.release(pending.lease)
-  })
+  }
+  if (stream.closed) { // the client went away while init ran
+    giveUp()
+    return reply
+  }
+  // Gone before the connection took the lease over: ws gave up on it (an app's async verifyClient).
+  stream.once('close', giveUp)
   const wss = app.websocketServer
   wss.handleUpgrade(request.raw as IncomingMessage, answeringStream(stream) as unknown as Duplex, Buffer.alloc(0), (ws) => {
     wss.emit('connection', ws, request.raw)

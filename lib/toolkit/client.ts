@@ -311,12 +311,14 @@ async function http2Client (url: string, options: ClientOptions, sessionOptions:
     internals._isServer = false
     internals.setSocket(stream, Buffer.alloc(0), { maxPayload: 0 })
     ws.once('close', () => { session.close() })
+    watch.done()
     return client
   } catch (error) {
-    session.close()
-    throw error
-  } finally {
     watch.done()
+    // A refusal ended its stream and closed the session gently already; anything else (a timeout,
+    // a session that failed) may leave a stream open, which a gentle close would wait for.
+    if (!(error instanceof UpgradeRefusedError)) session.destroy()
+    throw error
   }
 }
 
