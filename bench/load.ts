@@ -39,16 +39,18 @@ const sessions = new Map<string, http2.ClientHttp2Session>()
 
 /** `h2://host:port/path`: a WebSocket on an extended CONNECT stream (RFC 8441) of the shared session. */
 async function openOverHttp2 (url: string): Promise<WebSocket> {
-  const { host, pathname } = new URL(url)
+  const { host, pathname, searchParams } = new URL(url)
   let session = sessions.get(host)
   if (session === undefined) {
-    session = http2.connect(`http://${host}`)
+    // ?window=N: this client's stream window too (the echo's way back), as a tuned client would.
+    const window = Number(searchParams.get('window') ?? 0)
+    session = http2.connect(`http://${host}`, window > 0 ? { settings: { initialWindowSize: window } } : {})
     sessions.set(host, session)
     await once(session, 'remoteSettings')
   }
   const stream = session.request({ ':method': 'CONNECT', ':protocol': 'websocket', ':scheme': 'http', ':authority': host, ':path': pathname, 'sec-websocket-version': '13' }, { endStream: false })
   await once(stream, 'response')
-  const ws = new WebSocket(null as unknown as string, undefined, {}) as WebSocket & { _isServer: boolean, setSocket: (socket: unknown, head: Buffer, options: object) => void }
+  const ws = new WebSocket(null as unknown as string, undefined, { autoPong: true }) as WebSocket & { _isServer: boolean, setSocket: (socket: unknown, head: Buffer, options: object) => void }
   ws._isServer = false
   ws.setSocket(stream, Buffer.alloc(0), { maxPayload: 0 })
   return ws

@@ -126,7 +126,7 @@ t.test('one session carries several WebSockets and plain requests at once', asyn
     const stream = session.request({ ':method': 'CONNECT', ':protocol': 'websocket', ':path': '/echo', ':scheme': 'https', ':authority': authority, 'sec-websocket-version': '13' }, { endStream: false })
     const [headers] = await once(stream, 'response') as [Record<string, unknown>]
     t.equal(headers[':status'], 200)
-    const ws = new WebSocket(null as unknown as string, undefined, {}) as WebSocket & { _isServer: boolean, setSocket: (socket: unknown, head: Buffer, options: object) => void }
+    const ws = new WebSocket(null as unknown as string, undefined, { autoPong: true }) as WebSocket & { _isServer: boolean, setSocket: (socket: unknown, head: Buffer, options: object) => void }
     ws._isServer = false
     ws.setSocket(stream, Buffer.alloc(0), { maxPayload: 0 })
     return ws
@@ -304,4 +304,44 @@ t.test('the toolkit\'s h2 client hands its ws to onInit before any frame is read
   t.same(await client.next(), { type: 'text', data: 'raw listener' })
   t.same(seen, ['raw listener'])
   client.close()
+})
+
+t.test('heartbeats over HTTP/2: the server pings a silent h2 WebSocket, the pong counts, a deaf one meets the idle timeout', async (t) => {
+  const reasons: string[] = []
+  const { base } = await h2App(t, { routes: (app) => app.ws('/beat', { terminate: (reason) => { reasons.push(reason.type) } }, { pingInterval: 50, idleTimeout: 120 }) })
+  const listening = await wsClient(`${base}/beat`, overH2)
+  let pings = 0
+  listening.ws.on('ping', () => pings++)
+  const deaf = await wsClient(`${base}/beat`, { ...overH2, onInit: (ws) => { (ws as unknown as { _autoPong: boolean })._autoPong = false } })
+  t.same(await deaf.closed(), { code: 1000, reason: '' }, 'the deaf one: closed by the idle timeout')
+  await until(() => pings >= 3, `the listening one keeps being pinged, and stays (pings ${pings}, terminates ${reasons.join(' ')})`)
+  t.same(reasons, ['timeout'])
+  listening.close()
+})
+
+t.test('an idle HTTP/2 session that times out (Fastify\'s http2SessionTimeout) is closed gently: its WebSocket goes on, terminate comes at its own close', async (t) => {
+  const app = Fastify({ http2: true, http2SessionTimeout: 200 }) as unknown as FastifyInstance
+  t.teardown(() => app.close())
+  await app.register(wsHandlers)
+  const reasons: string[] = []
+  app.ws('/quiet', { handle: (frame) => frame.type === 'text' ? { reply: text(frame.data) } : undefined, terminate: (reason) => { reasons.push(reason.type) } }, { pingInterval: 0, idleTimeout: 0 })
+  await app.listen({ port: 0, host: '127.0.0.1' })
+  const url = `http://127.0.0.1:${(app.server.address() as AddressInfo).port}/quiet`
+  let goaway = false
+  const session = http2.connect(new URL(url).origin)
+  session.on('goaway', () => { goaway = true })
+  await once(session, 'remoteSettings')
+  const stream = session.request({ ':method': 'CONNECT', ':protocol': 'websocket', ':path': '/quiet', ':scheme': 'http', ':authority': new URL(url).host, 'sec-websocket-version': '13' }, { endStream: false })
+  await once(stream, 'response')
+  const ws = new WebSocket(null as unknown as string, undefined, { autoPong: true }) as WebSocket & { _isServer: boolean, setSocket: (socket: unknown, head: Buffer, options: object) => void }
+  ws._isServer = false
+  ws.setSocket(stream, Buffer.alloc(0), { maxPayload: 0 })
+  await until(() => goaway, 'the session timed out: GOAWAY, no new streams')
+  ws.send('still here')
+  t.equal(String((await once(ws, 'message'))[0]), 'still here', 'the WebSocket outlives the GOAWAY')
+  t.same(reasons, [])
+  ws.close(1000)
+  await until(() => reasons.length === 1, 'terminate at its own close')
+  t.same(reasons, ['remote'])
+  session.close()
 })

@@ -5,10 +5,11 @@
  */
 import { once } from 'node:events'
 import t from 'tap'
-import { close, defineHandler, text, type TimeoutMessage } from '../lib/index.js'
+import Fastify from 'fastify'
+import wsHandlers, { close, defineHandler, text, type TimeoutMessage } from '../lib/index.js'
 import { UpgradeRefusedError, handlerHarness, wsClient } from '../lib/testing.js'
 import { rememberedConnections } from '../lib/toolkit/terminate-watch.js'
-import { buildApp, listen } from './helpers.js'
+import { buildApp, listen, until } from './helpers.js'
 
 const greeter = defineHandler<{ name: string }, TimeoutMessage<'tick'>>({
   init (request, reply) {
@@ -55,6 +56,19 @@ for (const transport of ['injected (no port)', 'real port'] as const) {
     await t.rejects(open('/greet?name=x', { protocols: ['stomp'] }), { message: /HTTP 400.*FST_WS_PROTOCOL_NOT_SUPPORTED/ })
   })
 }
+
+t.test('an injected client answers the server\'s pings, as a real one does: the default heartbeat keeps it open', async (t) => {
+  const app = Fastify()
+  t.teardown(() => app.close())
+  await app.register(wsHandlers)
+  const reasons: string[] = []
+  const pongs: number[] = []
+  app.ws('/beat', { handle: (frame) => { if (frame.type === 'pong') pongs.push(1) }, terminate: (reason) => { reasons.push(reason.type) } }, { pingInterval: 30, idleTimeout: 80 })
+  const client = await wsClient(app, '/beat')
+  await until(() => pongs.length >= 4, `four pings answered (terminates: ${reasons.join(' ')})`)
+  t.same(reasons, [], 'still open after four idle timeouts\' worth of pings')
+  client.close()
+})
 
 t.test('a real-port client without options and without a subprotocol', async (t) => {
   const { app } = await buildApp(t)

@@ -225,7 +225,8 @@ async function injectedClient (app: FastifyInstance, path: string, options: Clie
     return `the upgrade of ${path} got no answer within ${timeoutMs} ms (an init that never settles?)`
   })
   if (handshake.status !== 101) throw new UpgradeRefusedError(handshake)
-  const ws = new WebSocket(null as unknown as string, undefined, {})
+  // autoPong: a ws made without an address is a server's, which answers pings only when told to.
+  const ws = new WebSocket(null as unknown as string, undefined, { autoPong: true })
   const client = new TestClient(ws, watch.terminated, timeoutMs)
   options.onInit?.(ws)
   client.handshake = handshake
@@ -303,7 +304,7 @@ async function http2Client (url: string, options: ClientOptions, sessionOptions:
       throw new UpgradeRefusedError({ status, headers, protocol: '', body })
     }
     watch.claim(`${session.socket.localPort!}/${stream.id!}`)
-    const ws = new WebSocket(null as unknown as string, undefined, {})
+    const ws = new WebSocket(null as unknown as string, undefined, { autoPong: true })
     const client = new TestClient(ws, watch.terminated, timeoutMs)
     options.onInit?.(ws)
     client.handshake = { status, headers, protocol: String(headers['sec-websocket-protocol'] ?? ''), body: '' }
