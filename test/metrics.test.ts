@@ -68,7 +68,8 @@ t.test('per route: connections, frames and bytes both ways, closes by code and r
   t.teardown(() => app.close())
   await app.register(wsHandlers, { metrics: { meterProvider: provider, callbackSampling: 1 } })
   app.ws('/echo', { handle: (frame) => frame.type === 'text' ? { reply: [text(frame.data), text('é')] } : undefined })
-  app.ws('/quiet', { handle: (frame) => ({ reply: frame.type === 'text' && frame.data === 'bye' ? close(1000, 'bye') : { type: 'ping' } }) })
+  // Text gets a ping back (a frame without data), 'bye' a close; the client's pongs get nothing (they would loop).
+  app.ws('/quiet', { handle: (frame) => frame.type !== 'text' ? undefined : { reply: frame.data === 'bye' ? close(1000, 'bye') : { type: 'ping' } } })
   await app.ready()
   const a = await wsClient(app, '/echo')
   const b = await wsClient(app, '/echo')
@@ -80,11 +81,15 @@ t.test('per route: connections, frames and bytes both ways, closes by code and r
   await a.next()
   await a.next()
   quiet.send('ping me')
-  await until(async () => (await read()).get('websocket.server.messages.sent')?.has('websocket.route=/quiet,websocket.frame.type=ping') === true, 'the ping written')
+  await until(async () => (await read()).get('websocket.server.messages.received')?.has('websocket.route=/quiet,websocket.frame.type=pong') === true, 'the ping written, and answered')
   let readings = await read()
   t.same(readings.get('websocket.server.connections'), new Map([['websocket.route=/echo', 2], ['websocket.route=/quiet', 1]]))
-  t.same(readings.get('websocket.server.messages.received'), new Map([['websocket.route=/echo,websocket.frame.type=text', 2], ['websocket.route=/quiet,websocket.frame.type=text', 1]]))
-  t.same(readings.get('websocket.server.bytes.received'), new Map([['websocket.route=/echo,websocket.frame.type=text', 7], ['websocket.route=/quiet,websocket.frame.type=text', 7]]))
+  t.same(readings.get('websocket.server.messages.received'), new Map([
+    ['websocket.route=/echo,websocket.frame.type=text', 2], ['websocket.route=/quiet,websocket.frame.type=text', 1], ['websocket.route=/quiet,websocket.frame.type=pong', 1]
+  ]))
+  t.same(readings.get('websocket.server.bytes.received'), new Map([
+    ['websocket.route=/echo,websocket.frame.type=text', 7], ['websocket.route=/quiet,websocket.frame.type=text', 7], ['websocket.route=/quiet,websocket.frame.type=pong', 0]
+  ]))
   t.same(readings.get('websocket.server.messages.sent'), new Map([['websocket.route=/echo,websocket.frame.type=text', 4], ['websocket.route=/quiet,websocket.frame.type=ping', 1]]))
   t.same(readings.get('websocket.server.bytes.sent'), new Map([['websocket.route=/echo,websocket.frame.type=text', 7 + 2 * 2], ['websocket.route=/quiet,websocket.frame.type=ping', 0]]), 'é is two bytes')
   const durations = readings.get('websocket.server.callback.duration')!.get('websocket.route=/echo,websocket.callback=handle') as Histogram
