@@ -29,6 +29,12 @@ export const DEFAULT_CALLBACK_SAMPLING = 16
 /** The histogram boundaries for callback durations and delivery lag, in seconds: 50 µs to 5 s. */
 const SECONDS_BUCKETS = [0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5]
 
+const route = (url: string): Attributes => ({ 'websocket.route': url })
+const frameOf = (url: string, type: string): Attributes => ({ 'websocket.route': url, 'websocket.frame.type': type })
+const callbackOf = (url: string, callback: string): Attributes => ({ 'websocket.route': url, 'websocket.callback': callback })
+const operationOf = (_: string, operation: string): Attributes => ({ 'websocket.operation': operation })
+const errorTypeOf = (_: string, type: string): Attributes => ({ 'error.type': type })
+
 /** What the metrics read of the registry. */
 export interface MetricsSource {
   readonly instanceId: string
@@ -42,11 +48,12 @@ interface Tally { readonly attributes: Attributes, value: number }
 class Tallies {
   readonly #byFirst = new Map<string, Map<string | number, Tally>>()
 
-  get (first: string, second: string | number, attributes: () => Attributes): Tally {
+  /** `attributes(first, second)` is called once per series: static functions, so that no closure is made per event. */
+  get<S extends string | number> (first: string, second: S, attributes: (first: string, second: S) => Attributes): Tally {
     let bySecond = this.#byFirst.get(first)
     if (bySecond === undefined) this.#byFirst.set(first, bySecond = new Map())
     let tally = bySecond.get(second)
-    if (tally === undefined) bySecond.set(second, tally = { attributes: Object.freeze(attributes()), value: 0 })
+    if (tally === undefined) bySecond.set(second, tally = { attributes: Object.freeze(attributes(first, second)), value: 0 })
     return tally
   }
 
@@ -77,9 +84,6 @@ export function meterFor (options: MetricsOptions | false | undefined): { meter:
  * the events that carry no connection.
  */
 export function recordMetrics ({ meter, callbackSampling }: { meter: Meter, callbackSampling: number }, source: MetricsSource): () => void {
-  const route = (url: string) => () => ({ 'websocket.route': url })
-  const frameOf = (url: string, type: string) => () => ({ 'websocket.route': url, 'websocket.frame.type': type })
-  const callbackOf = (url: string, callback: string) => () => ({ 'websocket.route': url, 'websocket.callback': callback })
   const tallies = {
     connections: new Tallies(),
     messagesIn: new Tallies(),
@@ -142,7 +146,7 @@ export function recordMetrics ({ meter, callbackSampling }: { meter: Meter, call
         entry.max = Math.max(entry.max, depth)
       }
     }
-    for (const [url, depth] of byRoute) result.observe(depth[pick], depths.get(url, '', route(url)).attributes)
+    for (const [url, depth] of byRoute) result.observe(depth[pick], depths.get(url, '', route).attributes)
   }
   for (const [gauge, pick] of [[queued, 'sum'], [longest, 'max']] as const) {
     const observe = observeDepths(pick)
@@ -158,54 +162,54 @@ export function recordMetrics ({ meter, callbackSampling }: { meter: Meter, call
   const listeners: Array<[Channel, (message: never) => void]> = [
     [openChannel, ({ ctx }: { ctx: ConnectionContext }) => {
       const url = own(ctx)
-      if (url !== undefined) tallies.connections.get(url, '', route(url)).value++
+      if (url !== undefined) tallies.connections.get(url, '', route).value++
     }],
     [closeChannel, ({ ctx, reason }: { ctx: ConnectionContext, reason: TerminateReason }) => {
       const url = own(ctx)
       if (url === undefined) return
-      tallies.connections.get(url, '', route(url)).value--
+      tallies.connections.get(url, '', route).value--
       const code = closeLogFields(reason, 0).code ?? 1005
-      tallies.closes.get(url, `${code} ${reason.type}`, () => ({ 'websocket.route': url, 'websocket.close.code': code, 'websocket.terminate.reason': reason.type })).value++
+      tallies.closes.get(url, `${code} ${reason.type}`, () => ({ 'websocket.route': url, 'websocket.close.code': code, 'websocket.terminate.reason': reason.type })).value++ // once per close: a closure is fine
     }],
     [frameInChannel, ({ ctx, frame, bytes }: { ctx: ConnectionContext, frame: InFrame<unknown>, bytes: number }) => {
       const url = own(ctx)
       if (url === undefined) return
-      tallies.messagesIn.get(url, frame.type, frameOf(url, frame.type)).value++
-      tallies.bytesIn.get(url, frame.type, frameOf(url, frame.type)).value += bytes
+      tallies.messagesIn.get(url, frame.type, frameOf).value++
+      tallies.bytesIn.get(url, frame.type, frameOf).value += bytes
     }],
     [frameOutChannel, ({ ctx, frames }: { ctx: ConnectionContext, frames: OutFrame | readonly OutFrame[] }) => {
       const url = own(ctx)
       if (url === undefined) return
       for (const frame of Array.isArray(frames) ? frames as readonly OutFrame[] : [frames as OutFrame]) {
-        tallies.messagesOut.get(url, frame.type, frameOf(url, frame.type)).value++
-        tallies.bytesOut.get(url, frame.type, frameOf(url, frame.type)).value += payloadBytes(frame)
+        tallies.messagesOut.get(url, frame.type, frameOf).value++
+        tallies.bytesOut.get(url, frame.type, frameOf).value += payloadBytes(frame)
       }
     }],
     [callbackChannel, ({ ctx, callback, durationMs, failed }: { ctx: ConnectionContext, callback: string, durationMs: number, failed: boolean }) => {
       const url = own(ctx)
       if (url === undefined) return
-      tallies.calls.get(url, callback, callbackOf(url, callback)).value++
-      tallies.callTime.get(url, callback, callbackOf(url, callback)).value += durationMs / 1000
-      if (failed) callbackDuration.record(durationMs / 1000, { 'websocket.route': url, 'websocket.callback': callback, 'error.type': 'crash' })
-      else if (++sampled % callbackSampling === 0) callbackDuration.record(durationMs / 1000, tallies.calls.get(url, callback, callbackOf(url, callback)).attributes)
+      const calls = tallies.calls.get(url, callback, callbackOf)
+      calls.value++
+      tallies.callTime.get(url, callback, callbackOf).value += durationMs / 1000
+      if (failed) callbackDuration.record(durationMs / 1000, { ...calls.attributes, 'error.type': 'crash' })
+      else if (++sampled % callbackSampling === 0) callbackDuration.record(durationMs / 1000, calls.attributes)
     }],
     [refusedChannel, ({ error, instanceId, routeUrl }: { error: { statusCode?: number, code?: string }, instanceId: string, routeUrl: string }) => {
       if (instanceId !== source.instanceId) return
       const status = error.statusCode ?? 500
       const code = error.code ?? 'unknown'
-      tallies.refused.get(routeUrl, `${status} ${code}`, () => ({ 'websocket.route': routeUrl, 'http.response.status_code': status, 'error.type': code })).value++
+      tallies.refused.get(routeUrl, `${status} ${code}`, () => ({ 'websocket.route': routeUrl, 'http.response.status_code': status, 'error.type': code })).value++ // a refusal: rare
     }],
     [deliverChannel, ({ operation, delivered, instanceId }: { operation: string, delivered: number, instanceId: string }) => {
       if (instanceId !== source.instanceId) return
-      const attributes = (): Attributes => ({ 'websocket.operation': operation })
-      tallies.deliveries.get('', operation, attributes).value++
-      tallies.recipients.get('', operation, attributes).value += delivered
+      tallies.deliveries.get('', operation, operationOf).value++
+      tallies.recipients.get('', operation, operationOf).value += delivered
     }],
     [adapterChannel, (event: { event: 'delivery', kind: string, lagMs: number, instanceId: string } | { event: 'error' | 'dropped', instanceId: string }) => {
       if (event.instanceId !== source.instanceId) return
       // At most one per cross-instance message: a synchronous histogram is affordable here.
       if (event.event === 'delivery') adapterLag.record(Math.max(0, event.lagMs) / 1000, { 'websocket.message.kind': event.kind })
-      else tallies.adapterErrors.get('', event.event, () => ({ 'error.type': event.event })).value++
+      else tallies.adapterErrors.get('', event.event, errorTypeOf).value++
     }]
   ]
   for (const [channel, listener] of listeners) {
