@@ -87,3 +87,19 @@ export function answeringStream (stream: ServerHttp2Stream): ServerHttp2Stream {
   }
   return shim
 }
+
+/**
+ * Once the WebSocket owns the stream: let go of the compat layer's request and response objects
+ * that Node keeps on it (its private `request` and `response` symbols), which nothing reads any
+ * more (≈ 3 KB per WebSocket). Node's own stream listeners check for their absence; the two that
+ * do not ('timeout', 'wantTrailers': neither can fire on a WebSocket's stream, whose timeout ws
+ * disables and which sends no trailers) are removed with them.
+ */
+export function releaseCompatObjects (stream: ServerHttp2Stream): void {
+  const held = stream as unknown as Record<symbol, unknown>
+  for (const symbol of Object.getOwnPropertySymbols(stream)) {
+    if (symbol.description === 'request' || symbol.description === 'response') held[symbol] = undefined
+  }
+  stream.removeAllListeners('timeout')
+  stream.removeAllListeners('wantTrailers')
+}

@@ -14,7 +14,7 @@ import { Connection } from '../actor/connection.js'
 import type { RouteContext } from '../actor/context.js'
 import { refusedChannel } from '../core/diagnostics.js'
 import { jsonReader } from './json-reader.js'
-import { answeringStream, kH2Stream } from './h2.js'
+import { answeringStream, kH2Stream, releaseCompatObjects } from './h2.js'
 import { originCheck, ownOrigin, type OriginCheck } from './origin.js'
 import type { Lease, Registry } from '../registry/registry.js'
 import {
@@ -98,6 +98,7 @@ export function makeWebSocketRoute (
       // The response stays assigned to the socket and pins request and reply: let them go.
       ;(pending.response as ServerResponse).detachSocket(internalsOf(socket)._socket as Socket)
     } else {
+      releaseCompatObjects(raw[kH2Stream])
       raw[kH2Stream] = undefined // over HTTP/2 the stream is the socket: nothing of the request holds it
     }
     const snapshot = snapshotOf(request, pending)
