@@ -52,12 +52,13 @@ const plugin: FastifyPluginAsync<WebSocketHandlersOptions> = async function wsHa
     maxConnections, maxConnectionsPerIp, ipv6Subnet, metrics, ...routeDefaults // app-wide, not route defaults
   } = opts
   const registry = new Registry(adapter, fastify.log, { maxConnections, maxConnectionsPerIp, ipv6Subnet })
+  await adapter.start(registry.local, fastify.log)
+  // After the adapter: a start that fails leaves no channel subscribed.
   const meter = meterFor(metrics)
   if (meter !== undefined) {
     const stopRecording = recordMetrics(meter, registry)
     fastify.addHook('onClose', async function stopMetrics () { stopRecording() })
   }
-  await adapter.start(registry.local, fastify.log)
   const defaults: PluginDefaults = {
     connection: resolveConnectionOptions(DEFAULTS, opts),
     route: routeDefaults,

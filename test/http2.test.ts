@@ -19,6 +19,14 @@ import { until } from './helpers.js'
 const tls = { key: readFileSync(new URL('./fixtures/localhost-key.pem', import.meta.url)), cert: readFileSync(new URL('./fixtures/localhost-cert.pem', import.meta.url)) }
 const overH2: ClientOptions = { http2: { ca: tls.cert } }
 
+/** A client-side ws on a CONNECT stream of a session the test holds (the toolkit's client has a session of its own). */
+function wsOnStream (stream: http2.ClientHttp2Stream): WebSocket {
+  const ws = new WebSocket(null as unknown as string, undefined, { autoPong: true }) as WebSocket & { _isServer: boolean, setSocket: (socket: unknown, head: Buffer, options: object) => void }
+  ws._isServer = false
+  ws.setSocket(stream, Buffer.alloc(0), { maxPayload: 0 })
+  return ws
+}
+
 interface Served { app: FastifyInstance, base: string, versions: string[] }
 
 /** The app over TLS with h2 and HTTP/1.1 (as browsers need it), or cleartext h2 (prior knowledge). */
@@ -132,10 +140,7 @@ t.test('one session carries several WebSockets and plain requests at once', asyn
     const stream = session.request({ ':method': 'CONNECT', ':protocol': 'websocket', ':path': '/echo', ':scheme': 'https', ':authority': authority, 'sec-websocket-version': '13' }, { endStream: false })
     const [headers] = await once(stream, 'response') as [Record<string, unknown>]
     t.equal(headers[':status'], 200)
-    const ws = new WebSocket(null as unknown as string, undefined, { autoPong: true }) as WebSocket & { _isServer: boolean, setSocket: (socket: unknown, head: Buffer, options: object) => void }
-    ws._isServer = false
-    ws.setSocket(stream, Buffer.alloc(0), { maxPayload: 0 })
-    return ws
+    return wsOnStream(stream)
   }))
   const page = session.request({ ':path': '/page', ':authority': authority })
   let body = ''
@@ -339,9 +344,7 @@ t.test('an idle HTTP/2 session that times out (Fastify\'s http2SessionTimeout) i
   await once(session, 'remoteSettings')
   const stream = session.request({ ':method': 'CONNECT', ':protocol': 'websocket', ':path': '/quiet', ':scheme': 'http', ':authority': new URL(url).host, 'sec-websocket-version': '13' }, { endStream: false })
   await once(stream, 'response')
-  const ws = new WebSocket(null as unknown as string, undefined, { autoPong: true }) as WebSocket & { _isServer: boolean, setSocket: (socket: unknown, head: Buffer, options: object) => void }
-  ws._isServer = false
-  ws.setSocket(stream, Buffer.alloc(0), { maxPayload: 0 })
+  const ws = wsOnStream(stream)
   await until(() => goaway, 'the session timed out: GOAWAY, no new streams')
   ws.send('still here')
   t.equal(String((await once(ws, 'message'))[0]), 'still here', 'the WebSocket outlives the GOAWAY')
@@ -350,4 +353,21 @@ t.test('an idle HTTP/2 session that times out (Fastify\'s http2SessionTimeout) i
   await until(() => reasons.length === 1, 'terminate at its own close')
   t.same(reasons, ['remote'])
   session.close()
+})
+
+t.test('a CONNECT whose routing throws resets that stream and is logged; the server goes on', async (t) => {
+  const { app, base } = await h2App(t)
+  const errors: unknown[] = []
+  const log = app.log as unknown as { error: (...args: unknown[]) => void }
+  const error = log.error.bind(app.log)
+  log.error = (...args: unknown[]) => { errors.push(args[1]); error(...args) }
+  const routing = app.routing
+  ;(app as unknown as { routing: () => never }).routing = () => { throw new Error('boom') }
+  t.teardown(() => { (app as unknown as { routing: typeof routing }).routing = routing })
+  await t.rejects(wsClient(`${base}/echo`, { ...overH2, timeoutMs: 1000 }), 'the stream is reset, not answered')
+  t.same(errors, ['WebSocket over HTTP/2: the CONNECT failed'])
+  ;(app as unknown as { routing: typeof routing }).routing = routing
+  const client = await wsClient(`${base}/echo`, overH2)
+  t.equal(client.handshake.status, 200, 'the next CONNECT is served')
+  client.close()
 })

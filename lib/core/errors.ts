@@ -77,7 +77,7 @@ export const OutboundOverflowError: FastifyErrorConstructor<{ code: 'FST_WS_OUTB
 export const InvalidTimerError: FastifyErrorConstructor<{ code: 'FST_WS_INVALID_TIMER' }, [string]> = createError<'FST_WS_INVALID_TIMER', [string]>(
   'FST_WS_INVALID_TIMER', 'A timer delay must be a finite number of milliseconds >= 0, got %s')
 
-/** `subscribe`, `publish` or `broadcast` got a topic that is not a non-empty string. */
+/** `subscribe`, `publish`, `broadcast` or `topic()` got a topic that is neither a non-empty string nor a `topic()`. */
 export const InvalidTopicError: FastifyErrorConstructor<{ code: 'FST_WS_INVALID_TOPIC' }, [string]> = createError<'FST_WS_INVALID_TOPIC', [string]>(
   'FST_WS_INVALID_TOPIC', 'A topic must be a non-empty string, got %s')
 

@@ -11,6 +11,7 @@
  * subprotocol and the extensions it negotiated. HTTP/1.1 upgrades keep working on the same server.
  */
 import { randomBytes } from 'node:crypto'
+import { constants } from 'node:http2'
 import type { Http2SecureServer, Http2Server, Http2ServerRequest, Http2ServerResponse, Http2Session, ServerHttp2Stream } from 'node:http2'
 import type { IncomingMessage } from 'node:http'
 import type { Duplex } from 'node:stream'
@@ -34,7 +35,16 @@ export function isHttp2Server (server: unknown): server is Http2Server | Http2Se
 export function serveExtendedConnect (fastify: FastifyInstance, server: Http2Server | Http2SecureServer): { closeSessions: () => void } {
   server.updateSettings({ enableConnectProtocol: true })
   const sessions = new Set<Http2Session>()
+  // A server event: nothing may throw out of it (a process crash). A failure resets that stream.
   server.on('connect', function onConnect (request: Http2ServerRequest | IncomingMessage, answer: Http2ServerResponse | Duplex) {
+    try {
+      acceptConnect(request, answer)
+    } catch (error) {
+      fastify.log.error({ err: error }, 'WebSocket over HTTP/2: the CONNECT failed')
+      ;(request as Http2ServerRequest).stream?.close(constants.NGHTTP2_INTERNAL_ERROR)
+    }
+  })
+  function acceptConnect (request: Http2ServerRequest | IncomingMessage, answer: Http2ServerResponse | Duplex): void {
     if (request.httpVersionMajor !== 2) { // an HTTP/1.1 CONNECT (allowHTTP1): not a WebSocket
       (answer as Duplex).end('HTTP/1.1 405 Method Not Allowed\r\nconnection: close\r\ncontent-length: 0\r\n\r\n')
       return
@@ -56,7 +66,7 @@ export function serveExtendedConnect (fastify: FastifyInstance, server: Http2Ser
     Object.assign(h2.headers, { upgrade: 'websocket', connection: 'upgrade', 'sec-websocket-key': randomBytes(16).toString('base64') })
     h2[kH2Stream] = h2.stream
     fastify.routing(h2 as unknown as IncomingMessage, response as never)
-  })
+  }
   return {
     closeSessions () {
       for (const session of sessions) session.close()

@@ -225,15 +225,7 @@ async function injectedClient (app: FastifyInstance, path: string, options: Clie
     return `the upgrade of ${path} got no answer within ${timeoutMs} ms (an init that never settles?)`
   })
   if (handshake.status !== 101) throw new UpgradeRefusedError(handshake)
-  // autoPong: a ws made without an address is a server's, which answers pings only when told to.
-  const ws = new WebSocket(null as unknown as string, undefined, { autoPong: true })
-  const client = new TestClient(ws, watch.terminated, timeoutMs)
-  options.onInit?.(ws)
-  client.handshake = handshake
-  // As @fastify/websocket's injectWS does: a client-side ws on the in-memory socket (ws internals).
-  const internals = ws as unknown as { _isServer: boolean, setSocket: (socket: MemorySocket, head: Buffer, options: object) => void }
-  internals._isServer = false
-  internals.setSocket(clientEnd, rest, { maxPayload: 0 })
+  const client = clientOn(clientEnd, rest, handshake, watch.terminated, timeoutMs, options)
   clientEnd.resume() // paused by readHead since the 101, so that nothing was read without a listener
   return client
 }
@@ -264,6 +256,24 @@ async function realClient (url: string, options: ClientOptions): Promise<TestCli
   } finally {
     watch.done()
   }
+  return client
+}
+
+/**
+ * A client-side ws on a socket whose handshake is done (the in-memory socket after its 101, an
+ * HTTP/2 stream after its 200), as @fastify/websocket's injectWS does (ws internals). A ws made
+ * without an address is a server's: it must be told it is a client, and to answer pings.
+ */
+function clientOn (
+  socket: Duplex, head: Buffer, handshake: Handshake, terminated: Promise<TerminateReason>, timeoutMs: number, options: ClientOptions
+): TestClient {
+  const ws = new WebSocket(null as unknown as string, undefined, { autoPong: true })
+  const client = new TestClient(ws, terminated, timeoutMs)
+  options.onInit?.(ws)
+  client.handshake = handshake
+  const internals = ws as unknown as { _isServer: boolean, setSocket: (socket: Duplex, head: Buffer, options: object) => void }
+  internals._isServer = false
+  internals.setSocket(socket, head, { maxPayload: 0 })
   return client
 }
 
@@ -304,14 +314,9 @@ async function http2Client (url: string, options: ClientOptions, sessionOptions:
       throw new UpgradeRefusedError({ status, headers, protocol: '', body })
     }
     watch.claim(`${session.socket.localPort!}/${stream.id!}`)
-    const ws = new WebSocket(null as unknown as string, undefined, { autoPong: true })
-    const client = new TestClient(ws, watch.terminated, timeoutMs)
-    options.onInit?.(ws)
-    client.handshake = { status, headers, protocol: String(headers['sec-websocket-protocol'] ?? ''), body: '' }
-    const internals = ws as unknown as { _isServer: boolean, setSocket: (socket: Duplex, head: Buffer, options: object) => void }
-    internals._isServer = false
-    internals.setSocket(stream, Buffer.alloc(0), { maxPayload: 0 })
-    ws.once('close', () => { session.close() })
+    const handshake = { status, headers, protocol: String(headers['sec-websocket-protocol'] ?? ''), body: '' }
+    const client = clientOn(stream, Buffer.alloc(0), handshake, watch.terminated, timeoutMs, options)
+    client.ws.once('close', () => { session.close() })
     watch.done()
     return client
   } catch (error) {
