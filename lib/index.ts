@@ -3,13 +3,14 @@
  *
  * Registration validates the options, decorates `app.ws()` and `app.wsConnections`, turns
  * routes with a `ws` option into WebSocket routes, registers @fastify/websocket when the app
- * has not, and closes every connection with 1001 on app.close().
+ * has not, and drains every connection (1012, in batches) on app.close().
  */
 import type { Socket } from 'node:net'
 import fastifyWebsocket from '@fastify/websocket'
 import type { FastifyInstance, FastifyPluginAsync, RouteGenericInterface, RouteOptions } from 'fastify'
 import fp from 'fastify-plugin'
-import { RouteOptionOrderError } from './core/errors.js'
+import { InvalidOptionError, RouteOptionOrderError } from './core/errors.js'
+import { HistoryConfig } from './registry/history.js'
 import { DEFAULTS, DEFAULT_CLOSE_TIMEOUT, assertPluginOptions, fastifyRouteOptionKeys, resolveConnectionOptions } from './core/options.js'
 import { Registry } from './registry/registry.js'
 import type {
@@ -49,9 +50,13 @@ const plugin: FastifyPluginAsync<WebSocketHandlersOptions> = async function wsHa
   await checkWs() // the ws that @fastify/websocket resolves still does what this plugin relies on
   const {
     closeTimeout = DEFAULT_CLOSE_TIMEOUT, perMessageDeflate, adapter = inProcessAdapter(),
-    maxConnections, maxConnectionsPerIp, ipv6Subnet, metrics, ...routeDefaults // app-wide, not route defaults
+    maxConnections, maxConnectionsPerIp, ipv6Subnet, metrics, history, drain, ...routeDefaults // app-wide, not route defaults
   } = opts
-  const registry = new Registry(adapter, fastify.log, { maxConnections, maxConnectionsPerIp, ipv6Subnet })
+  if (history !== undefined && adapter.history === undefined) {
+    throw new InvalidOptionError('plugin options', 'option "history": this adapter keeps no history (inProcessAdapter() and redisAdapter() do)')
+  }
+  const registry = new Registry(adapter, fastify.log, { maxConnections, maxConnectionsPerIp, ipv6Subnet },
+    history === undefined ? undefined : new HistoryConfig(history), drain)
   await adapter.start(registry.local, fastify.log)
   // After the adapter: a start that fails leaves no channel subscribed.
   const meter = meterFor(metrics)

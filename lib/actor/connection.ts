@@ -42,7 +42,7 @@ import { Mailbox, type MailKind } from './mailbox.js'
 import { InboundRate } from './rate-limit.js'
 import { resolveConnectionOptions, type ResolvedConnectionOptions } from '../core/options.js'
 import { kRun, runSoon, type Runnable } from './run-queue.js'
-import { kStreamFailed, kStreamMessage, type Stream } from './streams.js'
+import { kStreamFailed, kStreamMessage, type Puller } from './streams.js'
 import { kTimerFired } from './timers.js'
 import type { Commands, InFrame, LiveOptions, OutFrame, TerminateReason } from '../core/types.js'
 import { applyReceiverLimits, internalsOf } from '../wire/ws-internals.js'
@@ -199,7 +199,7 @@ export class Connection extends ConnectionContext implements ConnectionEvents, B
   }
 
   /** A stream's item (then, once its `info` has run, the pull of the next one), its end or its failure. */
-  [kStreamMessage] (message: unknown, pullAfter: Stream | undefined): void {
+  [kStreamMessage] (message: unknown, pullAfter: Puller | undefined): void {
     if (this.#deliver('info', message) && pullAfter !== undefined) this.#deliver('streamPull', pullAfter)
   }
 
@@ -233,8 +233,8 @@ export class Connection extends ConnectionContext implements ConnectionEvents, B
   }
 
   /** Close with 1001 now; terminate follows the callback in progress. */
-  [kShutdown] (): void {
-    this.#close(CloseCode.GOING_AWAY, '', { type: 'shutdown' })
+  [kShutdown] (code: number): void {
+    this.#close(code, '', { type: 'shutdown', code })
   }
 
   /**
@@ -326,7 +326,7 @@ export class Connection extends ConnectionContext implements ConnectionEvents, B
       return true
     }
     if (kind === 'streamPull') {
-      (payload as Stream).pull()
+      (payload as Puller).pull()
       return true
     }
     if (kind === 'broadcast') {

@@ -11,9 +11,9 @@ import { closeChannel, closeLogFields, logsInfo, openChannel } from '../core/dia
 import type { ResolvedConnectionOptions } from '../core/options.js'
 import type { JsonReader } from './listeners.js'
 import { Timers, kTimerFired, nextTimerRef, type TimerOwner } from './timers.js'
-import type { JsonOptions, RequestSnapshot, StreamRef, StreamTo, TerminateReason, TimerRef, Topic, WebSocketContext, WebSocketHandler } from '../core/types.js'
+import type { JsonOptions, RequestSnapshot, SubscribeOptions, StreamRef, StreamTo, TerminateReason, TimerRef, Topic, WebSocketContext, WebSocketHandler } from '../core/types.js'
 import { nameOf, topicName } from '../core/topics.js'
-import { kStreamFailed, kStreamMessage, type Stream } from './streams.js'
+import { kStreamFailed, kStreamMessage, type Puller } from './streams.js'
 
 // Symbol keys for what the actor (connection.ts) shares with this base: ctx stays what the
 // typed API says, with nothing at `ctx.ws` or `ctx.phase` for JavaScript to reach around the actor.
@@ -49,7 +49,7 @@ export interface ConnectionRegistry {
   /** The id of the connection with this number: `<instance id>-<serial in base 36>`. */
   idOf(serial: number): string
   add(connection: ConnectionContext): void
-  subscribe(connection: ConnectionContext, topic: string): boolean
+  subscribe(connection: ConnectionContext, topic: string, positioned?: SubscribeOptions): boolean
   unsubscribe(connection: ConnectionContext, topic: string): boolean
   /** The connection's terminate has settled (or it had none): it no longer counts. */
   remove(connection: ConnectionContext): void
@@ -94,10 +94,10 @@ export abstract class ConnectionContext implements WebSocketContext<unknown>, Ti
 
   abstract post (message: unknown): boolean
   abstract [kTimerFired] (message: unknown): void
-  abstract [kStreamMessage] (message: unknown, pullAfter: Stream | undefined): void
+  abstract [kStreamMessage] (message: unknown, pullAfter: Puller | undefined): void
   abstract [kStreamFailed] (error: unknown): void
-  /** app.close(): close with 1001. */
-  abstract [kShutdown] (): void
+  /** A drain or app.close(): close with `code` (1012, or 1001). */
+  abstract [kShutdown] (code: number): void
   abstract get [kQueued] (): number
   /** `broadcast`: write a frame encoded once for every subscriber; false when not written. */
   abstract [kWriteShared] (encoded: Buffer, frame: BroadcastFrame): boolean
@@ -145,9 +145,9 @@ export abstract class ConnectionContext implements WebSocketContext<unknown>, Ti
     return this.#topics ?? noTopics
   }
 
-  subscribe (to: string | Topic<unknown>): boolean {
+  subscribe (to: string | Topic<unknown>, options?: SubscribeOptions): boolean {
     const topic = topicName(to)
-    if (this[kPhase] === 'closed' || !this[kRoute].registry.subscribe(this, topic)) return false
+    if (this[kPhase] === 'closed' || !this[kRoute].registry.subscribe(this, topic, options)) return false
     // A literal: an empty array's first push reserves room for 17 (+136 B per connection).
     this.#topics = Object.freeze(this.#topics === undefined ? [topic] : [...this.#topics, topic])
     return true

@@ -12,17 +12,20 @@ import type { StreamRef, StreamTo } from '../core/types.js'
 export const kStreamMessage = Symbol('fastify-ws-handlers.stream-message')
 export const kStreamFailed = Symbol('fastify-ws-handlers.stream-failed')
 
+/** What the connection asks for the next item once the previous one's `info` has run: a stream, a topic's replay (registry/followers.ts). */
+export interface Puller { pull(): void }
+
 /** What a stream hands its connection (symbol keys: nothing of it shows on `ctx`). */
 export interface StreamOwner {
   /** Deliver `message` to `info`, then `pullAfter.pull()` once it has run (none after the last). */
-  [kStreamMessage](message: unknown, pullAfter: Stream | undefined): void
+  [kStreamMessage](message: unknown, pullAfter: Puller | undefined): void
   /** The source, or one of the handler's `to` functions, threw (without `to.error`): the handler's crash. */
   [kStreamFailed](error: unknown): void
 }
 
 let lastRef = 0
 
-export class Stream {
+export class Stream implements Puller {
   readonly ref: StreamRef = ++lastRef
   readonly #owner: StreamOwner
   readonly #iterator: AsyncIterator<unknown> | Iterator<unknown>

@@ -12,7 +12,8 @@ export const CloseCode = {
   INVALID_PAYLOAD: 1007,
   POLICY_VIOLATION: 1008,
   MESSAGE_TOO_BIG: 1009,
-  INTERNAL_ERROR: 1011
+  INTERNAL_ERROR: 1011,
+  SERVICE_RESTART: 1012
 } as const
 
 /** The codes an endpoint may put in a close frame (the same rule as ws's `close()`). */

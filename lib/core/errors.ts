@@ -81,6 +81,14 @@ export const InvalidTimerError: FastifyErrorConstructor<{ code: 'FST_WS_INVALID_
 export const InvalidTopicError: FastifyErrorConstructor<{ code: 'FST_WS_INVALID_TOPIC' }, [string]> = createError<'FST_WS_INVALID_TOPIC', [string]>(
   'FST_WS_INVALID_TOPIC', 'A topic must be a non-empty string, got %s')
 
+/** A positioned subscription (`ctx.subscribe(topic, { since })`) or `publishConfirmed` named a topic that the plugin's `history` option gives no history. */
+export const NoHistoryError: FastifyErrorConstructor<{ code: 'FST_WS_NO_HISTORY' }, [string]> = createError<'FST_WS_NO_HISTORY', [string]>(
+  'FST_WS_NO_HISTORY', 'Topic "%s" keeps no history: add it (or a pattern of it) to the plugin\'s history option')
+
+/** `since` of a positioned subscription is not a position (`{ offset: a whole number >= 0, epoch: a string }`). Thrown in the callback (close 1011). */
+export const InvalidPositionError: FastifyErrorConstructor<{ code: 'FST_WS_INVALID_POSITION' }, [string]> = createError<'FST_WS_INVALID_POSITION', [string]>(
+  'FST_WS_INVALID_POSITION', 'A position is { offset: a whole number >= 0, epoch: a string }, got %s')
+
 /** `ctx.stream` got something that is neither an async iterable nor an iterable. Thrown in the callback (close 1011). */
 export const InvalidStreamError: FastifyErrorConstructor<{ code: 'FST_WS_INVALID_STREAM' }, [string]> = createError<'FST_WS_INVALID_STREAM', [string]>(
   'FST_WS_INVALID_STREAM', 'ctx.stream takes an async iterable or an iterable, got %s')

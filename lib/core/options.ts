@@ -125,7 +125,36 @@ const pluginChecks: Readonly<Record<string, Check>> = {
     : `expected an adapter (inProcessAdapter(), redisAdapter()), got ${show(v)}`,
   metrics: (v) => v === false || isMetricsOptions(v)
     ? undefined
-    : `expected false or { meterProvider?, callbackSampling? } (a MeterProvider of @opentelemetry/api, a whole number >= 1), got ${show(v)}`
+    : `expected false or { meterProvider?, callbackSampling? } (a MeterProvider of @opentelemetry/api, a whole number >= 1), got ${show(v)}`,
+  history: historyOptionProblem,
+  drain: drainOptionsProblem
+}
+
+/** The problem with a `history` option, or undefined. */
+export function historyOptionProblem (value: unknown): string | undefined {
+  if (value === null || typeof value !== 'object' || Array.isArray(value)) return `expected { [topic or prefix*]: { size, maxAgeMs? } }, got ${show(value)}`
+  for (const [key, limits] of Object.entries(value)) {
+    if (key === '' || (key.includes('*') && key.indexOf('*') !== key.length - 1)) return `"${key}": a topic name, or a prefix followed by one * at the end`
+    const { size, maxAgeMs, ...rest } = (limits ?? {}) as { size?: unknown, maxAgeMs?: unknown }
+    if (limits === null || typeof limits !== 'object' || Object.keys(rest).length !== 0 ||
+      !(Number.isInteger(size) && (size as number) >= 1) ||
+      !(maxAgeMs === undefined || (Number.isInteger(maxAgeMs) && (maxAgeMs as number) >= 1))) {
+      return `"${key}": expected { size: a whole number >= 1, maxAgeMs?: a whole number of ms >= 1 }, got ${show(limits)}`
+    }
+  }
+  return undefined
+}
+
+/** The problem with drain options (the plugin's `drain`, `app.wsConnections.drain()`), or undefined. */
+export function drainOptionsProblem (value: unknown): string | undefined {
+  const expected = `expected { batchSize?, batchIntervalMs?, maxWindowMs? (whole numbers: >= 1, >= 0, >= 0), code?: 1001 | 1012 }, got ${show(value)}`
+  if (value === null || typeof value !== 'object' || Array.isArray(value)) return expected
+  const { batchSize, batchIntervalMs, maxWindowMs, code, ...rest } = value as Record<string, unknown>
+  const whole = (v: unknown, min: number): boolean => v === undefined || (Number.isSafeInteger(v) && (v as number) >= min)
+  return Object.keys(rest).length === 0 && whole(batchSize, 1) && whole(batchIntervalMs, 0) && whole(maxWindowMs, 0) &&
+    (code === undefined || code === 1001 || code === 1012)
+    ? undefined
+    : expected
 }
 
 /** The first problem with `options` against `checks`, as a sentence, or undefined. */

@@ -133,8 +133,11 @@ export interface ErrorReason { readonly type: 'error', readonly code: number, re
 export interface CrashReason { readonly type: 'crash', readonly error: unknown }
 /** The socket went away without a close frame. */
 export interface ClosedReason { readonly type: 'closed' }
-/** `app.close()` closed the connection with 1001. */
-export interface ShutdownReason { readonly type: 'shutdown' }
+/**
+ * `app.close()` or `app.wsConnections.drain()` closed the connection: with `code` 1012 (Service
+ * Restart: reconnect, to another instance) by default, or the code the drain was given (1001).
+ */
+export interface ShutdownReason { readonly type: 'shutdown', readonly code: number }
 
 export type TerminateReason =
   | StopReason | RemoteReason | TimeoutReason | ErrorReason | CrashReason | ClosedReason | ShutdownReason
@@ -266,6 +269,33 @@ export interface WebSocketHandlersOptions extends RouteWebSocketOptions {
    * SDK nothing is recorded and nothing costs.
    */
   metrics?: MetricsOptions | false
+  /**
+   * Topics that keep a history (off by default): a topic name, or a pattern ending in `*` (a
+   * prefix), to its limits: `{ 'chat:*': { size: 1000, maxAgeMs: 3_600_000 } }`. The exact name
+   * wins, then the longest pattern. Their publications get positions, and a subscriber can
+   * recover what it missed (`ctx.subscribe(topic, { since })`). Kept by the adapter (in this
+   * process, or in Redis Streams).
+   */
+  history?: Readonly<Record<string, HistoryLimits>>
+  /** How `app.close()` closes connections (see `DrainOptions`). */
+  drain?: DrainOptions
+}
+
+/**
+ * How `app.wsConnections.drain()` and `app.close()` take an instance out of service: new
+ * upgrades get 503, and connections are closed in batches spread over a window, each at a
+ * random moment within its batch's slot (jitter), so that clients reconnect to the other
+ * instances without a stampede.
+ */
+export interface DrainOptions {
+  /** Connections closed per batch. Default 500. */
+  batchSize?: number
+  /** ms between batches. Default 200: 10,000 connections drain in 4 s. */
+  batchIntervalMs?: number
+  /** The whole drain takes at most this (ms); later batches are closed sooner. Default 10,000; `app.close()` also keeps it within `closeTimeout`. */
+  maxWindowMs?: number
+  /** The close code. Default 1012 (Service Restart); 1001 (Going Away) when the service is not coming back. */
+  code?: 1001 | 1012
 }
 
 /** Where the plugin's metrics go. */
@@ -378,6 +408,17 @@ export interface WebSocketContext<Info = unknown, Route extends RouteGenericInte
    * (`topic<M>(name)`) is accepted only when this handler's `info` takes its messages.
    */
   subscribe(topic: string | Topic<Info>): boolean
+  /**
+   * Join a topic that keeps a history (the plugin's `history` option), with positions: `info`
+   * then receives a `Publication` (the message, its topic and position) for each publication,
+   * in order, exactly once. With `since` (the position the client last saw), first every later
+   * publication the history holds, then the live ones, with no gap and no duplicate at the seam.
+   * The subscription's first event after those is `Subscribed` (where it now is), or `Resync`
+   * when the history cannot serve `since` (trimmed, another epoch): the client must resync.
+   * A typed topic is accepted when `info` takes its `TopicEvent<M>`. A topic without history is
+   * refused (FST_WS_NO_HISTORY).
+   */
+  subscribe(topic: string | Topic<PublishedIn<Info>>, options: SubscribeOptions): boolean
   /** Leave a topic; true when it was in it. */
   unsubscribe(topic: string | Topic<unknown>): boolean
   /** The topics this connection is in. */
@@ -454,6 +495,21 @@ export interface WebSocketConnections extends Iterable<WebSocketContext<unknown>
   subscriberCount(topic: string | Topic<unknown>): number
   /** The topics with a subscriber on this instance. */
   topics(): IterableIterator<string>
+  /**
+   * `publish` to a topic with history, resolving with the publication's position once the
+   * history holds it; rejects (FST_WS_NO_HISTORY, FST_WS_REDIS) when it cannot be kept, where
+   * `publish` would log that and go on.
+   */
+  publishConfirmed<Message>(topic: Topic<Message>, message: Message): Promise<Position>
+  publishConfirmed(topic: string, message: unknown): Promise<Position>
+  /**
+   * Take this instance out of service (a rolling deploy): new upgrades get 503 from now on, and
+   * every connection is closed in batches (see `DrainOptions`; the plugin's `drain` option is
+   * the default). Resolves when every terminate has settled. `app.close()` drains too.
+   */
+  drain(options?: DrainOptions): Promise<void>
+  /** True from `drain()` or `app.close()` on: upgrades are refused. */
+  readonly draining: boolean
 }
 
 // ---------------------------------------------------------------------------
@@ -478,8 +534,98 @@ export interface Topic<Message> {
 /** A frame as `broadcast` carries it between instances. */
 export interface BroadcastFrame { readonly binary: boolean, readonly data: Buffer }
 
+// ---------------------------------------------------------------------------
+// History: topics that keep their publications, with positions (registry/history.ts)
+// ---------------------------------------------------------------------------
+
+/**
+ * Where a publication sits in its topic's history: `offset` grows by one per publication in the
+ * topic (the first is 1; 0 is "before any"), `epoch` names the lifetime of that history (a new
+ * one whenever the history was lost). Send both to the client; it gives them back to resume.
+ */
+export interface Position { readonly offset: number, readonly epoch: string }
+
+/** How much history a topic keeps: the last `size` publications, none older than `maxAgeMs`. */
+export interface HistoryLimits {
+  /** Publications kept (the oldest go first). */
+  readonly size: number
+  /** ms a publication is kept; default: as long as `size` allows. */
+  readonly maxAgeMs?: number | undefined
+}
+
+/** Options of a positioned `ctx.subscribe(topic, options)`. */
+export interface SubscribeOptions {
+  /** The last position the client saw: recover every later publication first. Undefined: from now on. */
+  readonly since?: Position | undefined
+}
+
+/** One publication of a topic with history, as a positioned subscriber's `info` receives it. */
+export interface Publication<M = unknown> {
+  readonly kind: 'publication'
+  readonly topic: string
+  readonly message: M
+  readonly position: Position
+}
+
+/**
+ * A positioned subscription is live: what `since` asked for has been delivered before it
+ * (`recovered` publications). `position` is where it now is (send it to the client).
+ */
+export interface Subscribed {
+  readonly kind: 'subscribed'
+  readonly topic: string
+  readonly position: Position
+  readonly recovered: number
+}
+
+/**
+ * Why a positioned subscription cannot go on from where its client was: `epoch`, the history
+ * was lost (a restart without persistence) or `since` names another; `trimmed`, what was missed
+ * is no longer kept (too old, or more than `size` behind); `ahead`, `since` is past the end;
+ * `unavailable`, the history could not be read (Redis is down).
+ */
+export type ResyncReason = 'epoch' | 'trimmed' | 'ahead' | 'unavailable'
+
+/**
+ * The history cannot serve this subscriber from where it was: publications were missed, and
+ * the client must resync (fetch a snapshot). Live delivery goes on after `position`.
+ */
+export interface Resync {
+  readonly kind: 'resync'
+  readonly topic: string
+  readonly reason: ResyncReason
+  readonly position: Position
+}
+
+/** What a positioned subscription delivers to `info`. */
+export type TopicEvent<M> = Publication<M> | Subscribed | Resync
+
+/** The messages of the `Publication`s that an `info` of this Info takes (what a typed topic it follows may carry). */
+export type PublishedIn<Info> = Info extends Publication<infer M> ? M : never
+
+/** What a history read returns: the epoch, the offset of the newest publication (0: none), and the publications after the asked offset still kept, oldest first. */
+export interface HistoryRead {
+  readonly epoch: string
+  readonly top: number
+  readonly entries: ReadonlyArray<{ readonly offset: number, readonly message: unknown }>
+}
+
+/**
+ * Where an adapter keeps the history of topics (`PubSubAdapter.history`). `append` gives the
+ * publication its position, and delivers it to every instance, this one too, through
+ * `LocalDelivery.publication`, in position order.
+ */
+export interface HistoryStore {
+  /** Keep and deliver; resolves with the position once kept (rejects when it could not be). */
+  append(topic: string, message: unknown, json: string | undefined, limits: HistoryLimits): Position | Promise<Position>
+  /** The publications after `after` that are still kept (at most `limits.size`); `after` = Infinity reads only the epoch and top. */
+  read(topic: string, after: number, limits: HistoryLimits): HistoryRead | Promise<HistoryRead>
+}
+
 /** What an adapter hands to this instance: deliver to its local connections only. */
 export interface LocalDelivery {
+  /** A publication of a topic with history, with its position (from `HistoryStore.append`). */
+  publication(topic: string, message: unknown, position: Position): void
   /** This instance's id: the prefix of its connection ids. */
   readonly instanceId: string
   /** Post `message` to every local subscriber of `topic`; the number that accepted it. */
@@ -502,6 +648,8 @@ export interface PubSubAdapter {
    * are passed as they are (the in-process adapter).
    */
   readonly wire?: 'json'
+  /** Where topics with history keep it; without one, the plugin's `history` option is refused. */
+  readonly history?: HistoryStore
   /** Once, at registration (awaited): connect, and deliver what arrives through `local`. */
   start(local: LocalDelivery, log: FastifyBaseLogger): void | Promise<void>
   /** The first local connection joined `topic`: start receiving it. */

@@ -5,10 +5,13 @@
  * machines.
  */
 import type { LocalDelivery, PubSubAdapter } from '../core/types.js'
+import { MemoryHistory } from './history.js'
 
 /** Instances of one process that exchange publications: pass the same bus to each app's adapter. */
 export class InProcessBus {
   readonly #members = new Map<string, { local: LocalDelivery, topics: Set<string> }>()
+  /** The history of topics that keep one, shared by the bus's apps (as Redis is by instances). */
+  readonly history = new MemoryHistory(() => Array.from(this.#members.values(), (member) => member.local))
 
   join (local: LocalDelivery): Set<string> {
     const topics = new Set<string>()
@@ -39,6 +42,7 @@ export function inProcessAdapter ({ bus = new InProcessBus() }: { bus?: InProces
   let self: LocalDelivery
   let topics: Set<string>
   return {
+    history: bus.history,
     start (local) {
       self = local
       topics = bus.join(local)

@@ -18,8 +18,14 @@ import { DEFAULT_IPV6_SUBNET, clientKey } from './ip-group.js'
 import { show } from '../core/options.js'
 import { nameOf, topicName } from '../core/topics.js'
 import { deliverChannel } from '../core/diagnostics.js'
-import { InvalidBroadcastError, MessageNotSerializableError, TooManyConnectionsError } from '../core/errors.js'
-import type { BroadcastFrame, BroadcastOptions, LocalDelivery, OutFrame, PubSubAdapter, Topic, WebSocketConnections, WebSocketContext } from '../core/types.js'
+import { InvalidBroadcastError, InvalidPositionError, MessageNotSerializableError, NoHistoryError, ShuttingDownError, TooManyConnectionsError } from '../core/errors.js'
+import type {
+  BroadcastFrame, BroadcastOptions, DrainOptions, HistoryLimits, LocalDelivery, OutFrame, Position, PubSubAdapter, SubscribeOptions, Topic,
+  WebSocketConnections, WebSocketContext
+} from '../core/types.js'
+import type { HistoryConfig } from './history.js'
+import { Feed } from './followers.js'
+import { drainInBatches } from './drain.js'
 
 /** App-wide connection limits (plugin options). */
 export interface ConnectionLimits {
@@ -44,6 +50,9 @@ export class Registry implements ConnectionRegistry, WebSocketConnections {
   readonly #perIp = new Map<string, number>()
   readonly #limits: ConnectionLimits
   readonly #topics = new Map<string, Set<ConnectionContext>>()
+  /** Topics with history that have positioned subscribers here: their followers. */
+  readonly #feeds = new Map<string, Feed>()
+  readonly #history: HistoryConfig | undefined
   readonly #adapter: PubSubAdapter
   /** The adapter carries messages as JSON: every subscriber, local ones too, gets the JSON copy. */
   readonly #overJson: boolean
@@ -55,9 +64,15 @@ export class Registry implements ConnectionRegistry, WebSocketConnections {
   /** app.close() began with upgrades pending: stop the timer that ends their sockets. */
   #onUpgradesSettled: (() => void) | undefined
   #closing = false
+  /** The close code of the drain under way (late connections get it too). */
+  #drainCode = 1012
 
-  constructor (adapter: PubSubAdapter, log: FastifyBaseLogger, limits: ConnectionLimits = {}) {
+  readonly #drainDefaults: DrainOptions
+
+  constructor (adapter: PubSubAdapter, log: FastifyBaseLogger, limits: ConnectionLimits = {}, history?: HistoryConfig, drain: DrainOptions = {}) {
     this.#adapter = adapter
+    this.#history = history
+    this.#drainDefaults = drain
     this.#overJson = adapter.wire === 'json'
     this.#log = log
     this.#limits = limits
@@ -67,8 +82,12 @@ export class Registry implements ConnectionRegistry, WebSocketConnections {
     return this.#live.size
   }
 
-  /** app.close() has begun: new upgrades are refused, late ones closed with 1001. */
+  /** A drain or app.close() has begun: new upgrades are refused (503), late ones closed at once. */
   get closing (): boolean {
+    return this.#closing
+  }
+
+  get draining (): boolean {
     return this.#closing
   }
 
@@ -93,6 +112,7 @@ export class Registry implements ConnectionRegistry, WebSocketConnections {
    * the 101, keeps the limits exact when many upgrades run their `init` at once.
    */
   admit (route: string, ip: string, routeLimit: number | undefined, socket: Lease['socket']): Lease {
+    if (this.#closing) throw new ShuttingDownError() // draining: to another instance
     const { maxConnections, maxConnectionsPerIp } = this.#limits
     if (maxConnections !== undefined && this.#admitted >= maxConnections) {
       throw new TooManyConnectionsError(`the app holds its maximum of ${maxConnections}`)
@@ -151,7 +171,7 @@ export class Registry implements ConnectionRegistry, WebSocketConnections {
     // init refuses upgrades once app.close() began (503); one that was already between that
     // check and the 101 (a microtask's gap) opens, then closes with 1001.
     /* c8 ignore next */
-    if (this.#closing) queueMicrotask(() => connection[kShutdown]())
+    if (this.#closing) queueMicrotask(() => connection[kShutdown](this.#drainCode))
   }
 
   remove (connection: ConnectionContext): void {
@@ -210,9 +230,17 @@ export class Registry implements ConnectionRegistry, WebSocketConnections {
 
   // ---- topics ---------------------------------------------------------------
 
-  /** Called by the connection (ctx.subscribe); true when it was not subscribed yet. */
-  /** `topic`: a name that `topicName` accepted. */
-  subscribe (connection: ConnectionContext, topic: string): boolean {
+  /**
+   * Called by the connection (ctx.subscribe); true when it was not subscribed yet. `topic`: a
+   * name that `topicName` accepted. With `positioned`, the connection follows the topic's
+   * history (followers.ts): refused, before anything changes, for a topic without one.
+   */
+  subscribe (connection: ConnectionContext, topic: string, positioned?: SubscribeOptions): boolean {
+    let limits: HistoryLimits | undefined
+    if (positioned !== undefined) {
+      limits = this.#limitsOf(topic)
+      checkPosition(positioned)
+    }
     let subscribers = this.#topics.get(topic)
     if (subscribers === undefined) {
       this.#adapter.subscribe(topic) // first: if the adapter throws (in the handler: a crash), nothing changed here
@@ -220,12 +248,29 @@ export class Registry implements ConnectionRegistry, WebSocketConnections {
       this.#topics.set(topic, subscribers)
     }
     const before = subscribers.size
-    return subscribers.add(connection).size !== before
+    if (subscribers.add(connection).size === before) return false
+    if (limits !== undefined) {
+      let feed = this.#feeds.get(topic)
+      if (feed === undefined) this.#feeds.set(topic, feed = new Feed(topic, limits, this.#adapter.history!, this.#log))
+      feed.follow(connection, positioned!.since)
+    }
+    return true
+  }
+
+  #limitsOf (topic: string): HistoryLimits {
+    const limits = this.#history?.limitsOf(topic)
+    if (limits === undefined) throw new NoHistoryError(topic)
+    return limits
   }
 
   unsubscribe (connection: ConnectionContext, topic: string): boolean {
     const subscribers = this.#topics.get(topic)
     if (subscribers === undefined || !subscribers.delete(connection)) return false
+    const feed = this.#feeds.get(topic)
+    if (feed !== undefined) {
+      feed.unfollow(connection)
+      if (feed.size === 0) this.#feeds.delete(topic)
+    }
     if (subscribers.size === 0) {
       this.#topics.delete(topic)
       try {
@@ -253,10 +298,33 @@ export class Registry implements ConnectionRegistry, WebSocketConnections {
     const topic = topicName(to)
     const json = this.#jsonOf(message)
     const carried = json === undefined ? message : JSON.parse(json)
+    const limits = this.#history?.limitsOf(topic)
+    if (limits !== undefined) {
+      // Kept: the history gives it its position and delivers it everywhere, here too, in order.
+      try {
+        const kept = this.#adapter.history!.append(topic, carried, json, limits)
+        if (kept instanceof Promise) kept.catch((error: unknown) => { this.#notKept(topic, error) })
+      } catch (error) {
+        this.#notKept(topic, error)
+      }
+      return this.subscriberCount(topic)
+    }
     this.#adapter.publish(topic, carried, json)
     const delivered = this.#publishHere(topic, carried)
     if (deliverChannel.hasSubscribers) deliverChannel.publish({ operation: 'publish', delivered, instanceId: this.instanceId })
     return delivered
+  }
+
+  async publishConfirmed (to: string | Topic<unknown>, message: unknown): Promise<Position> {
+    const topic = topicName(to)
+    const limits = this.#limitsOf(topic)
+    const json = this.#jsonOf(message)
+    return await this.#adapter.history!.append(topic, json === undefined ? message : JSON.parse(json), json, limits)
+  }
+
+  /** A publication the history could not keep (Redis is down): not delivered anywhere, and said so. */
+  #notKept (topic: string, error: unknown): void {
+    this.#log.error({ err: error, topic }, 'WebSocket publication lost: its topic\'s history could not keep it (publishConfirmed() reports this to the caller)')
   }
 
   broadcast (to: string | Topic<unknown>, frame: OutFrame, options: BroadcastOptions = {}): number {
@@ -273,6 +341,7 @@ export class Registry implements ConnectionRegistry, WebSocketConnections {
   readonly local: LocalDelivery = {
     instanceId: this.instanceId,
     publish: (topic, message) => this.#publishHere(topic, message),
+    publication: (topic, message, position) => { this.#publicationHere(topic, message, position) },
     broadcast: (topic, frame, except) => this.#broadcastHere(topic, frame, except),
     post: (id, message) => this.get(id)?.post(message) ?? false
   }
@@ -283,6 +352,17 @@ export class Registry implements ConnectionRegistry, WebSocketConnections {
     let accepted = 0
     for (const connection of subscribers) if (connection.post(message)) accepted++
     return accepted
+  }
+
+  /** A publication with its position: plain subscribers get the message, followers a `Publication`. */
+  #publicationHere (topic: string, message: unknown, position: Position): void {
+    const subscribers = this.#topics.get(topic)
+    if (subscribers === undefined) return
+    const feed = this.#feeds.get(topic)
+    if (feed === undefined || feed.size !== subscribers.size) {
+      for (const connection of subscribers) if (feed?.followers.has(connection) !== true) connection.post(message)
+    }
+    feed?.publish(message, position)
   }
 
   /** One frame, encoded once: the same header and payload buffers go to every socket. */
@@ -301,27 +381,46 @@ export class Registry implements ConnectionRegistry, WebSocketConnections {
   // ---- lifecycle --------------------------------------------------------------
 
   /**
-   * Close every connection with 1001 and wait, at most `timeoutMs`, for their terminates.
-   * Upgrades whose `init` is running are refused with 503 when it settles; one still pending
-   * `timeoutMs` from now has its socket destroyed: an `init` that never settles must not hold
-   * app.close() (the HTTP server waits for that socket) forever.
+   * Take this instance out of service: upgrades are refused from now on (503), and connections
+   * are closed in batches (drain.ts), each with `code` (1012 by default). Waits, at most
+   * `timeoutMs` after the last batch, for their terminates. Upgrades whose `init` is running are
+   * refused with 503 when it settles; one still pending then has its socket destroyed: an
+   * `init` that never settles must not hold app.close() (the HTTP server waits for that socket).
    */
-  async shutdown (timeoutMs: number): Promise<void> {
+  async drain (options: DrainOptions = {}, timeoutMs = 5000): Promise<void> {
+    const settings = { ...this.#drainDefaults, ...options }
     this.#closing = true
     if (this.#upgrading.size !== 0) {
       const timer = setTimeout(() => { for (const lease of this.#upgrading) lease.socket.destroy() }, timeoutMs)
       this.#onUpgradesSettled = () => { clearTimeout(timer) }
     }
-    for (const connection of this.#live.values()) connection[kShutdown]()
-    if (this.#live.size === 0) return
-    await new Promise<void>((resolve) => {
-      // A terminate or callback that never settles must not hold app.close() forever.
-      const timer = setTimeout(resolve, timeoutMs)
-      this.#onEmpty = () => {
-        clearTimeout(timer)
-        resolve()
-      }
+    const code = this.#drainCode = settings.code ?? 1012
+    const emptied = new Promise<void>((resolve) => {
+      this.#onEmpty = resolve
+      if (this.#live.size === 0) resolve()
     })
+    await drainInBatches([...this.#live.values()], (connection) => connection[kShutdown](code), settings, emptied)
+    if (this.#live.size === 0) return
+    // A terminate or callback that never settles must not hold app.close() forever.
+    let timer: NodeJS.Timeout | undefined
+    await Promise.race([emptied, new Promise<void>((resolve) => { timer = setTimeout(resolve, timeoutMs) })])
+    clearTimeout(timer)
+  }
+
+  /** app.close(): the drain, within `timeoutMs` as a whole. */
+  async shutdown (timeoutMs: number): Promise<void> {
+    const maxWindowMs = Math.min(this.#drainDefaults.maxWindowMs ?? DEFAULT_MAX_WINDOW, Math.floor(timeoutMs / 2))
+    await this.drain({ maxWindowMs }, timeoutMs - maxWindowMs)
+  }
+}
+
+const DEFAULT_MAX_WINDOW = 10_000
+
+/** `since` must be a position (a bad one is the app's bug: thrown in its callback). */
+function checkPosition ({ since }: SubscribeOptions): void {
+  if (since === undefined) return
+  if (since === null || typeof since !== 'object' || typeof since.epoch !== 'string' || !Number.isSafeInteger(since.offset) || since.offset < 0) {
+    throw new InvalidPositionError(show(since))
   }
 }
 

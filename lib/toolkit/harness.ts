@@ -9,7 +9,7 @@ import { iteratorOf } from '../actor/streams.js'
 import { nextTimerRef } from '../actor/timers.js'
 import { InvalidResultError } from '../core/errors.js'
 import type {
-  CloseFrame, Commands, InFrame, OutFrame, RequestSnapshot, StreamRef, StreamTo, TerminateReason, TimerRef, WebSocketContext, WebSocketHandler
+  CloseFrame, Commands, InFrame, OutFrame, RequestSnapshot, StreamRef, SubscribeOptions, Topic, StreamTo, TerminateReason, TimerRef, WebSocketContext, WebSocketHandler
 } from '../core/types.js'
 import { nameOf, topicName } from '../core/topics.js'
 
@@ -136,7 +136,7 @@ export function handlerHarness<State = undefined, Info = unknown, Message = neve
       timers.splice(index, 1)
       return true
     },
-    subscribe (to) {
+    subscribe (to: string | Topic<unknown>, _options?: SubscribeOptions) {
       const topic = topicName(to)
       if (topics.includes(topic)) return false
       topics.push(topic)

@@ -1,0 +1,239 @@
+/**
+ * Topics with history (in this process): publications get positions; a positioned subscriber
+ * receives each once, in order, as a `Publication`; one that comes back `since` a position
+ * recovers what it missed, then goes on live, with no gap and no duplicate at the seam; when
+ * the history cannot serve it, it is told so (`Resync`), never silently skipped.
+ */
+import t from 'tap'
+import {
+  InProcessBus, defineHandler, inProcessAdapter, text, topic,
+  type Position, type TopicEvent, type WebSocketHandlersOptions
+} from '../lib/index.js'
+import { buildApp, inject, until } from './helpers.js'
+import type { FastifyInstance } from 'fastify'
+
+const feed = topic<string>('feed')
+
+/** `?since=<epoch>:<offset>` → a position. */
+function sinceOf (query: unknown): Position | undefined {
+  const since = (query as { since?: string }).since
+  if (since === undefined) return undefined
+  const [epoch = '', offset = ''] = since.split(':')
+  return { epoch, offset: Number(offset) }
+}
+
+/** Each event as one text frame: `p:<offset>:<message>`, `subscribed:<offset>:<recovered>`, `resync:<offset>:<reason>`. */
+function show (event: TopicEvent<string>): string {
+  switch (event.kind) {
+    case 'publication': return `p:${event.position.offset}:${event.message}`
+    case 'subscribed': return `subscribed:${event.position.offset}:${event.recovered}`
+    case 'resync': return `resync:${event.position.offset}:${event.reason}`
+  }
+}
+
+const follower = defineHandler<undefined, TopicEvent<string>>({
+  websocketInit: (_state, ctx) => { ctx.subscribe(feed, { since: sinceOf(ctx.request.query) }) },
+  info: (event) => ({ reply: text(show(event)) })
+})
+
+async function feedApp (t: Tap.Test, options: WebSocketHandlersOptions = {}): Promise<FastifyInstance> {
+  const { app } = await buildApp(t, { history: { feed: { size: 100 } }, ...options })
+  app.ws('/feed', follower)
+  return app
+}
+
+const publish = (app: FastifyInstance, from: number, to: number): void => {
+  for (let i = from; i <= to; i++) app.wsConnections.publish(feed, `m${i}`)
+}
+const publications = (from: number, to: number): string[] => Array.from({ length: to - from + 1 }, (_, i) => `text:p:${from + i}:m${from + i}`)
+
+t.test('a positioned subscriber from now on: told where it is, then every publication with its position', async (t) => {
+  const app = await feedApp(t)
+  publish(app, 1, 3) // before anyone follows: kept, delivered to no one
+  const { seen } = await inject(app, '/feed')
+  await seen.frameCount(1)
+  t.same(seen.frames, ['text:subscribed:3:0'])
+  publish(app, 4, 6)
+  await seen.frameCount(4)
+  t.same(seen.frames.slice(1), publications(4, 6))
+})
+
+t.test('since a position: what was missed, in order, then where it is, then live', async (t) => {
+  const app = await feedApp(t)
+  const first = await inject(app, '/feed')
+  await first.seen.frameCount(1)
+  publish(app, 1, 9)
+  const { epoch } = await app.wsConnections.publishConfirmed(feed, 'm10')
+  await first.seen.frameCount(11)
+  first.ws.terminate()
+  publish(app, 11, 20) // missed
+  const back = await inject(app, `/feed?since=${epoch}:10`)
+  publish(app, 21, 22)
+  await back.seen.frameCount(13)
+  t.same(back.seen.frames, [...publications(11, 20), 'text:subscribed:20:10', ...publications(21, 22)])
+})
+
+/** The epoch, as a publication tells it. */
+async function epochOf (app: FastifyInstance): Promise<string> {
+  return (await app.wsConnections.publishConfirmed(feed, 'probe')).epoch
+}
+
+t.test('publishConfirmed resolves with the position; offsets grow by one per publication; the epoch is the history\'s', async (t) => {
+  const app = await feedApp(t)
+  const a = await app.wsConnections.publishConfirmed(feed, 'a')
+  const b = await app.wsConnections.publishConfirmed(feed, 'b')
+  t.equal(a.offset, 1)
+  t.equal(b.offset, 2)
+  t.equal(a.epoch, b.epoch)
+  t.match(a.epoch, /^[0-9a-f]{12}$/)
+  await t.rejects(app.wsConnections.publishConfirmed('elsewhere', 'x'), { code: 'FST_WS_NO_HISTORY' })
+})
+
+t.test('when the history cannot serve `since`, the subscriber is told why, and goes on live', async (t) => {
+  const app = await feedApp(t, { history: { feed: { size: 5 } } })
+  publish(app, 1, 20)
+  const epoch = await epochOf(app) // 21: 17..21 are kept
+  const cases: Array<[string, string]> = [
+    [`${epoch}:3`, 'text:resync:21:trimmed'],
+    [`${epoch}:99`, 'text:resync:21:ahead'],
+    ['another-epoch:3', 'text:resync:21:epoch']
+  ]
+  for (const [since, expected] of cases) {
+    const { seen, ws } = await inject(app, `/feed?since=${since}`)
+    await seen.frameCount(1)
+    t.same(seen.frames, [expected], since)
+    ws.terminate()
+  }
+  // The edge of what is kept: 16 is the last one dropped, so since 16 recovers 17..21.
+  const { seen } = await inject(app, `/feed?since=${epoch}:16`)
+  await seen.frameCount(6)
+  t.same(seen.frames, [...publications(17, 20), 'text:p:21:probe', 'text:subscribed:21:5'])
+  const dropped = await inject(app, `/feed?since=${epoch}:15`)
+  await dropped.seen.frameCount(1)
+  t.same(dropped.seen.frames, ['text:resync:21:trimmed'])
+  // Up to date already: nothing to recover.
+  const current = await inject(app, `/feed?since=${epoch}:21`)
+  await current.seen.frameCount(1)
+  t.same(current.seen.frames, ['text:subscribed:21:0'])
+})
+
+t.test('the seam: publications made while a subscriber recovers come after the history, each once', async (t) => {
+  const app = await feedApp(t, { history: { feed: { size: 10_000 } } })
+  publish(app, 1, 2000)
+  const epoch = await epochOf(app) // 2001
+  const clients = []
+  for (let i = 0; i < 20; i++) {
+    // Each comes back from another point, while publications go on between the connects.
+    clients.push({ from: i * 50, client: await inject(app, `/feed?since=${epoch}:${i * 50}`) })
+    app.wsConnections.publish(feed, `m${2002 + i}`)
+  }
+  publish(app, 2022, 2100)
+  for (const { from, client } of clients) {
+    const expected = 2100 - from + 1 // each publication after `from`, and the subscribed event
+    await client.seen.frameCount(expected)
+    const offsets = client.seen.frames.filter((frame) => frame.startsWith('text:p:')).map((frame) => Number(frame.split(':')[2]))
+    t.same(offsets, Array.from({ length: 2100 - from }, (_, i) => from + 1 + i), `since ${from}: every one once, in order`)
+  }
+})
+
+t.test('a follower whose mailbox is full misses nothing: what it could not take is read back from the history', async (t) => {
+  const { app } = await buildApp(t, { history: { feed: { size: 1000 } }, mailboxLimit: 4 })
+  let release!: () => void
+  const gate = new Promise<void>((resolve) => { release = resolve })
+  const seen: number[] = []
+  app.ws('/slow', defineHandler<undefined, TopicEvent<string>>({
+    websocketInit: (_state, ctx) => { ctx.subscribe(feed, {}) },
+    info: async (event) => {
+      if (event.kind !== 'publication') return
+      await gate
+      seen.push(event.position.offset)
+    }
+  }))
+  await inject(app, '/slow')
+  await until(() => app.wsConnections.subscriberCount(feed) === 1, 'subscribed')
+  publish(app, 1, 50) // most are refused by the mailbox
+  release()
+  await until(() => seen.length === 50, 'every publication')
+  t.same(seen, Array.from({ length: 50 }, (_, i) => i + 1))
+})
+
+t.test('positioned subscriptions are checked: a topic without history, a bad position', async (t) => {
+  const { app } = await buildApp(t, { history: { 'chat:*': { size: 10 } } })
+  const errors: unknown[] = []
+  app.ws('/nohistory', {
+    websocketInit: (_state, ctx) => { ctx.subscribe('plain', {}) },
+    terminate: (reason) => { errors.push(reason) }
+  })
+  app.ws('/badposition', {
+    websocketInit: (_state, ctx) => { ctx.subscribe('chat:1', { since: { offset: -1, epoch: 'x' } }) },
+    terminate: (reason) => { errors.push(reason) }
+  })
+  for (const path of ['/nohistory', '/badposition']) {
+    const { seen } = await inject(app, path)
+    t.equal((await seen.closed).code, 1011, path)
+  }
+  await until(() => errors.length === 2, 'both terminates')
+  t.match(errors, [{ type: 'crash', error: { code: 'FST_WS_NO_HISTORY' } }, { type: 'crash', error: { code: 'FST_WS_INVALID_POSITION' } }])
+})
+
+t.test('plain subscribers of a topic with history get the messages as they are; patterns and exact names choose the limits', async (t) => {
+  const bus = new InProcessBus()
+  const { app } = await buildApp(t, { history: { 'chat:*': { size: 2 }, 'chat:big': { size: 5 } }, adapter: inProcessAdapter({ bus }) })
+  app.ws('/plain', { websocketInit: (_state, ctx) => { ctx.subscribe('chat:1') }, info: (message) => ({ reply: text(String(message)) }) })
+  const { seen } = await inject(app, '/plain')
+  await until(() => app.wsConnections.subscriberCount('chat:1') === 1, 'subscribed')
+  t.equal(app.wsConnections.publish('chat:1', 'hello'), 1)
+  await seen.frameCount(1)
+  t.same(seen.frames, ['text:hello'])
+  for (const [name, kept] of [['chat:1', 2], ['chat:big', 5]] as const) {
+    for (let i = 0; i < 10; i++) await app.wsConnections.publishConfirmed(name, i)
+    const { epoch } = await app.wsConnections.publishConfirmed(name, 'last')
+    const read = bus.history.read(name, 0, { size: 100 })
+    t.equal(read.entries.length, kept, `${name} keeps ${kept}`)
+    t.equal(read.epoch, epoch)
+  }
+})
+
+t.test('maxAgeMs: what is older is not recovered', async (t) => {
+  const { app } = await buildApp(t, { history: { feed: { size: 100, maxAgeMs: 1000 } } })
+  app.ws('/feed', follower)
+  const realNow = Date.now
+  let now = realNow()
+  Date.now = () => now
+  t.teardown(() => { Date.now = realNow })
+  publish(app, 1, 5)
+  now += 2000
+  publish(app, 6, 7)
+  const epoch = await epochOf(app) // 8
+  const { seen } = await inject(app, `/feed?since=${epoch}:2`)
+  await seen.frameCount(1)
+  t.same(seen.frames, ['text:resync:8:trimmed'])
+  const recent = await inject(app, `/feed?since=${epoch}:5`)
+  await recent.seen.frameCount(4)
+  t.same(recent.seen.frames, [...publications(6, 7), 'text:p:8:probe', 'text:subscribed:8:3'])
+})
+
+t.test('apps on one bus share the history: a client recovers on another app what it missed on the first', async (t) => {
+  const bus = new InProcessBus()
+  const a = await feedApp(t, { adapter: inProcessAdapter({ bus }) })
+  const b = await feedApp(t, { adapter: inProcessAdapter({ bus }) })
+  const onA = await inject(a, '/feed')
+  await onA.seen.frameCount(1)
+  publish(a, 1, 3)
+  await onA.seen.frameCount(4)
+  onA.ws.terminate()
+  publish(a, 4, 5)
+  const epoch = (await a.wsConnections.publishConfirmed(feed, 'm6')).epoch
+  const onB = await inject(b, `/feed?since=${epoch}:3`)
+  publish(b, 7, 7)
+  await onB.seen.frameCount(5)
+  t.same(onB.seen.frames, [...publications(4, 6), 'text:subscribed:6:3', 'text:p:7:m7'])
+})
+
+t.test('history needs an adapter that keeps it; the option is checked', async (t) => {
+  const adapter = { ...inProcessAdapter(), history: undefined }
+  await t.rejects(buildApp(t, { history: { feed: { size: 1 } }, adapter }), { code: 'FST_WS_INVALID_OPTION', message: /keeps no history/ })
+  for (const history of [{ feed: { size: 0 } }, { 'a*b': { size: 1 } }, { feed: { size: 1, extra: 1 } }, { feed: { size: 1, maxAgeMs: 0.5 } }, [], { feed: null }]) {
+    await t.rejects(buildApp(t, { history } as unknown as WebSocketHandlersOptions), { code: 'FST_WS_INVALID_OPTION' }, JSON.stringify(history))
+  }
+})
