@@ -35,7 +35,7 @@ t.test('a close while reading is paused still reads the close reply: the socket 
   t.ok(Date.now() - started < 1000, `closed in ${Date.now() - started} ms, not after the 5 s close timeout`)
 })
 
-t.test('app.close() closes every connection with 1001 and terminate sees shutdown first', async (t) => {
+t.test('app.close() closes every connection with 1012 (Service Restart) and terminate sees shutdown first', async (t) => {
   const app = Fastify()
   await app.register(wsHandlers)
   const order: string[] = []
@@ -50,7 +50,7 @@ t.test('app.close() closes every connection with 1001 and terminate sees shutdow
   await app.close()
   order.push('closed')
   t.same(order, ['terminate:shutdown', 'terminate:shutdown', 'terminate:shutdown', 'closed'])
-  for (const { seen } of clients) t.same(await seen.closed, { code: 1001, reason: '' })
+  for (const { seen } of clients) t.same(await seen.closed, { code: 1012, reason: '' })
 })
 
 t.test('app.close() is not held forever by a callback that never settles', async (t) => {
@@ -64,7 +64,7 @@ t.test('app.close() is not held forever by a callback that never settles', async
   const started = Date.now()
   await app.close()
   t.ok(Date.now() - started < 2000, 'closed within the close timeout')
-  t.equal((await seen.closed).code, 1001)
+  t.equal((await seen.closed).code, 1012)
 })
 
 t.test('a slow reader past maxBufferedBytes is closed with 1008', async (t) => {

@@ -41,7 +41,7 @@ t.test('an upgrade that arrives while app.close() waits for terminates gets 503 
   const base = await listen(app)
   const { seen } = await connect(`${base}/slow-terminate`)
   const closing = app.close()
-  t.equal((await seen.closed).code, 1001)
+  t.equal((await seen.closed).code, 1012)
   await until(() => terminates === 1, 'terminate to start')
   const answer = await rawUpgrade(base, '/slow-terminate')
   t.match(answer, /^HTTP\/1\.1 503/, 'refused while shutting down')

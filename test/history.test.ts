@@ -4,7 +4,7 @@
  * recovers what it missed, then goes on live, with no gap and no duplicate at the seam; when
  * the history cannot serve it, it is told so (`Resync`), never silently skipped.
  */
-import t from 'tap'
+import t, { type Test } from 'tap'
 import {
   InProcessBus, defineHandler, inProcessAdapter, text, topic,
   type Position, type TopicEvent, type WebSocketHandlersOptions
@@ -36,7 +36,7 @@ const follower = defineHandler<undefined, TopicEvent<string>>({
   info: (event) => ({ reply: text(show(event)) })
 })
 
-async function feedApp (t: Tap.Test, options: WebSocketHandlersOptions = {}): Promise<FastifyInstance> {
+async function feedApp (t: Test, options: WebSocketHandlersOptions = {}): Promise<FastifyInstance> {
   const { app } = await buildApp(t, { history: { feed: { size: 100 } }, ...options })
   app.ws('/feed', follower)
   return app

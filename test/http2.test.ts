@@ -173,15 +173,15 @@ t.test('HTTP/1.1 upgrades keep working on the same server (a browser\'s first co
   client.close()
 })
 
-t.test('app.close(): 1001 to every h2 WebSocket and the sessions closed, promptly', async (t) => {
+t.test('app.close(): 1012 to every h2 WebSocket and the sessions closed, promptly', async (t) => {
   const { app, base } = await h2App(t)
   const clients = await Promise.all([1, 2].map(async () => await wsClient(`${base}/echo`, overH2)))
   const started = Date.now()
   await app.close()
   t.ok(Date.now() - started < 5000, `closed in ${Date.now() - started} ms (a session held open would take the 72 s session timeout)`)
   for (const client of clients) {
-    t.same(await client.closed(), { code: 1001, reason: '' })
-    t.match(await client.terminated(), { type: 'shutdown' })
+    t.same(await client.closed(), { code: 1012, reason: '' })
+    t.match(await client.terminated(), { type: 'shutdown', code: 1012 })
   }
 })
 

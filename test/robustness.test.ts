@@ -160,9 +160,9 @@ t.test('a message whose info is queued when this side closes is dropped with the
   // In the same tick, the close app.close() sends to each connection (registry.shutdown).
   const ctx = [...app.wsConnections][0] as unknown as Record<symbol, () => void>
   ctx[kShutdown]!()
-  t.same((await recorder.first).reason, { type: 'shutdown' })
+  t.same((await recorder.first).reason, { type: 'shutdown', code: 1012 })
   t.same(infos, [], 'the queued info did not run after the close')
-  t.same(await client.closed(), { code: 1001, reason: '' })
+  t.same(await client.closed(), { code: 1012, reason: '' })
 })
 
 t.test('info that unsubscribes and subscribes again runs once per publication', async (t) => {

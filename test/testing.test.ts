@@ -214,7 +214,7 @@ t.test('with an injected client open, app.close() leaves no timer behind (the pr
   client.send('x')
   await client.next()
   await app.close()
-  t.same(await client.closed(), { code: 1001, reason: '' })
+  t.same(await client.closed(), { code: 1012, reason: '' })
   await new Promise((resolve) => setImmediate(resolve))
   t.ok(timers() <= before, `${timers()} timers, ${before} before`)
 })

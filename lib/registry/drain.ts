@@ -20,16 +20,16 @@ export async function drainInBatches<C> (connections: C[], close: (connection: C
   // The slots: `batchIntervalMs` apart, unless that would take longer than `maxWindowMs`.
   const slot = Math.min(options.batchIntervalMs ?? DRAIN_DEFAULTS.batchIntervalMs, (options.maxWindowMs ?? DRAIN_DEFAULTS.maxWindowMs) / batches)
   const timers: NodeJS.Timeout[] = []
+  // The first batch goes at once; each later one at a random moment of its own slot.
+  for (const connection of connections.slice(0, batchSize)) close(connection)
   const closed = new Promise<void>((resolve) => {
-    let left = batches
-    for (let batch = 0; batch < batches; batch++) {
+    let left = batches - 1
+    for (let batch = 1; batch < batches; batch++) {
       const members = connections.slice(batch * batchSize, (batch + 1) * batchSize)
-      // The first batch goes at once; each later one at a random moment of its slot.
-      const at = batch === 0 ? 0 : (batch + Math.random()) * slot
       timers.push(setTimeout(() => {
         for (const connection of members) close(connection)
         if (--left === 0) resolve()
-      }, at))
+      }, (batch + Math.random()) * slot))
     }
   })
   await Promise.race([closed, stop])

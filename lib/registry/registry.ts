@@ -15,10 +15,10 @@ import { instanceOf } from './in-process.js'
 import { kSerial, kShutdown, kWriteShared, type ConnectionContext, type ConnectionRegistry } from '../actor/context.js'
 import { encodeFrame } from '../wire/writes.js'
 import { DEFAULT_IPV6_SUBNET, clientKey } from './ip-group.js'
-import { show } from '../core/options.js'
+import { drainOptionsProblem, show } from '../core/options.js'
 import { nameOf, topicName } from '../core/topics.js'
 import { deliverChannel } from '../core/diagnostics.js'
-import { InvalidBroadcastError, InvalidPositionError, MessageNotSerializableError, NoHistoryError, ShuttingDownError, TooManyConnectionsError } from '../core/errors.js'
+import { InvalidBroadcastError, InvalidOptionError, InvalidPositionError, MessageNotSerializableError, NoHistoryError, ShuttingDownError, TooManyConnectionsError } from '../core/errors.js'
 import type {
   BroadcastFrame, BroadcastOptions, DrainOptions, HistoryLimits, LocalDelivery, OutFrame, Position, PubSubAdapter, SubscribeOptions, Topic,
   WebSocketConnections, WebSocketContext
@@ -388,6 +388,8 @@ export class Registry implements ConnectionRegistry, WebSocketConnections {
    * `init` that never settles must not hold app.close() (the HTTP server waits for that socket).
    */
   async drain (options: DrainOptions = {}, timeoutMs = 5000): Promise<void> {
+    const problem = drainOptionsProblem(options)
+    if (problem !== undefined) throw new InvalidOptionError('drain', problem)
     const settings = { ...this.#drainDefaults, ...options }
     this.#closing = true
     if (this.#upgrading.size !== 0) {

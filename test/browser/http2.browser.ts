@@ -3,7 +3,7 @@
  * Chromium speaks WebSocket over HTTP/2 (RFC 8441) to the plugin: a page served over h2 opens
  * WebSockets that arrive as CONNECT streams on the page's own session. Echo, a subprotocol, a
  * 1 MB message, compression, hibernate, close codes and reasons both ways, a hook's refusal seen
- * as a failed connection, and app.close() → 1001, all over that one session.
+ * as a failed connection, and app.close() → 1012, all over that one session.
  */
 import { existsSync, readFileSync } from 'node:fs'
 import type { AddressInfo } from 'node:net'
@@ -104,5 +104,5 @@ t.test('Chromium: WebSockets over the page\'s own HTTP/2 session', async (t) => 
     for (let i = 0; i < 100 && seen.close === undefined; i++) await new Promise((resolve) => setTimeout(resolve, 50))
     return seen.close
   })
-  t.equal(shutdown.code, 1001, 'app.close(): 1001')
+  t.equal(shutdown.code, 1012, 'app.close(): 1012')
 })

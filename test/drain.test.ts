@@ -1,0 +1,96 @@
+/**
+ * Draining an instance for a rolling deploy: new upgrades get 503 at once, and connections are
+ * closed with 1012 (Service Restart) in batches spread over a window, in a random order, so
+ * that their clients reconnect elsewhere without a stampede. app.close() drains too, within
+ * closeTimeout.
+ */
+import { install } from '@sinonjs/fake-timers'
+import t from 'tap'
+import { wsClient } from '../lib/testing.js'
+import { buildApp, inject, terminateRecorder } from './helpers.js'
+
+/** Wait for what sockets and callbacks do (not timers: they are fake here). */
+async function until (predicate: () => boolean, label: string): Promise<void> {
+  for (let turn = 0; turn < 10_000; turn++) {
+    if (predicate()) return
+    await new Promise((resolve) => setImmediate(resolve))
+  }
+  throw new Error(`never came: ${label}`)
+}
+
+t.test('drain(): 503 for new upgrades, then batches of 1012 spread over the window, every terminate told why', async (t) => {
+  const { app } = await buildApp(t)
+  const recorder = terminateRecorder()
+  app.ws('/s', { terminate: recorder.terminate })
+  const clients = await Promise.all(Array.from({ length: 10 }, async () => await inject(app, '/s')))
+  const clock = install({ toFake: ['setTimeout', 'clearTimeout'] })
+  t.teardown(() => clock.uninstall())
+  const closedCount = (): number => recorder.calls.length
+  let drained = false
+  const drain = app.wsConnections.drain({ batchSize: 3, batchIntervalMs: 1000 }).then(() => { drained = true })
+  t.equal(app.wsConnections.draining, true)
+
+  // The first batch at once, each later one somewhere in its own second.
+  await until(() => closedCount() === 3, 'the first batch')
+  const refused = await wsClient(app, '/s').catch((error: unknown) => error)
+  t.match(refused, { statusCode: 503, headers: { 'retry-after': '5' } }, 'new upgrades are refused while draining')
+  const counts: number[] = []
+  // Batch k closes at a random moment in [k, k + 1) seconds: after k + 1 seconds it has.
+  for (let second = 1; second <= 4; second++) {
+    await clock.tickAsync(1000)
+    await until(() => closedCount() >= Math.min(3 * second, 10), `batch ${second - 1}`)
+    counts.push(closedCount())
+  }
+  t.same(counts, [3, 6, 9, 10], 'one batch per interval')
+  await drain
+  t.ok(drained)
+  for (const { seen } of clients) t.same(await seen.closed, { code: 1012, reason: '' })
+  t.ok(recorder.calls.every(({ reason }) => reason.type === 'shutdown' && reason.code === 1012))
+})
+
+t.test('the window is bounded: batches come closer together rather than take longer than maxWindowMs', async (t) => {
+  const { app } = await buildApp(t)
+  const recorder = terminateRecorder()
+  app.ws('/s', { terminate: recorder.terminate })
+  await Promise.all(Array.from({ length: 10 }, async () => await inject(app, '/s')))
+  const clock = install({ toFake: ['setTimeout', 'clearTimeout'] })
+  t.teardown(() => clock.uninstall())
+  const drain = app.wsConnections.drain({ batchSize: 2, batchIntervalMs: 60_000, maxWindowMs: 1000 })
+  await clock.tickAsync(1000)
+  await until(() => recorder.calls.length === 10, 'all closed within the window')
+  await drain
+})
+
+t.test('code 1001 when the service is not coming back; one batch closes at once', async (t) => {
+  const { app } = await buildApp(t, { drain: { code: 1001 } })
+  const recorder = terminateRecorder()
+  app.ws('/s', { terminate: recorder.terminate })
+  const { seen } = await inject(app, '/s')
+  await app.wsConnections.drain()
+  t.same(await seen.closed, { code: 1001, reason: '' })
+  t.same(recorder.calls[0]?.reason, { type: 'shutdown', code: 1001 })
+})
+
+t.test('app.close() drains with the plugin\'s drain options, within closeTimeout', async (t) => {
+  const { app } = await buildApp(t, { closeTimeout: 1000, drain: { batchSize: 1, batchIntervalMs: 60_000 } })
+  const recorder = terminateRecorder()
+  app.ws('/s', { terminate: recorder.terminate })
+  const clients = await Promise.all(Array.from({ length: 4 }, async () => await inject(app, '/s')))
+  const clock = install({ toFake: ['setTimeout', 'clearTimeout'] })
+  t.teardown(() => clock.uninstall())
+  const closing = app.close()
+  await until(() => recorder.calls.length === 1, 'the first batch')
+  // closeTimeout 1000: the drain's window is at most half of it.
+  await clock.tickAsync(500)
+  await until(() => recorder.calls.length === 4, 'the rest within the window')
+  await closing
+  for (const { seen } of clients) t.equal((await seen.closed).code, 1012)
+})
+
+t.test('drain options are checked', async (t) => {
+  for (const drain of [{ batchSize: 0 }, { code: 1000 }, { batchIntervalMs: -1 }, { extra: 1 }, 'fast']) {
+    await t.rejects(buildApp(t, { drain } as never), { code: 'FST_WS_INVALID_OPTION' }, JSON.stringify(drain))
+  }
+  const { app } = await buildApp(t)
+  await t.rejects(app.wsConnections.drain({ batchSize: 0 }), { code: 'FST_WS_INVALID_OPTION' })
+})
