@@ -5,36 +5,10 @@
  * the history cannot serve it, it is told so (`Resync`), never silently skipped.
  */
 import t, { type Test } from 'tap'
-import {
-  InProcessBus, defineHandler, inProcessAdapter, text, topic,
-  type Position, type TopicEvent, type WebSocketHandlersOptions
-} from '../lib/index.js'
+import { InProcessBus, defineHandler, inProcessAdapter, text, type TopicEvent, type WebSocketHandlersOptions } from '../lib/index.js'
 import { buildApp, inject, until } from './helpers.js'
+import { feed, follower, offsetsOf } from './followers.js'
 import type { FastifyInstance } from 'fastify'
-
-const feed = topic<string>('feed')
-
-/** `?since=<epoch>:<offset>` → a position. */
-function sinceOf (query: unknown): Position | undefined {
-  const since = (query as { since?: string }).since
-  if (since === undefined) return undefined
-  const [epoch = '', offset = ''] = since.split(':')
-  return { epoch, offset: Number(offset) }
-}
-
-/** Each event as one text frame: `p:<offset>:<message>`, `subscribed:<offset>:<recovered>`, `resync:<offset>:<reason>`. */
-function show (event: TopicEvent<string>): string {
-  switch (event.kind) {
-    case 'publication': return `p:${event.position.offset}:${event.message}`
-    case 'subscribed': return `subscribed:${event.position.offset}:${event.recovered}`
-    case 'resync': return `resync:${event.position.offset}:${event.reason}`
-  }
-}
-
-const follower = defineHandler<undefined, TopicEvent<string>>({
-  websocketInit: (_state, ctx) => { ctx.subscribe(feed, { since: sinceOf(ctx.request.query) }) },
-  info: (event) => ({ reply: text(show(event)) })
-})
 
 async function feedApp (t: Test, options: WebSocketHandlersOptions = {}): Promise<FastifyInstance> {
   const { app } = await buildApp(t, { history: { feed: { size: 100 } }, ...options })
@@ -131,7 +105,7 @@ t.test('the seam: publications made while a subscriber recovers come after the h
   for (const { from, client } of clients) {
     const expected = 2100 - from + 1 // each publication after `from`, and the subscribed event
     await client.seen.frameCount(expected)
-    const offsets = client.seen.frames.filter((frame) => frame.startsWith('text:p:')).map((frame) => Number(frame.split(':')[2]))
+    const offsets = offsetsOf(client.seen.frames)
     t.same(offsets, Array.from({ length: 2100 - from }, (_, i) => from + 1 + i), `since ${from}: every one once, in order`)
   }
 })

@@ -4,7 +4,10 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process'
 import { once } from 'node:events'
+import { mkdtempSync, rmSync } from 'node:fs'
 import net from 'node:net'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 
 export interface OwnRedis {
   readonly port: number
@@ -29,8 +32,10 @@ async function freePort (): Promise<number> {
   return port
 }
 
-async function run (port: number): Promise<ChildProcess> {
-  const child = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], { stdio: ['ignore', 'pipe', 'pipe'] })
+/** `dir`: persist there (AOF, fsync'd on every write), so that a restart keeps everything. */
+async function run (port: number, dir: string | undefined): Promise<ChildProcess> {
+  const persistence = dir === undefined ? ['--appendonly', 'no'] : ['--appendonly', 'yes', '--appendfsync', 'always', '--dir', dir]
+  const child = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', ...persistence], { stdio: ['ignore', 'pipe', 'pipe'] })
   let output = ''
   await new Promise<void>((resolve, reject) => {
     child.once('error', (error) => reject(new Error(`cannot start redis-server (is it installed?): ${error.message}`)))
@@ -45,10 +50,14 @@ async function run (port: number): Promise<ChildProcess> {
   return child
 }
 
-export async function ownRedis (t: { teardown(fn: () => unknown): void }): Promise<OwnRedis> {
+export async function ownRedis (t: { teardown(fn: () => unknown): void }, { persist = false } = {}): Promise<OwnRedis> {
   const port = await freePort()
-  let child = await run(port)
-  t.teardown(() => { child.kill('SIGKILL') })
+  const dir = persist ? mkdtempSync(join(tmpdir(), 'fws-redis-')) : undefined
+  let child = await run(port, dir)
+  t.teardown(() => {
+    child.kill('SIGKILL')
+    if (dir !== undefined) rmSync(dir, { recursive: true, force: true })
+  })
   return {
     port,
     url: `redis://127.0.0.1:${port}`,
@@ -60,7 +69,7 @@ export async function ownRedis (t: { teardown(fn: () => unknown): void }): Promi
       await exited
     },
     async restart () {
-      child = await run(port)
+      child = await run(port, dir)
     }
   }
 }

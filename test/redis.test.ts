@@ -56,7 +56,7 @@ async function instance (t: { teardown(fn: () => unknown): void }, withUrl = tru
 
 /** How many instances of this run listen to a topic's channel, as Redis sees it. */
 async function instancesIn (topic: string): Promise<number> {
-  return ((await admin.pubsub('NUMSUB', `${channelPrefix}t:${topic}`)) as [string, number])[1]
+  return ((await admin.pubsub('NUMSUB', `${channelPrefix}t:{${topic}}`)) as [string, number])[1]
 }
 
 /** Channels this run's instances are subscribed to, as Redis sees them. */
@@ -67,7 +67,7 @@ async function channels (): Promise<string[]> {
 t.test('publish, broadcast and post by id cross instances; channels only while a local connection is in the topic', async (t) => {
   const a = await instance(t)
   const b = await instance(t, false)
-  const topicChannel = `${channelPrefix}t:room`
+  const topicChannel = `${channelPrefix}t:{room}`
   t.notOk((await channels()).includes(topicChannel), 'no topic channel before a subscriber')
   const onB = await inject(b.app, '/room')
   await until(() => b.app.wsConnections.subscriberCount('room') === 1, 'B\'s subscriber')
@@ -107,7 +107,7 @@ t.test('a killed Redis connection is logged with a code, local delivery goes on,
   const b = await instance(t)
   const onA = await inject(a.app, '/room')
   const onB = await inject(b.app, '/room')
-  const bothSubscribed = async (): Promise<boolean> => ((await admin.pubsub('NUMSUB', `${channelPrefix}t:room`)) as [string, number])[1] === 2
+  const bothSubscribed = async (): Promise<boolean> => ((await admin.pubsub('NUMSUB', `${channelPrefix}t:{room}`)) as [string, number])[1] === 2
   await until(bothSubscribed, 'both instances to subscribe')
 
   // Kill every connection of A (its publisher and its subscriber).
@@ -150,7 +150,7 @@ t.test('the example app with REDIS_URL: a chat room spans two instances', async 
   t.teardown(async () => { await a.close(); await b.close() })
   const ada = await inject(a, `/chat?name=Ada&room=${room}`)
   await ada.seen.frameCount(1)
-  await until(async () => ((await admin.pubsub('NUMSUB', `fws:t:chat:${room}`)) as [string, number])[1] === 1, 'A subscribed')
+  await until(async () => ((await admin.pubsub('NUMSUB', `fws:t:{chat:${room}}`)) as [string, number])[1] === 1, 'A subscribed')
   const grace = await inject(b, `/chat?name=Grace&room=${room}`)
   t.match(JSON.parse((await grace.seen.frameCount(2))[1]!.slice(5)), { type: 'members', members: ['Ada', 'Grace'] }, 'Ada, on A, answered Grace on B')
   grace.ws.send(JSON.stringify({ type: 'say', text: 'hi from B' }))
@@ -215,7 +215,7 @@ t.test('fuzz: random and mutated messages on the adapter\'s channels are dropped
     encodeWire(origin, 3, '', Buffer.from([0, 1, 2])),
     encodeWire(origin, 4, `${a.app.wsConnections.instanceId}-999`, Buffer.from('[1]'))
   ]
-  const channels = [`${channelPrefix}t:room`, `${channelPrefix}i:${a.app.wsConnections.instanceId}`]
+  const channels = [`${channelPrefix}t:{room}`, `${channelPrefix}i:${a.app.wsConnections.instanceId}`]
   for (let i = 0; i < 400; i++) {
     const payload = next(2) === 0 ? bytes(next, next(64)) : mutate(next, pick(next, valid))
     await admin.publish(pick(next, channels), payload)
@@ -240,7 +240,7 @@ t.test('metrics: the delivery lag from another instance, and what the adapter dr
   await until(async () => await instancesIn('room') === 1, 'B listens to the room')
   a.app.wsConnections.publish('room', 'from A')
   await onB.seen.frameCount(1)
-  await admin.publish(`${channelPrefix}t:room`, Buffer.from('not the wire format'))
+  await admin.publish(`${channelPrefix}t:{room}`, Buffer.from('not the wire format'))
   const read = async (name: string): Promise<Map<string, unknown>> => {
     exporter.reset()
     await reader.forceFlush()

@@ -16,9 +16,10 @@
  */
 import { isUtf8 } from 'node:buffer'
 import type { FastifyBaseLogger } from 'fastify'
-import { Redis, type RedisOptions } from 'ioredis'
-import type { BroadcastFrame, LocalDelivery, PubSubAdapter } from '../core/types.js'
-import { RedisAdapterError } from '../core/errors.js'
+import { Cluster, Redis, type ClusterNode, type ClusterOptions, type RedisOptions } from 'ioredis'
+import type { BroadcastFrame, HistoryLimits, HistoryRead, HistoryStore, LocalDelivery, Position, PubSubAdapter } from '../core/types.js'
+import { InvalidOptionError, RedisAdapterError } from '../core/errors.js'
+import { APPEND_SCRIPT, READ_SCRIPT, hashTagOf, historyReadOf, newEpoch, readArgs } from './redis-history.js'
 import { settledWithin } from '../core/timeout.js'
 import { adapterChannel } from '../core/diagnostics.js'
 
@@ -27,8 +28,16 @@ export interface RedisAdapterOptions {
   url?: string
   /** ioredis options for both connections (the adapter sets `lazyConnect`, `connectionName`, and no offline queue for publishing). */
   redisOptions?: RedisOptions
-  /** Prefix of the channel names, so that apps sharing one Redis do not hear each other. Default `fws:`. */
+  /** Prefix of the channel and key names, so that apps sharing one Redis do not hear each other. Default `fws:`. */
   channelPrefix?: string
+  /**
+   * A Redis Cluster (Redis >= 7): its seed nodes. Topics then travel on sharded pub/sub
+   * (SPUBLISH, SSUBSCRIBE), each on the shard that holds its history, so topics spread over
+   * the shards. `url` is not used then; `redisOptions` apply to every node.
+   */
+  cluster?: ClusterNode[]
+  /** ioredis Cluster options (with `cluster`). */
+  clusterOptions?: ClusterOptions
 }
 
 /** The Redis adapter, with what a health check asks. */
@@ -46,20 +55,25 @@ export interface RedisPubSubAdapter extends PubSubAdapter {
  * "sent at" is the publisher's wall clock (ms since the epoch, a big-endian double): the
  * receiving instance reports the delivery lag (`fastify-ws-handlers:adapter`, and the metric).
  * kind PUBLISH: no field (length 0), body JSON; TEXT/BINARY (broadcast): field = the `except`
- * id ('' for none), body the payload; POST: field = the target connection id, body JSON.
- * Versions 1 (one-byte lengths, no version byte: its first byte is a kind, 1-4) and 2 (no time)
- * are not read: upgrade every instance together, or give the new ones their own channelPrefix.
+ * id ('' for none), body the payload; POST: field = the target connection id, body JSON; KEPT
+ * (a publication of a topic with history, sent by the append script of redis-history.ts):
+ * field = `<epoch> <offset>`, body JSON.
+ * Versions 1 (one-byte lengths, no version byte: its first byte is a kind, 1-4), 2 (no time)
+ * and 3 (topic channels without a hash tag) are not read: upgrade every instance together, or
+ * give the new ones their own channelPrefix.
  */
-const VERSION = 3
+const VERSION = 4
 const PUBLISH = 1
 const TEXT = 2
 const BINARY = 3
 const POST = 4
+const KEPT = 5
 const HEAD = 18 // version, kind, origin, sent at, field length
 
 /** What arrived on a channel, once checked; or why it is dropped. */
 export type WireMessage =
   | { readonly kind: 'publish', readonly message: unknown }
+  | { readonly kind: 'kept', readonly message: unknown, readonly position: Position }
   | { readonly kind: 'broadcast', readonly frame: BroadcastFrame, readonly except: string | undefined }
   | { readonly kind: 'post', readonly id: string, readonly message: unknown }
 
@@ -73,6 +87,11 @@ export function encodeWire (origin: Buffer, kind: number, field: string, body: B
   head.writeDoubleBE(sentAt, 6)
   head.writeUInt32BE(fieldBytes.length, 14)
   return Buffer.concat([head, fieldBytes, body])
+}
+
+/** The head of a KEPT message up to its field length: the append script adds the rest. */
+export function keptHead (origin: Buffer, sentAt = Date.now()): Buffer {
+  return encodeWire(origin, KEPT, '', Buffer.alloc(0), sentAt).subarray(0, HEAD - 4)
 }
 
 /** The origin's 4 bytes (to skip our own), when it was sent, and the message; a string says why it cannot be read. */
@@ -92,6 +111,12 @@ export function decodeWire (payload: Buffer): { origin: Buffer, sentAt: number, 
       return { origin, sentAt, message: { kind: 'publish', message: JSON.parse(body.toString()) } }
     case POST:
       return { origin, sentAt, message: { kind: 'post', id: field, message: JSON.parse(body.toString()) } }
+    case KEPT: {
+      const [epoch = '', offset = ''] = field.split(' ')
+      const position = { epoch, offset: Number(offset) }
+      if (epoch === '' || !Number.isSafeInteger(position.offset) || position.offset < 1) return `a kept publication at "${field}", not a position`
+      return { origin, sentAt, message: { kind: 'kept', message: JSON.parse(body.toString()), position } }
+    }
     case TEXT:
       // Written as a text frame to every subscriber: text that is not UTF-8 would break their clients (1007).
       if (!isUtf8(body)) return 'a text broadcast that is not UTF-8'
@@ -103,14 +128,43 @@ export function decodeWire (payload: Buffer): { origin: Buffer, sentAt: number, 
   }
 }
 
+/** What the adapter runs its scripts with (ioredis's `defineCommand`). */
+interface Scripted {
+  fwsAppend(stream: string, meta: string, head: Buffer, json: string, size: number, maxAgeMs: number, epoch: string, channel: string, command: string): Promise<[number, string]>
+  fwsRead(stream: string, meta: string, ...args: Array<string | number>): Promise<unknown[]>
+}
+
+type Connection = (Redis | Cluster) & Partial<Scripted>
+
 export function redisAdapter (options: RedisAdapterOptions = {}): RedisPubSubAdapter {
   const url = options.url ?? process.env.REDIS_URL ?? 'redis://127.0.0.1:6379'
   const prefix = options.channelPrefix ?? 'fws:'
-  const topicChannel = (topic: string): string => `${prefix}t:${topic}`
+  // Hash tags in the prefix would put every topic in one slot of a cluster.
+  if (/[{}]/.test(prefix)) throw new InvalidOptionError('channelPrefix', `no { or } (they are Redis Cluster hash tags), got "${prefix}"`)
+  const sharded = options.cluster !== undefined
+  const where = sharded ? `the cluster at ${options.cluster!.map((node) => typeof node === 'object' ? `${node.host ?? ''}:${node.port ?? ''}` : String(node)).join(', ')}` : url
+  /** A topic's channel, stream and hash share its hash tag: one slot on a cluster. */
+  const channels = new Map<string, string>()
+  const channelTopics = new Map<string, string>()
+  const topicChannel = (topic: string): string => {
+    let channel = channels.get(topic)
+    if (channel === undefined) {
+      channel = `${prefix}t:{${hashTagOf(topic)}}`
+      if (channels.size >= 10_000) channels.clear()
+      channels.set(topic, channel)
+    }
+    return channel
+  }
+  const keysOf = (topic: string): [string, string] => {
+    const tag = hashTagOf(topic)
+    return [`${prefix}h:{${tag}}`, `${prefix}m:{${tag}}`]
+  }
+  /** SUBSCRIBEs (SSUBSCRIBEs) not yet confirmed: a history read waits for its topic's, so that what it misses arrives live. */
+  const subscribing = new Map<string, Promise<unknown>>()
   let local: LocalDelivery
   let origin: Buffer
-  let publisher: Redis
-  let subscriber: Redis
+  let publisher: Connection
+  let subscriber: Connection
   let log: FastifyBaseLogger
   let closing = false
   let down = false
@@ -124,12 +178,12 @@ export function redisAdapter (options: RedisAdapterOptions = {}): RedisPubSubAda
     if (adapterChannel.hasSubscribers) adapterChannel.publish({ event: 'error', what, error, instanceId: local.instanceId })
     if (down) return
     down = true
-    log.error({ err: new RedisAdapterError(`${what} (${url})${error === undefined ? '' : `: ${error.message}`}; reconnecting, local delivery goes on`) },
+    log.error({ err: new RedisAdapterError(`${what} (${where})${error === undefined ? '' : `: ${error.message}`}; reconnecting, local delivery goes on`) },
       'Redis adapter lost Redis')
   }
 
   function send (channel: string, payload: Buffer): void {
-    publisher.publish(channel, payload).catch((error: Error) => lost('publishing failed', error))
+    (sharded ? publisher.spublish(channel, payload) : publisher.publish(channel, payload)).catch((error: Error) => lost('publishing failed', error))
   }
 
   /** A message that cannot be read is dropped: logged at most once a second (with the count), so a flood cannot fill the logs. */
@@ -152,20 +206,55 @@ export function redisAdapter (options: RedisAdapterOptions = {}): RedisPubSubAda
         drop(channel, decoded)
         return
       }
-      if (decoded.origin.equals(origin)) return // our own: delivered locally already
       const { message } = decoded
+      // Our own was delivered locally already, but for a kept publication: it comes back with its position.
+      if (message.kind !== 'kept' && decoded.origin.equals(origin)) return
       if (adapterChannel.hasSubscribers) adapterChannel.publish({ event: 'delivery', kind: message.kind, lagMs: Date.now() - decoded.sentAt, instanceId: local.instanceId })
-      const topic = channel.toString().slice(prefix.length + 2)
-      if (message.kind === 'publish') local.publish(topic, message.message)
-      else if (message.kind === 'post') local.post(message.id, message.message)
+      if (message.kind === 'post') {
+        local.post(message.id, message.message)
+        return
+      }
+      const topic = channelTopics.get(channel.toString())
+      if (topic === undefined) return // a channel left a moment ago
+      if (message.kind === 'kept') local.publication(topic, message.message, message.position)
+      else if (message.kind === 'publish') local.publish(topic, message.message)
       else local.broadcast(topic, message.frame, message.except)
     } catch (error) {
       drop(channel, (error as Error).message) // its JSON does not parse, or delivering it failed
     }
   }
 
+  const history: HistoryStore = {
+    async append (topic: string, message: unknown, json = JSON.stringify(message), limits: HistoryLimits): Promise<Position> {
+      const [stream, meta] = keysOf(topic)
+      try {
+        const [offset, epoch] = await publisher.fwsAppend!(stream, meta, keptHead(origin), json, limits.size, limits.maxAgeMs ?? 0, newEpoch(),
+          topicChannel(topic), sharded ? 'SPUBLISH' : 'PUBLISH')
+        return { offset: Number(offset), epoch: String(epoch) }
+      } catch (error) {
+        lost('keeping a publication failed', error as Error)
+        throw new RedisAdapterError(`a publication to "${topic}" was not kept (${where}): ${(error as Error).message}`)
+      }
+    },
+    async read (topic: string, after: number, limits: HistoryLimits): Promise<HistoryRead> {
+      await subscribing.get(topic) // what this read misses must arrive live
+      const [stream, meta] = keysOf(topic)
+      return historyReadOf(await publisher.fwsRead!(stream, meta, ...readArgs(after, limits)))
+    }
+  }
+
+  function listen (topic: string): void {
+    const channel = topicChannel(topic)
+    channelTopics.set(channel, topic)
+    const confirmed = (sharded ? subscriber.ssubscribe(channel) : subscriber.subscribe(channel))
+      .catch((error: Error) => lost('subscribing failed', error))
+      .finally(() => { if (subscribing.get(topic) === confirmed) subscribing.delete(topic) })
+    subscribing.set(topic, confirmed)
+  }
+
   return {
     wire: 'json',
+    history,
     get connected () {
       return !closing && publisher?.status === 'ready' && subscriber?.status === 'ready'
     },
@@ -174,8 +263,19 @@ export function redisAdapter (options: RedisAdapterOptions = {}): RedisPubSubAda
       log = logger
       origin = Buffer.from(delivery.instanceId, 'hex')
       const base: RedisOptions = { ...options.redisOptions, lazyConnect: true }
-      publisher = new Redis(url, { ...base, enableOfflineQueue: false, connectionName: `fws-${delivery.instanceId}-pub` })
-      subscriber = new Redis(url, { ...base, connectionName: `fws-${delivery.instanceId}-sub` })
+      const connect = (role: string, extra: RedisOptions): Connection => sharded
+        ? new Cluster(options.cluster!, {
+          ...options.clusterOptions,
+          lazyConnect: true,
+          enableOfflineQueue: extra.enableOfflineQueue ?? true,
+          shardedSubscribers: role === 'sub',
+          redisOptions: { ...options.redisOptions, connectionName: `fws-${delivery.instanceId}-${role}` }
+        })
+        : new Redis(url, { ...base, ...extra, connectionName: `fws-${delivery.instanceId}-${role}` })
+      publisher = connect('pub', { enableOfflineQueue: false })
+      subscriber = connect('sub', {})
+      publisher.defineCommand('fwsAppend', { numberOfKeys: 2, lua: APPEND_SCRIPT })
+      publisher.defineCommand('fwsRead', { numberOfKeys: 2, lua: READ_SCRIPT })
       for (const connection of [publisher, subscriber]) {
         connection.on('error', (error: Error) => lost('connection error', error))
         connection.on('close', () => lost('connection closed'))
@@ -186,9 +286,11 @@ export function redisAdapter (options: RedisAdapterOptions = {}): RedisPubSubAda
         })
       }
       subscriber.on('messageBuffer', receive)
+      subscriber.on('smessageBuffer', receive)
       try {
         await Promise.all([publisher.connect(), subscriber.connect()])
-        await subscriber.subscribe(`${prefix}i:${delivery.instanceId}`)
+        const own = `${prefix}i:{${delivery.instanceId}}`
+        await (sharded ? subscriber.ssubscribe(own) : subscriber.subscribe(own))
       } catch (error) {
         closing = true
         publisher.disconnect()
@@ -197,14 +299,15 @@ export function redisAdapter (options: RedisAdapterOptions = {}): RedisPubSubAda
         // authentication error) is in the connection's error event.
         /* c8 ignore next -- ioredis reports a failed connect on its error event first */
         const cause = lastError ?? (error as Error)
-        throw new RedisAdapterError(`cannot reach Redis at ${url}: ${cause.message}`)
+        throw new RedisAdapterError(`cannot reach Redis at ${where}: ${cause.message}`)
       }
     },
-    subscribe (topic) {
-      subscriber.subscribe(topicChannel(topic)).catch((error: Error) => lost('subscribing failed', error))
-    },
+    subscribe: listen,
     unsubscribe (topic) {
-      subscriber.unsubscribe(topicChannel(topic)).catch((error: Error) => lost('unsubscribing failed', error))
+      const channel = topicChannel(topic)
+      channelTopics.delete(channel)
+      subscribing.delete(topic)
+      ;(sharded ? subscriber.sunsubscribe(channel) : subscriber.unsubscribe(channel)).catch((error: Error) => lost('unsubscribing failed', error))
     },
     // `json`: the registry encoded the message once (wire: 'json'); a direct caller may not have.
     publish (topic, message, json = JSON.stringify(message)) {
@@ -216,7 +319,7 @@ export function redisAdapter (options: RedisAdapterOptions = {}): RedisPubSubAda
     post (id, message, json = JSON.stringify(message)) {
       const instance = id.slice(0, id.indexOf('-'))
       if (!/^[0-9a-f]{8}$/.test(instance)) return false // not an id any instance gave
-      send(`${prefix}i:${instance}`, encodeWire(origin, POST, id, Buffer.from(json)))
+      send(`${prefix}i:{${instance}}`, encodeWire(origin, POST, id, Buffer.from(json)))
       return true
     },
     async close (timeoutMs) {
@@ -228,10 +331,11 @@ export function redisAdapter (options: RedisAdapterOptions = {}): RedisPubSubAda
         await settledWithin(Promise.allSettled(both.map(async (connection) => await connection.quit())), timeoutMs)
       }
       for (const connection of both) {
+        const nodes = connection instanceof Redis ? [connection] : connection.nodes()
         connection.disconnect()
         // disconnect() ends the socket and keeps a timer to destroy it if Redis never answers the
         // FIN (a silent Redis): destroy it now, so that nothing is left to hold the process.
-        connection.stream?.destroy()
+        for (const node of nodes) node.stream?.destroy()
       }
     }
   }

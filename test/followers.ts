@@ -1,0 +1,38 @@
+/**
+ * A route that follows the topic `feed` with positions (`?since=<epoch>:<offset>`), and shows
+ * each event as one text frame: `p:<offset>:<message>`, `subscribed:<offset>:<recovered>`,
+ * `resync:<offset>:<reason>`. Shared by the history tests (in process, on Redis).
+ */
+import { defineHandler, text, topic, type Position, type TopicEvent } from '../lib/index.js'
+
+export const feed = topic<string>('feed')
+
+export function sinceOf (query: unknown): Position | undefined {
+  const since = (query as { since?: string }).since
+  if (since === undefined) return undefined
+  const [epoch = '', offset = ''] = since.split(':')
+  return { epoch, offset: Number(offset) }
+}
+
+export function show (event: TopicEvent<string>): string {
+  switch (event.kind) {
+    case 'publication': return `p:${event.position.offset}:${event.message}`
+    case 'subscribed': return `subscribed:${event.position.offset}:${event.recovered}`
+    case 'resync': return `resync:${event.position.offset}:${event.reason}`
+  }
+}
+
+export const follower = defineHandler<undefined, TopicEvent<string>>({
+  websocketInit: (_state, ctx) => { ctx.subscribe(feed, { since: sinceOf(ctx.request.query) }) },
+  info: (event) => ({ reply: text(show(event)) })
+})
+
+/** The offsets of the publications among frames seen (`text:p:<offset>:…`). */
+export function offsetsOf (frames: readonly string[]): number[] {
+  return frames.filter((frame) => frame.startsWith('text:p:')).map((frame) => Number(frame.split(':')[2]))
+}
+
+/** 1, 2, … n after `from`. */
+export function range (from: number, to: number): number[] {
+  return Array.from({ length: Math.max(0, to - from + 1) }, (_, i) => from + i)
+}

@@ -1,0 +1,190 @@
+/**
+ * Topics with history on Redis (Streams): positions are the same on every instance, a client
+ * recovers on instance B what it missed on A, the seam holds while publications pour in, a live
+ * gap (the subscriber connection killed) is mended from the history, and a Redis restart gives
+ * a new epoch (no persistence: every follower is told to resync) or nothing lost (AOF).
+ */
+import { randomBytes } from 'node:crypto'
+import { Writable } from 'node:stream'
+import Fastify, { type FastifyInstance } from 'fastify'
+import { Redis } from 'ioredis'
+import t from 'tap'
+import wsHandlers, { type HistoryLimits } from '../lib/index.js'
+import { redisAdapter } from '../lib/redis.js'
+import { decodeWire, keptHead } from '../lib/registry/redis.js'
+import { hashTagOf } from '../lib/registry/redis-history.js'
+import { inject, until } from './helpers.js'
+import { feed, follower, offsetsOf, range } from './followers.js'
+import { ownRedis } from './redis-server.js'
+
+const url = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379'
+const admin = new Redis(url, { lazyConnect: true, maxRetriesPerRequest: 1, retryStrategy: () => null })
+t.before(async () => {
+  try {
+    await admin.connect()
+  } catch (error) {
+    throw new Error(`Redis is not reachable at ${url} (${(error as Error).message}): start it, or set REDIS_URL`)
+  }
+})
+t.teardown(() => admin.disconnect())
+
+interface Instance { app: FastifyInstance, logs: Array<Record<string, unknown>> }
+
+/** An instance with the `/feed` follower route; its own prefix per test unless given one to share. */
+async function instance (t: { teardown(fn: () => unknown): void }, channelPrefix: string, redisUrl = url, limits: HistoryLimits = { size: 10_000 }): Promise<Instance> {
+  const logs: Array<Record<string, unknown>> = []
+  const stream = new Writable({ write (chunk, _encoding, done) { logs.push(JSON.parse(String(chunk))); done() } })
+  const app = Fastify({ logger: { level: 'warn', stream } })
+  t.teardown(() => app.close())
+  await app.register(wsHandlers, { adapter: redisAdapter({ url: redisUrl, channelPrefix, redisOptions: { retryStrategy: () => 20 } }), history: { feed: limits } })
+  app.ws('/feed', follower)
+  await app.ready()
+  return { app, logs }
+}
+
+/** A prefix of the test's own on the machine's Redis; its keys are deleted after the run. */
+const prefixes: string[] = []
+const prefix = (): string => {
+  const made = `fws-test-${randomBytes(4).toString('hex')}:`
+  prefixes.push(made)
+  return made
+}
+t.teardown(async () => {
+  for (const made of prefixes) {
+    const keys = await admin.keys(`${made}*`)
+    if (keys.length !== 0) await admin.del(...keys)
+  }
+})
+
+async function publishMany (app: FastifyInstance, from: number, to: number): Promise<void> {
+  for (let i = from; i <= to; i++) app.wsConnections.publish(feed, `m${i}`)
+  await app.wsConnections.publishConfirmed(feed, 'sync') // the ones before it are kept too (one connection, in order)
+}
+
+t.test('positions are the same on every instance; a client recovers on B what it missed on A', async (t) => {
+  const shared = prefix()
+  const a = await instance(t, shared)
+  const b = await instance(t, shared)
+  const onA = await inject(a.app, '/feed')
+  await onA.seen.frameCount(1)
+  t.same(onA.seen.frames, ['text:subscribed:0:0'], 'a new topic: before any publication')
+  const first = await b.app.wsConnections.publishConfirmed(feed, 'from B')
+  t.equal(first.offset, 1)
+  await onA.seen.frameCount(2)
+  t.same(onA.seen.frames[1], 'text:p:1:from B', 'B\'s publication reaches A with its position')
+  onA.ws.terminate() // A's client goes away; the others go on
+  const missed = await a.app.wsConnections.publishConfirmed(feed, 'while away')
+  t.same(missed, { offset: 2, epoch: first.epoch })
+  const onB = await inject(b.app, `/feed?since=${first.epoch}:1`)
+  await onB.seen.frameCount(2)
+  a.app.wsConnections.publish(feed, 'live')
+  await onB.seen.frameCount(3)
+  t.same(onB.seen.frames, ['text:p:2:while away', 'text:subscribed:2:1', 'text:p:3:live'])
+})
+
+t.test('the seam under load: clients recover on B while A publishes 2,000, each ends with every one once, in order', async (t) => {
+  const shared = prefix()
+  const a = await instance(t, shared)
+  const b = await instance(t, shared)
+  const { epoch } = await a.app.wsConnections.publishConfirmed(feed, 'm1')
+  await publishMany(a.app, 2, 500) // 501 with the sync
+  let published = 501
+  let pouring = true
+  const pour = (async () => {
+    while (pouring) {
+      for (let i = 0; i < 20; i++) a.app.wsConnections.publish(feed, `m${++published}`)
+      await new Promise((resolve) => setImmediate(resolve))
+    }
+  })()
+  const clients = await Promise.all(range(0, 19).map(async (i) => ({ from: i * 25, client: await inject(b.app, `/feed?since=${epoch}:${i * 25}`) })))
+  await until(() => published >= 2500, '2,000 more publications')
+  pouring = false
+  await pour
+  const last = (await a.app.wsConnections.publishConfirmed(feed, 'last')).offset
+  for (const { from, client } of clients) {
+    await until(() => offsetsOf(client.seen.frames).at(-1) === last, `since ${from}: up to the last`)
+    t.same(offsetsOf(client.seen.frames), range(from + 1, last), `since ${from}: every one once, in order`)
+  }
+})
+
+t.test('a gap in live delivery (B\'s subscriber connection killed) is mended from the history', async (t) => {
+  const shared = prefix()
+  const a = await instance(t, shared)
+  const b = await instance(t, shared)
+  const onB = await inject(b.app, '/feed')
+  await onB.seen.frameCount(1)
+  await publishMany(a.app, 1, 10)
+  await until(() => offsetsOf(onB.seen.frames).length === 11, 'the first 11')
+  // Kill B's subscriber connection: what A publishes meanwhile never reaches B live.
+  const clients = await admin.client('LIST') as string
+  const subscriberOfB = clients.split('\n').find((line) => line.includes(`name=fws-${b.app.wsConnections.instanceId}-sub`))!
+  await admin.client('KILL', 'ID', /id=(\d+)/.exec(subscriberOfB)![1]!)
+  await publishMany(a.app, 12, 30)
+  await until(() => b.logs.some((line) => line.msg === 'Redis adapter reconnected and resubscribed'), 'B back')
+  await a.app.wsConnections.publishConfirmed(feed, 'after') // the gap shows at the next live one
+  await until(() => offsetsOf(onB.seen.frames).length === 32, 'all 32')
+  t.same(offsetsOf(onB.seen.frames), range(1, 32), 'every one once, in order: the gap was read back')
+})
+
+t.test('bounded: the stream holds at most `size`; a client far behind is told to resync', async (t) => {
+  const shared = prefix()
+  const a = await instance(t, shared, url, { size: 50 })
+  const { epoch } = await a.app.wsConnections.publishConfirmed(feed, 'm1')
+  await publishMany(a.app, 2, 2000)
+  t.equal(await admin.xlen(`${shared}h:{${hashTagOf('feed')}}`), 50)
+  const behind = await inject(a.app, `/feed?since=${epoch}:10`)
+  await behind.seen.frameCount(1)
+  t.same(behind.seen.frames, ['text:resync:2001:trimmed'])
+  const near = await inject(a.app, `/feed?since=${epoch}:1960`)
+  await near.seen.frameCount(42)
+  t.same(offsetsOf(near.seen.frames), range(1961, 2001))
+})
+
+t.test('a Redis restart without persistence: a new epoch, and every follower is told to resync', async (t) => {
+  const redis = await ownRedis(t)
+  const a = await instance(t, 'fws:', redis.url)
+  const onA = await inject(a.app, '/feed')
+  await onA.seen.frameCount(1)
+  const before = await a.app.wsConnections.publishConfirmed(feed, 'before')
+  await redis.kill()
+  await t.rejects(a.app.wsConnections.publishConfirmed(feed, 'during'), { code: 'FST_WS_REDIS' }, 'not kept: the caller is told')
+  await redis.restart()
+  await until(() => a.app.wsConnections.publishConfirmed(feed, 'after').then(() => true, () => false), 'Redis back')
+  await onA.seen.frameCount(4)
+  const [, , resync, after] = onA.seen.frames
+  t.match(resync, /^text:resync:0:epoch$/, 'the follower is told: the history was lost')
+  t.equal(after, 'text:p:1:after')
+  const back = await inject(a.app, `/feed?since=${before.epoch}:1`)
+  await back.seen.frameCount(1)
+  t.same(back.seen.frames, ['text:resync:1:epoch'], 'a client from before the restart is told to resync')
+})
+
+t.test('a Redis restart with persistence (AOF): the epoch and history survive, recovery goes on across it', async (t) => {
+  const redis = await ownRedis(t, { persist: true })
+  const a = await instance(t, 'fws:', redis.url)
+  const first = await a.app.wsConnections.publishConfirmed(feed, 'one')
+  await a.app.wsConnections.publishConfirmed(feed, 'two')
+  await redis.kill()
+  await redis.restart()
+  await until(() => a.app.wsConnections.publishConfirmed(feed, 'three').then(() => true, () => false), 'Redis back')
+  const back = await inject(a.app, `/feed?since=${first.epoch}:1`)
+  await back.seen.frameCount(3)
+  t.same(back.seen.frames, ['text:p:2:two', 'text:p:3:three', 'text:subscribed:3:2'])
+})
+
+t.test('the kept wire: a KEPT message carries its position; malformed ones are refused', async (t) => {
+  const origin = Buffer.from('0a0b0c0d', 'hex')
+  const field = 'abc 7'
+  const length = Buffer.alloc(4)
+  length.writeUInt32BE(Buffer.byteLength(field))
+  const message = Buffer.concat([keptHead(origin, 5), length, Buffer.from(field), Buffer.from('"hi"')])
+  t.match(decodeWire(message), { sentAt: 5, message: { kind: 'kept', message: 'hi', position: { epoch: 'abc', offset: 7 } } })
+  for (const bad of ['abc', ' 7', 'abc x', 'abc 0', 'abc -1']) {
+    const badLength = Buffer.alloc(4)
+    badLength.writeUInt32BE(Buffer.byteLength(bad))
+    t.type(decodeWire(Buffer.concat([keptHead(origin), badLength, Buffer.from(bad), Buffer.from('1')])), 'string', bad)
+  }
+  t.throws(() => redisAdapter({ channelPrefix: 'a{b}:' }), { code: 'FST_WS_INVALID_OPTION' })
+  t.equal(hashTagOf('chat:1'), 'chat:1')
+  t.match(hashTagOf('a}b'), /^[0-9a-f]{40}$/)
+})
