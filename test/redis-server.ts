@@ -33,9 +33,9 @@ async function freePort (): Promise<number> {
 }
 
 /** `dir`: persist there (AOF, fsync'd on every write), so that a restart keeps everything. */
-async function run (port: number, dir: string | undefined): Promise<ChildProcess> {
+async function run (port: number, dir: string | undefined, extra: string[] = []): Promise<ChildProcess> {
   const persistence = dir === undefined ? ['--appendonly', 'no'] : ['--appendonly', 'yes', '--appendfsync', 'always', '--dir', dir]
-  const child = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', ...persistence], { stdio: ['ignore', 'pipe', 'pipe'] })
+  const child = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', ...persistence, ...extra], { stdio: ['ignore', 'pipe', 'pipe'] })
   let output = ''
   await new Promise<void>((resolve, reject) => {
     child.once('error', (error) => reject(new Error(`cannot start redis-server (is it installed?): ${error.message}`)))
@@ -72,4 +72,47 @@ export async function ownRedis (t: { teardown(fn: () => unknown): void }, { pers
       child = await run(port, dir)
     }
   }
+}
+
+/** A Redis Cluster of three masters of the test's own (no replicas), on free local ports; stopped in teardown. */
+export async function ownCluster (t: { teardown(fn: () => unknown): void }): Promise<Array<{ host: string, port: number }>> {
+  const dir = mkdtempSync(join(tmpdir(), 'fws-cluster-'))
+  const ports = [await freePort(), await freePort(), await freePort()]
+  const children: ChildProcess[] = []
+  t.teardown(() => {
+    for (const child of children) child.kill('SIGKILL')
+    rmSync(dir, { recursive: true, force: true })
+  })
+  for (const port of ports) {
+    children.push(await run(port, undefined, ['--cluster-enabled', 'yes', '--cluster-config-file', join(dir, `nodes-${port}.conf`), '--dir', dir]))
+  }
+  const create = spawn('redis-cli', ['--cluster', 'create', ...ports.map((port) => `127.0.0.1:${port}`), '--cluster-replicas', '0', '--cluster-yes'], { stdio: ['ignore', 'pipe', 'pipe'] })
+  let output = ''
+  create.stdout!.on('data', (chunk: Buffer) => { output += chunk.toString() })
+  create.stderr!.on('data', (chunk: Buffer) => { output += chunk.toString() })
+  const [code] = await once(create, 'exit') as [number]
+  if (code !== 0) throw new Error(`redis-cli --cluster create failed: ${output}`)
+  // Every node agrees the cluster is up.
+  for (const port of ports) {
+    for (let attempt = 0; ; attempt++) {
+      const info = await command(port, 'CLUSTER INFO')
+      if (info.includes('cluster_state:ok')) break
+      if (attempt === 200) throw new Error(`the cluster never came up: ${info}`)
+      await new Promise((resolve) => setTimeout(resolve, 50))
+    }
+  }
+  return ports.map((port) => ({ host: '127.0.0.1', port }))
+}
+
+/** One inline command to a node, its raw answer. */
+async function command (port: number, line: string): Promise<string> {
+  const socket = net.connect(port, '127.0.0.1')
+  socket.write(`${line}\r\n`)
+  let answer = ''
+  for await (const chunk of socket) {
+    answer += String(chunk)
+    if (answer.endsWith('\r\n') && (!answer.startsWith('$') || answer.split('\r\n').length > 2)) break
+  }
+  socket.destroy()
+  return answer
 }
