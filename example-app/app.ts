@@ -2,11 +2,12 @@
 import { PrometheusExporter } from '@opentelemetry/exporter-prometheus'
 import { MeterProvider } from '@opentelemetry/sdk-metrics'
 import Fastify, { type FastifyServerOptions } from 'fastify'
-import wsHandlers, { close, defineHandler, text, type PubSubAdapter } from '../lib/index.js'
+import wsHandlers, { close, defineHandler, text, type DrainOptions, type PubSubAdapter } from '../lib/index.js'
 import { redisAdapter } from '../lib/redis.js'
 import { tokenUser, unauthorized } from './auth.js'
 import { embeddedBroker, externalBroker, type Broker } from './broker.js'
-import { chat } from './chat.js'
+import { chat, chatHistory } from './chat.js'
+import { feed, feedHistory, feedPage, publishTicks } from './feed.js'
 import { chatPage } from './chat-page.js'
 import { counter } from './counter.js'
 import { echo } from './echo.js'
@@ -19,6 +20,10 @@ export interface ExampleOptions {
   broker?: Broker
   /** How topics reach other instances; by default Redis when REDIS_URL is set, else this app alone. */
   adapter?: PubSubAdapter
+  /** ms between the live feed's ticks (0: none); by default FEED_INTERVAL_MS, else 200. */
+  feedIntervalMs?: number
+  /** How app.close() drains connections (the plugin's `drain` option). */
+  drain?: DrainOptions
 }
 
 export async function buildExampleApp (options: FastifyServerOptions = {}, example: ExampleOptions = {}) {
@@ -29,7 +34,8 @@ export async function buildExampleApp (options: FastifyServerOptions = {}, examp
   const exporter = new PrometheusExporter({ preventServerStart: true })
   const meterProvider = new MeterProvider({ readers: [exporter] })
   app.addHook('onClose', async () => { await meterProvider.shutdown() })
-  await app.register(wsHandlers, { idleTimeout: 60_000, adapter, metrics: { meterProvider } })
+  // The chat's rooms and the live feed keep a history: a page that reconnects gets what it missed.
+  await app.register(wsHandlers, { idleTimeout: 60_000, adapter, metrics: { meterProvider }, history: { ...chatHistory, ...feedHistory }, drain: example.drain })
   app.get('/metrics', (request, reply) => {
     reply.hijack()
     exporter.getMetricsRequestHandler(request.raw, reply.raw)
@@ -71,6 +77,14 @@ export async function buildExampleApp (options: FastifyServerOptions = {}, examp
     handler: async (_request, reply) => await reply.type('text/html; charset=utf-8').send(chatPage),
     ws: chat(app.wsConnections)
   })
+  // The live feed: GET /feed is the page, the WebSocket on the same path follows the topic.
+  app.route({
+    method: 'GET',
+    url: '/feed',
+    handler: async (_request, reply) => await reply.type('text/html; charset=utf-8').send(feedPage),
+    ws: feed
+  })
+  publishTicks(app, example.feedIntervalMs ?? Number(process.env.FEED_INTERVAL_MS ?? 200))
   // Post to any connection from plain HTTP: curl -X POST localhost:3000/connections/<id> -d hi
   app.post('/connections/:id', async (request, reply) => {
     const { id } = request.params as { id: string }

@@ -1,5 +1,7 @@
 // The chat page served at GET /chat: plain HTML and JavaScript with the browser's own WebSocket,
 // no build step. It opens the WebSocket on the same path (/chat) and speaks JSON (chat.ts).
+import { resumeScript } from './resume-script.js'
+
 export const chatPage = /* html */ `<!doctype html>
 <html lang="en">
 <head>
@@ -53,8 +55,9 @@ export const chatPage = /* html */ `<!doctype html>
   <aside id="people" hidden><h2>In the room</h2><ul id="members"></ul></aside>
 </main>
 <script>
+${resumeScript}
   const $ = (id) => document.getElementById(id)
-  let socket, me, retry = 0
+  let socket, me, joined = false
   const time = (at) => new Date(at).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' })
 
   function add (html, className = '') {
@@ -69,24 +72,28 @@ export const chatPage = /* html */ `<!doctype html>
   function status (online, text) { $('status').className = online ? 'online' : 'offline'; $('status').textContent = text }
 
   function connect (name, room) {
-    const url = location.origin.replace(/^http/, 'ws') + '/chat?' + new URLSearchParams({ name, room })
-    socket = new WebSocket(url)
-    socket.onopen = () => { retry = 0; status(true, 'connected as ' + name) }
-    socket.onmessage = (event) => {
-      const m = JSON.parse(event.data)
-      if (m.type === 'welcome') { me = m.name; $('room-title').textContent = '· ' + m.room; showMembers(m.members); add('You joined <b>' + escape(m.room) + '</b>', 'notice') }
+    const base = location.origin.replace(/^http/, 'ws') + '/chat?' + new URLSearchParams({ name, room })
+    socket = resumingSocket((since) => since === '' ? base : base + '&since=' + encodeURIComponent(since), {
+      onStatus: (state, code) => state === 'online'
+        ? status(true, 'connected as ' + name)
+        : status(false, 'disconnected (' + code + '), reconnecting…'),
+      onMessage
+    })
+  }
+
+  function onMessage (m) {
+      if (m.type === 'welcome') {
+        me = m.name; $('room-title').textContent = '· ' + m.room; showMembers(m.members)
+        if (!joined) add('You joined <b>' + escape(m.room) + '</b>', 'notice')
+        joined = true
+      }
       else if (m.type === 'said') add('<span class="who">' + escape(m.from) + '</span>' + escape(m.text) + '<span class="at">' + time(m.at) + '</span>', m.from === me ? 'mine' : '')
+      else if (m.type === 'caught-up') { if (m.recovered > 0) add('↻ ' + m.recovered + ' missed while away', 'notice') }
+      else if (m.type === 'missed') add('Some messages were missed (' + escape(m.reason) + ')', 'notice')
       else if (m.type === 'joined') { showMembers(m.members); add(escape(m.name) + ' joined', 'notice') }
       else if (m.type === 'left') { showMembers(m.members); add(escape(m.name) + ' left', 'notice') }
       else if (m.type === 'members') showMembers(m.members)
       else if (m.type === 'error') add(escape(m.message), 'notice')
-    }
-    // The server pings while the page is silent (pingInterval), so an idle page stays connected;
-    // if the connection drops anyway, come back.
-    socket.onclose = (event) => {
-      status(false, 'disconnected (' + event.code + '), reconnecting…')
-      setTimeout(() => connect(name, room), Math.min(1000 * 2 ** retry++, 15000))
-    }
   }
 
   $('join').onsubmit = (event) => {
@@ -100,8 +107,7 @@ export const chatPage = /* html */ `<!doctype html>
   $('say').onsubmit = (event) => {
     event.preventDefault()
     const text = $('text').value.trim()
-    if (text === '' || socket.readyState !== WebSocket.OPEN) return
-    socket.send(JSON.stringify({ type: 'say', text }))
+    if (text === '' || !socket.send(JSON.stringify({ type: 'say', text }))) return
     $('text').value = ''
   }
 </script>

@@ -1,18 +1,31 @@
 // A chat: rooms are topics, messages are JSON. The page (chat-page.ts) and the WebSocket share
-// the path /chat. Said messages are broadcast, encoded once for the whole room; presence travels
-// as published infos and posts by id, so it works across instances sharing Redis too.
-import { close, defineHandler, text, type WebSocketConnections } from '../lib/index.js'
+// the path /chat. What is said is published to the room's log, a topic with history: each
+// message carries its position (`pos`), and a page that comes back with `?since=<pos>` (after a
+// lost network, a killed instance, a deploy) gets what it missed, once, in order. Presence
+// travels as published infos and posts by id, so it works across instances sharing Redis too.
+import { close, defineHandler, text, type Position, type TopicEvent, type WebSocketConnections } from '../lib/index.js'
 
-/** What the server tells a browser. */
+/** Topics of said messages keep a history (see `chatHistory`). */
+export const logTopic = (room: string): string => `chat-log:${room}`
+/** The plugin's `history` option for the chat: the last 500 messages of each room, for an hour. */
+export const chatHistory = { 'chat-log:*': { size: 500, maxAgeMs: 3_600_000 } }
+
+/** What is said, as it is kept in the room's log. */
+interface Said { from: string, text: string, at: number }
+
+/** What the server tells a browser. `pos` ("<epoch>:<offset>"): where the page is in the room's log. */
 export type ChatEvent =
   | { type: 'welcome', id: string, name: string, room: string, members: string[] }
-  | { type: 'said', from: string, text: string, at: number }
+  | { type: 'said', from: string, text: string, at: number, pos: string }
+  | { type: 'caught-up', recovered: number, pos: string }
+  | { type: 'missed', reason: string, pos: string }
   | { type: 'joined' | 'left', name: string, members: string[] }
   | { type: 'members', members: string[] }
   | { type: 'error', message: string }
 
 /** What connections of one room tell each other (published, or posted by id). */
 type Presence =
+  | TopicEvent<Said> // the room's log
   | { type: 'join', id: string, name: string } // published by a newcomer
   | { type: 'here', id: string, name: string } // posted back to the newcomer by each member
   | { type: 'leave', id: string, name: string } // published from terminate
@@ -23,6 +36,8 @@ interface ChatState {
   room: string
   /** Connection id → name, of everyone in the room (self included). */
   members: Map<string, string>
+  /** Where the page was in the room's log (from its reconnect URL). */
+  since?: Position | undefined
 }
 
 const NAME = /^[\p{L}\p{N} _.-]{1,24}$/u
@@ -31,19 +46,29 @@ const MAX_TEXT = 2000
 const send = (event: ChatEvent) => text(JSON.stringify(event))
 const roomTopic = (room: string): string => `chat:${room}`
 const names = (state: ChatState): string[] => [...state.members.values()].sort((a, b) => a.localeCompare(b))
+const posOf = (position: Position): string => `${position.epoch}:${position.offset}`
+
+/** `?since=<epoch>:<offset>` as the page sends it back; anything else is "from now" (a bad one is resynced by the history). */
+function sinceOf (since: unknown): Position | undefined {
+  if (typeof since !== 'string') return undefined
+  const match = /^([0-9a-f]{1,32}):(\d{1,15})$/.exec(since)
+  return match === null ? undefined : { epoch: match[1]!, offset: Number(match[2]) }
+}
 
 export function chat (connections: WebSocketConnections) {
   return defineHandler<ChatState, Presence>({
     init (request, reply) {
-      const { name = '', room = '' } = request.query as { name?: string, room?: string }
+      const { name = '', room = '', since } = request.query as { name?: string, room?: string, since?: string }
       if (!NAME.test(name) || !NAME.test(room)) {
         return reply.code(400).send({ error: 'name and room: 1 to 24 letters, digits, spaces, _ . or -' })
       }
-      return { state: { id: '', name, room, members: new Map() } }
+      return { state: { id: '', name, room, members: new Map(), since: sinceOf(since) } }
     },
 
     websocketInit (state, ctx) {
       ctx.subscribe(roomTopic(state.room))
+      // What was said since the page's last message (or from now on): first, then live.
+      ctx.subscribe(logTopic(state.room), { since: state.since })
       connections.publish(roomTopic(state.room), { type: 'join', id: ctx.id, name: state.name })
       const next = { ...state, id: ctx.id, members: new Map([[ctx.id, state.name]]) }
       return { state: next, reply: send({ type: 'welcome', id: ctx.id, name: state.name, room: state.room, members: names(next) }) }
@@ -62,13 +87,18 @@ export function chat (connections: WebSocketConnections) {
       if (type !== 'say' || typeof words !== 'string' || words.trim() === '' || words.length > MAX_TEXT) {
         return { reply: send({ type: 'error', message: `expected {"type":"say","text":"…"} (at most ${MAX_TEXT} characters)` }) }
       }
-      // One frame for the whole room, the sender included: everyone sees the same order and time.
-      connections.broadcast(roomTopic(state.room), send({ type: 'said', from: state.name, text: words.trim(), at: Date.now() }))
+      // Into the room's log: everyone, the sender included, sees the same order and time.
+      connections.publish(logTopic(state.room), { from: state.name, text: words.trim(), at: Date.now() } satisfies Said)
       ctx.log.debug({ room: state.room }, 'said')
       return undefined
     },
 
     info (message, state) {
+      if ('kind' in message) {
+        if (message.kind === 'publication') return { reply: send({ type: 'said', ...message.message, pos: posOf(message.position) }) }
+        if (message.kind === 'subscribed') return { reply: send({ type: 'caught-up', recovered: message.recovered, pos: posOf(message.position) }) }
+        return { reply: send({ type: 'missed', reason: message.reason, pos: posOf(message.position) }) }
+      }
       if (message.id === state.id) return undefined // our own join
       const members = new Map(state.members)
       if (message.type === 'leave') {

@@ -3,7 +3,7 @@
  */
 import t from 'tap'
 import { buildExampleApp } from '../example-app/app.js'
-import { connect, inject, listen, upgradeHeaders } from './helpers.js'
+import { connect, inject, listen, until, upgradeHeaders } from './helpers.js'
 
 t.test('the example app: health, echo, hello, counter, private, posting from HTTP', async (t) => {
   const { app } = await buildExampleApp()
@@ -50,34 +50,79 @@ t.test('the example app: health, echo, hello, counter, private, posting from HTT
 })
 
 t.test('the chat: the page, rooms as topics, presence, JSON messages and their refusals', async (t) => {
-  const { app } = await buildExampleApp()
+  const { app } = await buildExampleApp({}, { feedIntervalMs: 0 })
   t.teardown(() => app.close())
   const page = await app.inject('/chat')
   t.equal(page.statusCode, 200)
   t.match(page.headers['content-type'], /text\/html/)
-  t.match(page.body, /new WebSocket\(url\)/)
+  t.match(page.body, /function resumingSocket/)
   t.equal((await app.inject({ url: '/chat?name=&room=x', headers: upgradeHeaders })).statusCode, 400, 'a name is required')
 
+  // Frames as JSON; presence and the log arrive in their own order, so each kind is read apart.
   const json = (frames: string[]): Array<Record<string, unknown>> => frames.map((frame) => JSON.parse(frame.slice('text:'.length)))
+  const ofType = (frames: string[], ...types: string[]): Array<Record<string, unknown>> => json(frames).filter((m) => types.includes(m.type as string))
   const ada = await inject(app, '/chat?name=Ada&room=lobby')
-  t.match(json(await ada.seen.frameCount(1)), [{ type: 'welcome', name: 'Ada', room: 'lobby', members: ['Ada'] }])
+  await ada.seen.frameCount(2)
+  t.match(ofType(ada.seen.frames, 'welcome'), [{ type: 'welcome', name: 'Ada', room: 'lobby', members: ['Ada'] }])
+  t.match(ofType(ada.seen.frames, 'caught-up'), [{ type: 'caught-up', recovered: 0, pos: /^[0-9a-f]+:0$/ }])
   const grace = await inject(app, '/chat?name=Grace&room=lobby')
   const elsewhere = await inject(app, '/chat?name=Linus&room=kernel')
-  t.match(json(await grace.seen.frameCount(2)), [{ type: 'welcome', members: ['Grace'] }, { type: 'members', members: ['Ada', 'Grace'] }])
-  t.match(json(await ada.seen.frameCount(2))[1], { type: 'joined', name: 'Grace', members: ['Ada', 'Grace'] })
+  await grace.seen.frameCount(3)
+  t.match(ofType(grace.seen.frames, 'welcome', 'members'), [{ type: 'welcome', members: ['Grace'] }, { type: 'members', members: ['Ada', 'Grace'] }])
+  await ada.seen.frameCount(3)
+  t.match(ofType(ada.seen.frames, 'joined'), [{ type: 'joined', name: 'Grace', members: ['Ada', 'Grace'] }])
 
   ada.ws.send(JSON.stringify({ type: 'say', text: ' hello ' }))
-  t.match(json(await grace.seen.frameCount(3))[2], { type: 'said', from: 'Ada', text: 'hello' })
-  t.match(json(await ada.seen.frameCount(3))[2], { type: 'said', from: 'Ada', text: 'hello' }, 'the sender sees it too')
+  await grace.seen.frameCount(4)
+  t.match(ofType(grace.seen.frames, 'said'), [{ type: 'said', from: 'Ada', text: 'hello', pos: /^[0-9a-f]+:1$/ }])
+  await ada.seen.frameCount(4)
+  t.match(ofType(ada.seen.frames, 'said'), [{ type: 'said', from: 'Ada', text: 'hello' }], 'the sender sees it too')
   ada.ws.send('not json')
   ada.ws.send(JSON.stringify({ type: 'shout' }))
-  t.match(json(await ada.seen.frameCount(5)).slice(3), [{ type: 'error', message: 'not JSON' }, { type: 'error', message: /expected/ }])
+  await ada.seen.frameCount(6)
+  t.match(ofType(ada.seen.frames, 'error'), [{ type: 'error', message: 'not JSON' }, { type: 'error', message: /expected/ }])
   ada.ws.ping()
 
+  // Grace goes; Ada says more; Grace comes back from her last position and gets it, once.
+  const pos = ofType(grace.seen.frames, 'said')[0]!.pos as string
   grace.ws.close()
-  t.match(json(await ada.seen.frameCount(6))[5], { type: 'left', name: 'Grace', members: ['Ada'] })
-  t.same(json(await elsewhere.seen.frameCount(1)).length, 1, 'another room heard nothing')
+  await ada.seen.frameCount(7)
+  t.match(ofType(ada.seen.frames, 'left'), [{ type: 'left', name: 'Grace', members: ['Ada'] }])
+  ada.ws.send(JSON.stringify({ type: 'say', text: 'while you were away' }))
+  await ada.seen.frameCount(8)
+  const back = await inject(app, `/chat?name=Grace&room=lobby&since=${pos}`)
+  await back.seen.frameCount(3)
+  t.match(ofType(back.seen.frames, 'said', 'caught-up'), [
+    { type: 'said', from: 'Ada', text: 'while you were away', pos: /:2$/ },
+    { type: 'caught-up', recovered: 1, pos: /:2$/ }
+  ])
+  t.same(json(elsewhere.seen.frames).map((m) => m.type).filter((type) => type !== 'caught-up'), ['welcome'], 'another room heard nothing')
+  back.ws.close()
   ada.ws.send(Buffer.from('binary'))
   t.same(await ada.seen.closed, { code: 1003, reason: 'chat messages are JSON text' })
   elsewhere.ws.close()
+})
+
+t.test('the live feed: the page, ticks at consecutive offsets, and a page that comes back counts on', async (t) => {
+  const { app } = await buildExampleApp({}, { feedIntervalMs: 2 })
+  t.teardown(() => app.close())
+  const page = await app.inject('/feed')
+  t.equal(page.statusCode, 200)
+  t.match(page.body, /function resumingSocket/)
+  const json = (frames: string[]): Array<Record<string, unknown>> => frames.map((frame) => JSON.parse(frame.slice('text:'.length)))
+  const first = await inject(app, '/feed')
+  await first.seen.frameCount(6)
+  const [caughtUp, ...ticks] = json(first.seen.frames)
+  t.match(caughtUp, { type: 'caught-up', recovered: 0 })
+  const offsets = ticks.map((tick) => tick.offset as number)
+  t.same(offsets, offsets.map((_, i) => offsets[0]! + i), 'consecutive offsets')
+  t.match(ticks[0], { type: 'tick', from: app.wsConnections.instanceId, at: Number })
+  const pos = ticks.at(-1)!.pos as string
+  first.ws.terminate()
+  await until(() => app.wsConnections.subscriberCount('feed') === 0, 'gone')
+  const back = await inject(app, `/feed?since=${pos}`)
+  await back.seen.frameCount(3)
+  const again = json(back.seen.frames).filter((m) => m.type === 'tick').map((m) => m.offset as number)
+  t.equal(again[0], offsets.at(-1)! + 1, 'from where it was, nothing skipped')
+  t.match(json(back.seen.frames).find((m) => m.type === 'caught-up'), { recovered: Number })
 })

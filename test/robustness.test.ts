@@ -158,8 +158,8 @@ t.test('a message whose info is queued when this side closes is dropped with the
   await until(() => app.wsConnections.subscriberCount('t') === 1, 'subscribed')
   t.equal(app.wsConnections.publish('t', 'late'), 1, 'accepted: its info is queued')
   // In the same tick, the close app.close() sends to each connection (registry.shutdown).
-  const ctx = [...app.wsConnections][0] as unknown as Record<symbol, () => void>
-  ctx[kShutdown]!()
+  const ctx = [...app.wsConnections][0] as unknown as Record<symbol, (code: number) => void>
+  ctx[kShutdown]!(1012)
   t.same((await recorder.first).reason, { type: 'shutdown', code: 1012 })
   t.same(infos, [], 'the queued info did not run after the close')
   t.same(await client.closed(), { code: 1012, reason: '' })
