@@ -36,3 +36,9 @@ export function offsetsOf (frames: readonly string[]): number[] {
 export function range (from: number, to: number): number[] {
   return Array.from({ length: Math.max(0, to - from + 1) }, (_, i) => from + i)
 }
+
+/** The same, each event as JSON with its whole position: what a client needs to come back (the failover tests). */
+export const jsonFollower = defineHandler<undefined, TopicEvent<string>>({
+  websocketInit: (_state, ctx) => { ctx.subscribe(feed, { since: sinceOf(ctx.request.query) }) },
+  info: (event) => ({ reply: text(JSON.stringify({ ...event, topic: undefined })) })
+})

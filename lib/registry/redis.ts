@@ -269,10 +269,12 @@ export function redisAdapter (options: RedisAdapterOptions = {}): RedisPubSubAda
           lazyConnect: true,
           enableOfflineQueue: extra.enableOfflineQueue ?? true,
           shardedSubscribers: role === 'sub',
-          redisOptions: { ...options.redisOptions, connectionName: `fws-${delivery.instanceId}-${role}` }
+          redisOptions: { ...options.redisOptions, ...(role === 'pub' ? { autoResendUnfulfilledCommands: false } : {}), connectionName: `fws-${delivery.instanceId}-${role}` }
         })
         : new Redis(url, { ...base, ...extra, connectionName: `fws-${delivery.instanceId}-${role}` })
-      publisher = connect('pub', { enableOfflineQueue: false })
+      // Publishing never waits for Redis: no offline queue, and a command in flight when the
+      // connection drops fails (it is not sent again: a kept publication must not be kept twice).
+      publisher = connect('pub', { enableOfflineQueue: false, autoResendUnfulfilledCommands: false })
       subscriber = connect('sub', {})
       publisher.defineCommand('fwsAppend', { numberOfKeys: 2, lua: APPEND_SCRIPT })
       publisher.defineCommand('fwsRead', { numberOfKeys: 2, lua: READ_SCRIPT })
