@@ -269,12 +269,13 @@ export function redisAdapter (options: RedisAdapterOptions = {}): RedisPubSubAda
           lazyConnect: true,
           enableOfflineQueue: extra.enableOfflineQueue ?? true,
           shardedSubscribers: role === 'sub',
-          redisOptions: { ...options.redisOptions, ...(role === 'pub' ? { autoResendUnfulfilledCommands: false } : {}), connectionName: `fws-${delivery.instanceId}-${role}` }
+          redisOptions: { ...options.redisOptions, connectionName: `fws-${delivery.instanceId}-${role}` }
         })
         : new Redis(url, { ...base, ...extra, connectionName: `fws-${delivery.instanceId}-${role}` })
-      // Publishing never waits for Redis: no offline queue, and a command in flight when the
-      // connection drops fails (it is not sent again: a kept publication must not be kept twice).
-      publisher = connect('pub', { enableOfflineQueue: false, autoResendUnfulfilledCommands: false })
+      // Publishing never waits for Redis: no offline queue. (A command in flight when the connection
+      // drops is sent again once it is back, as ioredis does: turning that off leaves its promise
+      // pending forever in ioredis 5. So a publication whose reply was lost may be kept twice.)
+      publisher = connect('pub', { enableOfflineQueue: false })
       subscriber = connect('sub', {})
       publisher.defineCommand('fwsAppend', { numberOfKeys: 2, lua: APPEND_SCRIPT })
       publisher.defineCommand('fwsRead', { numberOfKeys: 2, lua: READ_SCRIPT })
