@@ -89,16 +89,16 @@ t.test('the seam under load: clients recover on B while A publishes 2,000, each 
   const { epoch } = await a.app.wsConnections.publishConfirmed(feed, 'm1')
   await publishMany(a.app, 2, 500) // 501 with the sync
   let published = 501
-  let pouring = true
+  const pouring = { on: true }
   const pour = (async () => {
-    while (pouring) {
+    while (pouring.on) {
       for (let i = 0; i < 20; i++) a.app.wsConnections.publish(feed, `m${++published}`)
       await new Promise((resolve) => setImmediate(resolve))
     }
   })()
   const clients = await Promise.all(range(0, 19).map(async (i) => ({ from: i * 25, client: await inject(b.app, `/feed?since=${epoch}:${i * 25}`) })))
   await until(() => published >= 2500, '2,000 more publications')
-  pouring = false
+  pouring.on = false
   await pour
   const last = (await a.app.wsConnections.publishConfirmed(feed, 'last')).offset
   for (const { from, client } of clients) {
