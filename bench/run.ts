@@ -11,6 +11,7 @@ import type { ChurnResult, EchoResult, RelayResult, Task } from './load.js'
 /** Wall-clock ms, as the server and load processes stamp them. */
 const now = (): number => performance.timeOrigin + performance.now()
 import type { CpuFigures, Kind, MemoryFigures, Scenario } from './server.js'
+import { runHistoryBench } from './history.js'
 
 const quick = process.argv.includes('--quick')
 /** `--only=<text>`: run the scenarios whose title contains it. */
@@ -364,23 +365,28 @@ async function scaleScenario (connections: number): Promise<void> {
   console.log(`| app.close() | ${closeMs.toFixed(0)} ms; ${closed1001.toLocaleString('en-US')} clients saw 1001${otherCodes.length === 0 ? '' : ` (other codes: ${otherCodes.join(', ')})`} |`)
 }
 
-/** Redis: text sent to instance A is broadcast to the topic; a subscriber on instance B times it. */
+/**
+ * Redis: text sent to instance A is broadcast to the topic (or published to a topic with
+ * history, followed with positions); a subscriber on instance B times it.
+ */
 async function redisRelay (rate: number, durationMs: number): Promise<void> {
   const table = `Redis adapter: ${rate.toLocaleString('en-US')} messages/s published on instance A, delivered on instance B`
   if (skipped(table)) return
-  const results: RelayResult[] = []
-  for (let round = 0; round < rounds; round++) {
-    const a = await startServer({ label: 'A', kind: 'plugin', scenario: 'redis' })
-    const b = await startServer({ label: 'B', kind: 'plugin', scenario: 'redis' }, LOAD_CPU) // one instance per core
-    results.push(await runLoad<RelayResult>({ type: 'relay', publishUrl: a.url, subscribeUrl: b.url, rate, durationMs, warmupMs: 1000 }))
-    await a.stop()
-    await b.stop()
-  }
-  const m = (pick: (r: RelayResult) => number): string => fmt(median(results.map(pick)))
   console.log(`\n### ${table}\n`)
-  console.log('| sent | delivered | messages/s delivered | p50 delivery (ms) | p99 delivery (ms) |')
-  console.log('|---|---|---|---|---|')
-  console.log(`| ${m((r) => r.sent)} | ${m((r) => r.delivered)} | ${m((r) => r.messagesPerSecond)} | ${m((r) => r.p50Ms)} | ${m((r) => r.p99Ms)} |`)
+  console.log('| topic | sent | delivered | messages/s delivered | p50 delivery (ms) | p99 delivery (ms) |')
+  console.log('|---|---|---|---|---|---|')
+  for (const [label, scenario] of [['broadcast, no history', 'redis'], ['publish, with history (positions)', 'redis-history']] as const) {
+    const results: RelayResult[] = []
+    for (let round = 0; round < rounds; round++) {
+      const a = await startServer({ label: 'A', kind: 'plugin', scenario })
+      const b = await startServer({ label: 'B', kind: 'plugin', scenario }, LOAD_CPU) // one instance per core
+      results.push(await runLoad<RelayResult>({ type: 'relay', publishUrl: a.url, subscribeUrl: b.url, rate, durationMs, warmupMs: 1000 }))
+      await a.stop()
+      await b.stop()
+    }
+    const m = (pick: (r: RelayResult) => number): string => fmt(median(results.map(pick)))
+    console.log(`| ${label} | ${m((r) => r.sent)} | ${m((r) => r.delivered)} | ${m((r) => r.messagesPerSecond)} | ${m((r) => r.p50Ms)} | ${m((r) => r.p99Ms)} |`)
+  }
   console.log('\n(through two WebSocket hops and Redis: client → A → Redis → B → client, medians over rounds)')
 }
 
@@ -455,4 +461,6 @@ if (!quick) {
 
 print()
 await redisRelay(1000, quick ? 2000 : 5000)
+// Topic history: publish cost, recovery, memory per entry, and a drain (bench/history.ts).
+await runHistoryBench(quick, only)
 console.log(`\n(${((Date.now() - started) / 1000).toFixed(0)} s)`)

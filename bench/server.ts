@@ -10,7 +10,7 @@ import { PrometheusExporter } from '@opentelemetry/exporter-prometheus'
 import { MeterProvider } from '@opentelemetry/sdk-metrics'
 import Fastify from 'fastify'
 import { WebSocketServer, type PerMessageDeflateOptions, type WebSocket } from 'ws'
-import wsHandlers, { defineHandler, text, type InFrame, type OutFrame, type WebSocketHandler } from '../lib/index.js'
+import wsHandlers, { defineHandler, text, type InFrame, type OutFrame, type Publication, type WebSocketHandler } from '../lib/index.js'
 import { redisAdapter } from '../lib/redis.js'
 
 export type Kind = 'ws' | 'fastify-websocket' | 'plugin'
@@ -21,10 +21,10 @@ export type Scenario =
   | 'echo-heartbeat' // plugin only: the default idle timeout and pings (the others run with both off)
   | 'echo-metrics' // plugin only: an OpenTelemetry metrics SDK registered (a reader that collects on demand)
   | 'echo-decode' // raw servers only: text is decoded to a string and the string sent back
+  | 'redis' | 'redis-history' // plugin only, on Redis: text is broadcast to a topic / published to a topic with history (followed with positions)
   | 'fanout' | 'fanout-loop' // broadcast to a topic / a loop of ws.send over websocketServer.clients
   | 'fanout-publish' // publish to a topic: each subscriber's info replies with the frame (the run queue)
   | 'topics-1' | 'topics-10' // every connection in 1 or 10 topics
-  | 'redis' // text frames received are broadcast to the topic over the Redis adapter (REDIS_URL)
   | 'scale' // plugin only, default heartbeats: every connection in topic 'all', pongs counted
   | 'flood-limited' | 'flood-unlimited' // text starting with "f" is handled without a reply, the rest echoed; with or without rateLimit
 
@@ -113,6 +113,13 @@ function handlerFor (wsConnections: import('../lib/index.js').WebSocketConnectio
           return { reply: text(frame.data) }
         }
       }
+    case 'redis-history':
+      // Each text is published to a topic with history; subscribers follow it with positions.
+      return {
+        websocketInit: (_state, ctx) => { ctx.subscribe('bench', {}) },
+        handle: (frame) => { if (frame.type === 'text') wsConnections.publish('bench', frame.data) },
+        info: (event) => (event as Publication).kind === 'publication' ? { reply: text((event as Publication<string>).message) } : undefined
+      }
     case 'redis':
       return {
         websocketInit: (_state, ctx) => { ctx.subscribe('bench') },
@@ -143,11 +150,13 @@ if (kind === 'ws') {
     fanOut = () => { for (const socket of app.websocketServer.clients) socket.send(fanoutPayload) }
   } else {
     // Instances A and B of one run share a channel prefix (their parent's pid).
-    const adapter = scenario === 'redis' ? redisAdapter({ channelPrefix: `fws-bench-${process.ppid}:` }) : undefined
+    const overRedis = scenario === 'redis' || scenario === 'redis-history'
+    const adapter = overRedis ? redisAdapter({ channelPrefix: `fws-bench-${process.ppid}-${scenario}:` }) : undefined
+    const history = scenario === 'redis-history' ? { bench: { size: 10_000 } } : undefined
     const heartbeat = scenario === 'echo-heartbeat' || scenario === 'scale' ? {} : { idleTimeout: 0, pingInterval: 0 }
     // As an app that scrapes: the SDK aggregates every measurement; nothing is exported during the run.
     const metrics = scenario === 'echo-metrics' ? { meterProvider: new MeterProvider({ readers: [new PrometheusExporter({ preventServerStart: true })] }) } : undefined
-    await app.register(wsHandlers, { perMessageDeflate: deflate || undefined, ...heartbeat, adapter, metrics })
+    await app.register(wsHandlers, { perMessageDeflate: deflate || undefined, ...heartbeat, adapter, metrics, history })
     // 2,000 messages/s per connection: far above what the paced neighbour sends, far below a flood.
     const rateLimit = scenario === 'flood-limited' ? { messagesPerSecond: 2000 } : undefined
     app.ws('/', handlerFor(app.wsConnections), { compress: compressed, rateLimit })

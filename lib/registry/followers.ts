@@ -19,7 +19,8 @@ import type { HistoryLimits, HistoryRead, HistoryStore, Position, Publication, R
 import { kStreamMessage, type Puller } from '../actor/streams.js'
 import type { ConnectionContext } from '../actor/context.js'
 
-interface Entry { readonly offset: number, readonly epoch: string, readonly message: unknown }
+/** One publication as followers take it; its `Publication` is made once, for all of them (it is read-only). */
+interface Entry { readonly offset: number, readonly epoch: string, readonly message: unknown, publication?: Publication }
 
 /** One positioned subscriber of one topic. */
 class Follower implements Puller {
@@ -83,7 +84,8 @@ const GAP = 2
 const NEW_EPOCH = 3
 
 function publicationOf (topic: string, entry: Entry): Publication {
-  return { kind: 'publication', topic, message: entry.message, position: { offset: entry.offset, epoch: entry.epoch } }
+  entry.publication ??= { kind: 'publication', topic, message: entry.message, position: { offset: entry.offset, epoch: entry.epoch } }
+  return entry.publication
 }
 
 /** One topic's followers on this instance. */

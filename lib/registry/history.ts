@@ -64,8 +64,8 @@ export class MemoryHistory implements HistoryStore {
       ring = resized(ring, limits)
       this.#rings.set(topic, ring)
     }
-    const now = Date.now()
-    if (limits.maxAgeMs !== undefined) expire(ring, now - limits.maxAgeMs)
+    let now = 0
+    if (ring.times !== undefined) expire(ring, (now = Date.now()) - limits.maxAgeMs!)
     const at = (ring.start + ring.count) % ring.size
     ring.messages[at] = message
     if (ring.times !== undefined) ring.times[at] = now
