@@ -97,6 +97,10 @@ t.test('the chat: the page, rooms as topics, presence, JSON messages and their r
     { type: 'caught-up', recovered: 1, pos: /:2$/ }
   ])
   t.same(json(elsewhere.seen.frames).map((m) => m.type).filter((type) => type !== 'caught-up'), ['welcome'], 'another room heard nothing')
+  const stale = await inject(app, '/chat?name=Linus&room=lobby&since=0bad:1')
+  await until(() => ofType(stale.seen.frames, 'missed').length === 1, 'the page is told it missed some')
+  t.match(ofType(stale.seen.frames, 'missed'), [{ reason: 'epoch' }])
+  stale.ws.close()
   back.ws.close()
   ada.ws.send(Buffer.from('binary'))
   t.same(await ada.seen.closed, { code: 1003, reason: 'chat messages are JSON text' })
@@ -125,4 +129,8 @@ t.test('the live feed: the page, ticks at consecutive offsets, and a page that c
   const again = json(back.seen.frames).filter((m) => m.type === 'tick').map((m) => m.offset as number)
   t.equal(again[0], offsets.at(-1)! + 1, 'from where it was, nothing skipped')
   t.match(json(back.seen.frames).find((m) => m.type === 'caught-up'), { recovered: Number })
+  // A position of another epoch (the history was lost): the page is told.
+  const lost = await inject(app, '/feed?since=0bad:3')
+  await lost.seen.frameCount(1)
+  t.match(json(lost.seen.frames)[0], { type: 'missed', reason: 'epoch', pos: /^[0-9a-f]+:\d+$/ })
 })

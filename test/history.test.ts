@@ -211,3 +211,38 @@ t.test('history needs an adapter that keeps it; the option is checked', async (t
     await t.rejects(buildApp(t, { history } as unknown as WebSocketHandlersOptions), { code: 'FST_WS_INVALID_OPTION' }, JSON.stringify(history))
   }
 })
+
+t.test('bounded under a flood: the history holds `size`; apps on one bus with other limits for a topic keep the newest', async (t) => {
+  const bus = new InProcessBus()
+  const a = await feedApp(t, { adapter: inProcessAdapter({ bus }), history: { feed: { size: 100 } } })
+  const b = await feedApp(t, { adapter: inProcessAdapter({ bus }), history: { feed: { size: 10, maxAgeMs: 60_000 } } })
+  publish(a, 1, 10_000)
+  t.equal(bus.history.kept, 100, 'a flood of 10,000 keeps 100')
+  publish(b, 10_001, 10_001) // b's limits: the newest 10 stay, with times from now on
+  t.equal(bus.history.kept, 10)
+  const read = bus.history.read('feed', 0, { size: 10, maxAgeMs: 60_000 })
+  t.same(read.entries.map((entry) => entry.offset), Array.from({ length: 10 }, (_, i) => 9992 + i))
+  publish(a, 10_002, 10_002) // and back
+  for (let i = 0; i <= 10_000; i++) a.wsConnections.publish(`other-${i}`, i) // topics without history, more than the look-up remembers
+  t.same(bus.history.read('feed', 0, { size: 100 }).entries.map((entry) => entry.offset), Array.from({ length: 11 }, (_, i) => 9992 + i))
+})
+
+t.test('a history that cannot keep a publication: publish logs it, publishConfirmed rejects', async (t) => {
+  for (const failure of ['throws', 'rejects'] as const) {
+    const base = inProcessAdapter()
+    const adapter = {
+      ...base,
+      history: {
+        read: base.history!.read.bind(base.history),
+        append: failure === 'throws'
+          ? () => { throw new Error('the store is down') }
+          : async () => await Promise.reject(new Error('the store is down'))
+      }
+    }
+    const { app, errors } = await buildApp(t, { adapter, history: { feed: { size: 10 } } })
+    t.equal(app.wsConnections.publish(feed, 'lost'), 0)
+    await t.rejects(app.wsConnections.publishConfirmed(feed, 'lost'), /the store is down/)
+    await until(() => errors.length === 1, 'the error log')
+    t.match(errors[0], { msg: /publication lost/, topic: 'feed', err: { message: 'the store is down' } }, failure)
+  }
+})

@@ -185,6 +185,10 @@ t.test('the kept wire: a KEPT message carries its position; malformed ones are r
     t.type(decodeWire(Buffer.concat([keptHead(origin), badLength, Buffer.from(bad), Buffer.from('1')])), 'string', bad)
   }
   t.throws(() => redisAdapter({ channelPrefix: 'a{b}:' }), { code: 'FST_WS_INVALID_OPTION' })
+  // Channel names are remembered for 10,000 topics at most.
+  const { app } = await instance(t, prefix())
+  for (let i = 0; i <= 10_000; i++) app.wsConnections.publish(`other-${i}`, i)
+  t.equal(await app.wsConnections.publishConfirmed(feed, 'still here').then((p) => p.offset), 1)
   t.equal(hashTagOf('chat:1'), 'chat:1')
   t.match(hashTagOf('a}b'), /^[0-9a-f]{40}$/)
 })

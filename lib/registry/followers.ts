@@ -186,6 +186,8 @@ export class Feed {
     this.#read(follower, after, (read) => {
       if (read.epoch !== follower.epoch || (after < read.top && read.entries[0]?.offset !== after + 1)) {
         const reason = read.epoch !== follower.epoch ? 'epoch' : 'trimmed'
+        // What was held of another epoch came before this read: it is of the history that was lost.
+        if (reason === 'epoch') follower.held = follower.held!.filter((entry) => entry.epoch === read.epoch)
         follower.epoch = read.epoch
         follower.last = read.top
         follower.replay = noEntries

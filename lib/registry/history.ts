@@ -12,7 +12,7 @@ export class HistoryConfig {
   /** Longest prefix first. */
   readonly #patterns: Array<[prefix: string, limits: HistoryLimits]> = []
   /** Topics are looked up on every publish: remember the answer (bounded, topics may be made per user). */
-  readonly #cache = new Map<string, HistoryLimits | null>()
+  readonly #cache = new Map<string, HistoryLimits | undefined>()
 
   constructor (spec: Readonly<Record<string, HistoryLimits>>) {
     for (const [key, limits] of Object.entries(spec)) {
@@ -23,11 +23,10 @@ export class HistoryConfig {
   }
 
   limitsOf (topic: string): HistoryLimits | undefined {
-    const cached = this.#cache.get(topic)
-    if (cached !== undefined) return cached ?? undefined
+    if (this.#cache.has(topic)) return this.#cache.get(topic)
     const limits = this.#exact.get(topic) ?? this.#patterns.find(([prefix]) => topic.startsWith(prefix))?.[1]
     if (this.#cache.size >= 10_000) this.#cache.clear()
-    this.#cache.set(topic, limits ?? null)
+    this.#cache.set(topic, limits)
     return limits
   }
 }
@@ -96,7 +95,10 @@ export class MemoryHistory implements HistoryStore {
   }
 }
 
-/** A ring with the new limits, keeping the newest of what the old one held (the `history` option is fixed, but two apps on one bus may differ). */
+/**
+ * A ring with the new limits, keeping the newest of what the old one held (the `history` option
+ * is fixed, but two apps on one bus may differ); their age counts from now.
+ */
 function resized (old: Ring | undefined, limits: HistoryLimits): Ring {
   const ring: Ring = { top: old?.top ?? 0, messages: [], times: limits.maxAgeMs === undefined ? undefined : [], start: 0, count: 0, size: limits.size }
   if (old === undefined) return ring
@@ -104,7 +106,7 @@ function resized (old: Ring | undefined, limits: HistoryLimits): Ring {
   for (let i = old.count - keep; i < old.count; i++) {
     const from = (old.start + i) % old.size
     ring.messages.push(old.messages[from])
-    ring.times?.push(old.times?.[from] ?? Date.now())
+    ring.times?.push(Date.now())
   }
   ring.count = keep
   return ring

@@ -87,15 +87,14 @@ export function newEpoch (): string {
   return randomBytes(6).toString('hex')
 }
 
-/** The read script's reply as a HistoryRead; a message that does not parse is dropped from it (it was kept by a bug or another app: the follower then sees a gap and resyncs). */
+/**
+ * The read script's reply as a HistoryRead. An entry that does not parse (written by a bug or
+ * another app) fails the read: its followers are told `unavailable`, never given a silent gap.
+ */
 export function historyReadOf (reply: unknown[]): HistoryRead {
   const [epoch, top] = reply as [string, number]
   const entries: Array<{ offset: number, message: unknown }> = []
-  for (let i = 2; i < reply.length; i += 2) {
-    try {
-      entries.push({ offset: parseInt(reply[i] as string, 10), message: JSON.parse(reply[i + 1] as string) })
-    } catch {}
-  }
+  for (let i = 2; i < reply.length; i += 2) entries.push({ offset: parseInt(reply[i] as string, 10), message: JSON.parse(reply[i + 1] as string) })
   return { epoch: String(epoch), top: Number(top), entries }
 }
 

@@ -142,7 +142,7 @@ export function redisAdapter (options: RedisAdapterOptions = {}): RedisPubSubAda
   // Hash tags in the prefix would put every topic in one slot of a cluster.
   if (/[{}]/.test(prefix)) throw new InvalidOptionError('channelPrefix', `no { or } (they are Redis Cluster hash tags), got "${prefix}"`)
   const sharded = options.cluster !== undefined
-  const where = sharded ? `the cluster at ${options.cluster!.map((node) => typeof node === 'object' ? `${node.host ?? ''}:${node.port ?? ''}` : String(node)).join(', ')}` : url
+  const where = sharded ? `the Redis Cluster at ${JSON.stringify(options.cluster)}` : url
   /** A topic's channel, stream and hash share its hash tag: one slot on a cluster. */
   const channels = new Map<string, string>()
   const channelTopics = new Map<string, string>()
