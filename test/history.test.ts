@@ -5,8 +5,9 @@
  * the history cannot serve it, it is told so (`Resync`), never silently skipped.
  */
 import t, { type Test } from 'tap'
-import { InProcessBus, defineHandler, inProcessAdapter, text, type TopicEvent, type WebSocketHandlersOptions } from '../lib/index.js'
+import { InProcessBus, defineHandler, inProcessAdapter, text, type Position, type TopicEvent, type WebSocketHandlersOptions } from '../lib/index.js'
 import { buildApp, inject, until } from './helpers.js'
+import { pick, random } from './fuzz.js'
 import { feed, follower, offsetsOf } from './followers.js'
 import type { FastifyInstance } from 'fastify'
 
@@ -245,4 +246,28 @@ t.test('a history that cannot keep a publication: publish logs it, publishConfir
     await until(() => errors.length === 1, 'the error log')
     t.match(errors[0], { msg: /publication lost/, topic: 'feed', err: { message: 'the store is down' } }, failure)
   }
+})
+
+t.test('fuzz: whatever `since` a client makes the app pass, the connection gets one subscribed or resync event, or closes 1011 with FST_WS_INVALID_POSITION', async (t) => {
+  const next = random(17)
+  const { app } = await buildApp(t, { history: { feed: { size: 20 } } })
+  const sinces: unknown[] = []
+  app.ws('/fuzz', defineHandler<undefined, TopicEvent<unknown>>({
+    websocketInit: (_state, ctx) => { ctx.subscribe(feed.name, { since: sinces.shift() as Position }) },
+    info: (event) => ({ reply: text(event.kind) })
+  }))
+  const { epoch } = await app.wsConnections.publishConfirmed(feed, 'first')
+  publish(app, 2, 40)
+  const values = [0, 1, 19, 20, 21, 40, 41, -1, 0.5, NaN, Infinity, 2 ** 53, '3', null, undefined, {}, []]
+  const epochs = [epoch, '', 'x', 'ffffffffffff', 42, null, undefined, epoch.toUpperCase()]
+  for (let i = 0; i < 200; i++) {
+    const since = next(10) === 0
+      ? pick(next, [null, 'e:1', 3, [], { offset: 1 }, { epoch }])
+      : { offset: pick(next, values), epoch: pick(next, epochs), ...(next(4) === 0 ? { extra: true } : {}) }
+    sinces.push(since)
+    const { seen } = await inject(app, '/fuzz')
+    const first = await Promise.race([seen.frameCount(1).then(() => seen.frames[0]), seen.closed.then(({ code }) => `closed:${code}`)])
+    t.ok(['text:subscribed', 'text:resync', 'text:publication', 'closed:1011'].includes(first!), `${JSON.stringify(since)} → ${first!}`)
+  }
+  t.equal(app.wsConnections.subscriberCount(feed) > 0, true, 'the app goes on')
 })

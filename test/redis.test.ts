@@ -213,9 +213,10 @@ t.test('fuzz: random and mutated messages on the adapter\'s channels are dropped
     encodeWire(origin, 1, '', Buffer.from('{"valid":true}')),
     encodeWire(origin, 2, `${a.app.wsConnections.instanceId}-1`, Buffer.from('text')),
     encodeWire(origin, 3, '', Buffer.from([0, 1, 2])),
-    encodeWire(origin, 4, `${a.app.wsConnections.instanceId}-999`, Buffer.from('[1]'))
+    encodeWire(origin, 4, `${a.app.wsConnections.instanceId}-999`, Buffer.from('[1]')),
+    encodeWire(origin, 5, 'e0e0 7', Buffer.from('"kept"')) // a publication with a position
   ]
-  const channels = [`${channelPrefix}t:{room}`, `${channelPrefix}i:${a.app.wsConnections.instanceId}`]
+  const channels = [`${channelPrefix}t:{room}`, `${channelPrefix}i:{${a.app.wsConnections.instanceId}}`]
   for (let i = 0; i < 400; i++) {
     const payload = next(2) === 0 ? bytes(next, next(64)) : mutate(next, pick(next, valid))
     await admin.publish(pick(next, channels), payload)

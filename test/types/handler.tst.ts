@@ -1,8 +1,8 @@
 import Fastify from 'fastify'
 import { expect, test } from 'tstyche'
 import wsHandlers, {
-  close, defineHandler, text, topic, type InFrame, type RequestSnapshot, type TerminateReason, type TimeoutMessage,
-  type WebSocketContext, type WebSocketHandler
+  close, defineHandler, text, topic, type InFrame, type Position, type RequestSnapshot, type TerminateReason, type TimeoutMessage,
+  type TopicEvent, type WebSocketContext, type WebSocketHandler
 } from '../../lib/index.js'
 import { handlerHarness } from '../../lib/testing.js'
 
@@ -199,4 +199,34 @@ test('a typed topic checks publish and the subscribers\' info against each other
   // An Info that names more than the topic's messages takes it too.
   defineHandler<undefined, Price | Chat>({ websocketInit: (_state, ctx) => { ctx.subscribe(prices) } })
   expect(app.wsConnections.subscriberCount(prices)).type.toBe<number>()
+})
+
+test('a positioned subscription delivers TopicEvent<M>: info narrows it by kind; the topic\'s type is checked', () => {
+  type Price = { symbol: string, price: number }
+  type Chat = { from: string, text: string }
+  const prices = topic<Price>('prices')
+  const since: Position = { offset: 3, epoch: 'a1' }
+  defineHandler<undefined, TopicEvent<Price>>({
+    websocketInit: (_state, ctx) => {
+      ctx.subscribe(prices, { since })
+      ctx.subscribe('by-name', {})
+      expect(ctx.subscribe).type.not.toBeCallableWith(topic<Chat>('chat'), {}) // info does not take Publication<Chat>
+      expect(ctx.subscribe).type.not.toBeCallableWith(prices, { since: { offset: 3 } }) // a position has its epoch
+    },
+    info: (event) => {
+      if (event.kind === 'publication') {
+        expect(event.message).type.toBe<Price>()
+        expect(event.position).type.toBe<Position>()
+        return undefined
+      }
+      if (event.kind === 'subscribed') expect(event.recovered).type.toBe<number>()
+      else expect(event.reason).type.toBe<'epoch' | 'trimmed' | 'ahead' | 'unavailable'>()
+      return undefined
+    }
+  })
+  const app = Fastify()
+  expect(app.wsConnections.publishConfirmed(prices, { symbol: 'ACME', price: 1 })).type.toBe<Promise<Position>>()
+  expect(app.wsConnections.publishConfirmed).type.not.toBeCallableWith(prices, { from: 'ada', text: 'hi' })
+  expect(app.wsConnections.drain({ batchSize: 100, code: 1012 })).type.toBe<Promise<void>>()
+  expect(app.wsConnections.drain).type.not.toBeCallableWith({ code: 1000 })
 })
