@@ -56,7 +56,7 @@ const plugin: FastifyPluginAsync<WebSocketHandlersOptions> = async function wsHa
     throw new InvalidOptionError('plugin options', 'option "history": this adapter keeps no history (inProcessAdapter() and redisAdapter() do)')
   }
   const registry = new Registry(adapter, fastify.log, { maxConnections, maxConnectionsPerIp, ipv6Subnet },
-    history === undefined ? undefined : new HistoryConfig(history), drain)
+    history === undefined ? undefined : new HistoryConfig(history), drain, closeTimeout)
   await adapter.start(registry.local, fastify.log)
   // After the adapter: a start that fails leaves no channel subscribed.
   const meter = meterFor(metrics)

@@ -271,3 +271,16 @@ t.test('fuzz: whatever `since` a client makes the app pass, the connection gets 
   }
   t.equal(app.wsConnections.subscriberCount(feed) > 0, true, 'the app goes on')
 })
+
+t.test('a publication to a topic with history is observed on the deliver channel', async (t) => {
+  const { subscribe, unsubscribe } = await import('node:diagnostics_channel')
+  const app = await feedApp(t)
+  const { seen } = await inject(app, '/feed')
+  await seen.frameCount(1)
+  const events: unknown[] = []
+  const listen = (event: unknown): void => { events.push(event) }
+  subscribe('fastify-ws-handlers:deliver', listen)
+  t.teardown(() => unsubscribe('fastify-ws-handlers:deliver', listen))
+  app.wsConnections.publish(feed, 'observed')
+  t.match(events, [{ operation: 'publish', delivered: 1, instanceId: app.wsConnections.instanceId }])
+})

@@ -68,11 +68,14 @@ export class Registry implements ConnectionRegistry, WebSocketConnections {
   #drainCode = 1012
 
   readonly #drainDefaults: DrainOptions
+  /** The plugin's closeTimeout: how long a drain waits for terminates after its last batch. */
+  readonly #closeTimeout: number
 
-  constructor (adapter: PubSubAdapter, log: FastifyBaseLogger, limits: ConnectionLimits = {}, history?: HistoryConfig, drain: DrainOptions = {}) {
+  constructor (adapter: PubSubAdapter, log: FastifyBaseLogger, limits: ConnectionLimits = {}, history?: HistoryConfig, drain: DrainOptions = {}, closeTimeout = 5000) {
     this.#adapter = adapter
     this.#history = history
     this.#drainDefaults = drain
+    this.#closeTimeout = closeTimeout
     this.#overJson = adapter.wire === 'json'
     this.#log = log
     this.#limits = limits
@@ -307,7 +310,9 @@ export class Registry implements ConnectionRegistry, WebSocketConnections {
       } catch (error) {
         this.#notKept(topic, error)
       }
-      return this.subscriberCount(topic)
+      const delivered = this.subscriberCount(topic)
+      if (deliverChannel.hasSubscribers) deliverChannel.publish({ operation: 'publish', delivered, instanceId: this.instanceId })
+      return delivered
     }
     this.#adapter.publish(topic, carried, json)
     const delivered = this.#publishHere(topic, carried)
@@ -387,7 +392,7 @@ export class Registry implements ConnectionRegistry, WebSocketConnections {
    * refused with 503 when it settles; one still pending then has its socket destroyed: an
    * `init` that never settles must not hold app.close() (the HTTP server waits for that socket).
    */
-  async drain (options: DrainOptions = {}, timeoutMs = 5000): Promise<void> {
+  async drain (options: DrainOptions = {}, timeoutMs = this.#closeTimeout): Promise<void> {
     const problem = drainOptionsProblem(options)
     if (problem !== undefined) throw new InvalidOptionError('drain', problem)
     const settings = { ...this.#drainDefaults, ...options }
