@@ -51,9 +51,9 @@ interface Ring {
 export class MemoryHistory implements HistoryStore {
   readonly epoch = randomBytes(6).toString('hex')
   readonly #rings = new Map<string, Ring>()
-  readonly #members: () => Iterable<LocalDelivery>
+  readonly #members: () => readonly LocalDelivery[]
 
-  constructor (members: () => Iterable<LocalDelivery>) {
+  constructor (members: () => readonly LocalDelivery[]) {
     this.#members = members
   }
 

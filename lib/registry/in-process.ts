@@ -11,16 +11,20 @@ import { MemoryHistory } from './history.js'
 export class InProcessBus {
   readonly #members = new Map<string, { local: LocalDelivery, topics: Set<string> }>()
   /** The history of topics that keep one, shared by the bus's apps (as Redis is by instances). */
-  readonly history = new MemoryHistory(() => Array.from(this.#members.values(), (member) => member.local))
+  /** Every member's delivery, for the history (which delivers each publication to all): kept as an array, not made per publication. */
+  #locals: LocalDelivery[] = []
+  readonly history = new MemoryHistory(() => this.#locals)
 
   join (local: LocalDelivery): Set<string> {
     const topics = new Set<string>()
     this.#members.set(local.instanceId, { local, topics })
+    this.#locals = Array.from(this.#members.values(), (member) => member.local)
     return topics
   }
 
   leave (instanceId: string): void {
     this.#members.delete(instanceId)
+    this.#locals = Array.from(this.#members.values(), (member) => member.local)
   }
 
   /** Each other member that listens to `topic`. */
