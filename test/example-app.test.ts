@@ -101,6 +101,10 @@ t.test('the chat: the page, rooms as topics, presence, JSON messages and their r
   await until(() => ofType(stale.seen.frames, 'missed').length === 1, 'the page is told it missed some')
   t.match(ofType(stale.seen.frames, 'missed'), [{ reason: 'epoch' }])
   stale.ws.close()
+  const garbled = await inject(app, '/chat?name=Linus&room=lobby&since=not-a-position') // from now on
+  await until(() => ofType(garbled.seen.frames, 'caught-up').length === 1, 'caught up from now')
+  t.match(ofType(garbled.seen.frames, 'caught-up'), [{ recovered: 0 }])
+  garbled.ws.close()
   back.ws.close()
   ada.ws.send(Buffer.from('binary'))
   t.same(await ada.seen.closed, { code: 1003, reason: 'chat messages are JSON text' })

@@ -284,3 +284,17 @@ t.test('a publication to a topic with history is observed on the deliver channel
   app.wsConnections.publish(feed, 'observed')
   t.match(events, [{ operation: 'publish', delivered: 1, instanceId: app.wsConnections.instanceId }])
 })
+
+t.test('plain and positioned subscribers of one topic on one instance: each gets its own form', async (t) => {
+  const app = await feedApp(t)
+  app.ws('/plain', { websocketInit: (_state, ctx) => { ctx.subscribe(feed) }, info: (message) => ({ reply: text(String(message)) }) })
+  const positioned = await inject(app, '/feed')
+  await positioned.seen.frameCount(1)
+  const plain = await inject(app, '/plain')
+  await until(() => app.wsConnections.subscriberCount(feed) === 2, 'both subscribed')
+  publish(app, 1, 2)
+  await positioned.seen.frameCount(3)
+  await plain.seen.frameCount(2)
+  t.same(positioned.seen.frames, ['text:subscribed:0:0', ...publications(1, 2)])
+  t.same(plain.seen.frames, ['text:m1', 'text:m2'])
+})
