@@ -86,10 +86,12 @@ t.test('when the history cannot serve `since`, the subscriber is told why, and g
   const dropped = await inject(app, `/feed?since=${epoch}:15`)
   await dropped.seen.frameCount(1)
   t.same(dropped.seen.frames, ['text:resync:21:trimmed'])
-  // Up to date already: nothing to recover.
+  // Up to date already: nothing to recover, then live from the next one.
   const current = await inject(app, `/feed?since=${epoch}:21`)
   await current.seen.frameCount(1)
-  t.same(current.seen.frames, ['text:subscribed:21:0'])
+  publish(app, 22, 22)
+  await current.seen.frameCount(2)
+  t.same(current.seen.frames, ['text:subscribed:21:0', 'text:p:22:m22'])
 })
 
 t.test('the seam: publications made while a subscriber recovers come after the history, each once', async (t) => {

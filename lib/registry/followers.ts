@@ -123,6 +123,7 @@ export class Feed {
         else if (since.offset < read.top && read.entries[0]?.offset !== since.offset + 1) problem = 'trimmed'
       }
       if (problem === undefined && since !== undefined) {
+        follower.last = since.offset // where the client is: the replay moves it on
         follower.replay = read.entries.map((entry) => ({ ...entry, epoch: read.epoch }))
         follower.closing = this.#subscribed(at, read.entries.length)
       } else {
@@ -162,7 +163,8 @@ export class Feed {
       follower.held = [entry]
       follower.replay = noEntries
       follower.next = 0
-      if (step === NEW_EPOCH) follower.pull()
+      // Never on the publisher's stack: the follower's next `info` may run when it is pulled.
+      if (step === NEW_EPOCH) queueMicrotask(() => { follower.pull() })
       else this.recover(follower, follower.last)
     }
   }
