@@ -55,7 +55,8 @@ t.test('every TypeScript block of the README type-checks against the package', a
     paths: {
       'fastify-ws-handlers': ['lib/index.ts'],
       'fastify-ws-handlers/redis': ['lib/redis.ts'],
-      'fastify-ws-handlers/testing': ['lib/testing.ts']
+      'fastify-ws-handlers/testing': ['lib/testing.ts'],
+      'fastify-ws-handlers/client': ['lib/client.ts']
     }
   })
   const problems = ts.getPreEmitDiagnostics(program)

@@ -22,6 +22,7 @@ const run = (command: string, args: string[], cwd: string): string =>
 const handlerSource = `import Fastify from 'fastify'
 import wsHandlers, { defineHandler, json, text } from 'fastify-ws-handlers'
 import { handlerHarness, wsClient } from 'fastify-ws-handlers/testing'
+import { resumingSocket, type ResumingSocketOptions } from 'fastify-ws-handlers/client'
 
 interface Room { name: string, said: number }
 
@@ -50,7 +51,13 @@ export async function check (): Promise<string> {
   const harness = handlerHarness(room, { state: { name: 'x', said: 0 } })
   const step = await harness.handle('hi')
   await app.close()
-  return [answer.room, answer.text, reason.type, step.state.said].join(' ')
+  // The browser client's entry point: typed, and it asks for a WebSocket where there is none.
+  const options: ResumingSocketOptions<{ pos: string }> = { url: (since) => 'ws://127.0.0.1:1/' + since, onMessage: () => {} }
+  let client = 'client'
+  if (typeof (globalThis as { WebSocket?: unknown }).WebSocket === 'undefined') {
+    try { resumingSocket(options) } catch (error) { client = (error as Error).name }
+  } else client = 'TypeError'
+  return [answer.room, answer.text, reason.type, step.state.said, client].join(' ')
 }
 `
 
@@ -89,6 +96,6 @@ for (const flavour of ['esm', 'commonjs'] as const) {
       return
     }
     t.pass('strict tsc, the package\'s .d.ts included')
-    t.equal(run('node', ['dist/main.js'], project).trim(), 'lobby HELLO remote 1', 'the handler ran through the installed package')
+    t.equal(run('node', ['dist/main.js'], project).trim(), 'lobby HELLO remote 1 TypeError', 'the handler ran through the installed package')
   })
 }
