@@ -53,11 +53,11 @@ export async function check (): Promise<string> {
   await app.close()
   // The browser client's entry point: typed, and it asks for a WebSocket where there is none.
   const options: ResumingSocketOptions<{ pos: string }> = { url: (since) => 'ws://127.0.0.1:1/' + since, onMessage: () => {} }
-  let client = 'client'
+  let entry = 'client'
   if (typeof (globalThis as { WebSocket?: unknown }).WebSocket === 'undefined') {
-    try { resumingSocket(options) } catch (error) { client = (error as Error).name }
-  } else client = 'TypeError'
-  return [answer.room, answer.text, reason.type, step.state.said, client].join(' ')
+    try { resumingSocket(options) } catch (error) { entry = (error as Error).name }
+  } else entry = 'TypeError'
+  return [answer.room, answer.text, reason.type, step.state.said, entry].join(' ')
 }
 `
 
