@@ -232,7 +232,7 @@ export class Connection extends ConnectionContext implements ConnectionEvents, B
     return stepAfterPing(idleTimeout, pingInterval, silentMs)
   }
 
-  /** Close with 1001 now; terminate follows the callback in progress. */
+  /** A drain or app.close(): close with `code` now (1012, or 1001); terminate follows the callback in progress. */
   [kShutdown] (code: number): void {
     this.#close(code, '', { type: 'shutdown', code })
   }

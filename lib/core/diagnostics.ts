@@ -43,7 +43,7 @@ export function logsInfo (log: FastifyBaseLogger): boolean {
 }
 
 /** The close code of the ways to end that carry none, for the close log line (1006: no close frame). */
-const closeCodeByReason: Readonly<Record<string, number>> = { timeout: 1000, crash: 1011, shutdown: 1001, closed: 1006 }
+const closeCodeByReason: Readonly<Record<string, number>> = { timeout: 1000, crash: 1011, closed: 1006 }
 
 /** The close log line's fields. */
 export interface CloseLogFields {

@@ -1,8 +1,8 @@
 /**
  * The app-wide table of connections and topics (decorated as `app.wsConnections`): look-up and
  * post by id, iteration and counts per route, topics with publish and broadcast, the adapter
- * that carries them to other instances, and the shutdown that app.close() runs (close 1001 for
- * each, then wait for every terminate to settle).
+ * that carries them to other instances, and the drain that app.close() runs (1012 in batches,
+ * then wait for every terminate to settle).
  *
  * Fan-out runs no app code: `publish` posts (an idle subscriber's `info` is queued, run-queue.ts)
  * and `broadcast` writes bytes (a slow reader's close and its `terminate` are queued too). So no
@@ -18,6 +18,7 @@ import { DEFAULT_IPV6_SUBNET, clientKey } from './ip-group.js'
 import { drainOptionsProblem, show } from '../core/options.js'
 import { nameOf, topicName } from '../core/topics.js'
 import { deliverChannel } from '../core/diagnostics.js'
+import { CloseCode } from '../core/close-codes.js'
 import { InvalidBroadcastError, InvalidOptionError, InvalidPositionError, MessageNotSerializableError, NoHistoryError, ShuttingDownError, TooManyConnectionsError } from '../core/errors.js'
 import type {
   BroadcastFrame, BroadcastOptions, DrainOptions, HistoryLimits, LocalDelivery, OutFrame, Position, PubSubAdapter, SubscribeOptions, Topic,
@@ -65,7 +66,7 @@ export class Registry implements ConnectionRegistry, WebSocketConnections {
   #onUpgradesSettled: (() => void) | undefined
   #closing = false
   /** The close code of the drain under way (late connections get it too). */
-  #drainCode = 1012
+  #drainCode: number = CloseCode.SERVICE_RESTART
 
   readonly #drainDefaults: DrainOptions
   /** The plugin's closeTimeout: how long a drain waits for terminates after its last batch. */
@@ -172,7 +173,7 @@ export class Registry implements ConnectionRegistry, WebSocketConnections {
   add (connection: ConnectionContext): void {
     this.#live.set(connection[kSerial], connection)
     // init refuses upgrades once app.close() began (503); one that was already between that
-    // check and the 101 (a microtask's gap) opens, then closes with 1001.
+    // check and the 101 (a microtask's gap) opens, then closes with the drain's code.
     /* c8 ignore next */
     if (this.#closing) queueMicrotask(() => connection[kShutdown](this.#drainCode))
   }
@@ -401,7 +402,7 @@ export class Registry implements ConnectionRegistry, WebSocketConnections {
       const timer = setTimeout(() => { for (const lease of this.#upgrading) lease.socket.destroy() }, timeoutMs)
       this.#onUpgradesSettled = () => { clearTimeout(timer) }
     }
-    const code = this.#drainCode = settings.code ?? 1012
+    const code = this.#drainCode = settings.code ?? CloseCode.SERVICE_RESTART
     const emptied = new Promise<void>((resolve) => {
       this.#onEmpty = resolve
       if (this.#live.size === 0) resolve()
