@@ -1,12 +1,14 @@
 /**
  * The Redis adapter (`fastify-ws-handlers/redis`): several instances of an app share topics and
- * posts by connection id over Redis pub/sub, on ioredis.
+ * posts by connection id over Redis pub/sub (sharded pub/sub on a Redis Cluster), on ioredis.
  *
  * - Each instance subscribes to a topic's channel only while one of its own connections is in
  *   the topic, and to one channel of its own for posts by id (ids start with the instance id).
- * - Delivery is at most once, as Redis pub/sub is: a message published while an instance is
- *   disconnected is not replayed to it. Messages travel as JSON (and local subscribers get the
- *   same JSON copy: `wire: 'json'`); broadcast frames as bytes.
+ * - Without history, delivery is at most once, as Redis pub/sub is: a message published while
+ *   an instance is disconnected is not replayed to it. Topics with history keep their
+ *   publications in Redis Streams (redis-history.ts), and followers recover what they missed.
+ *   Messages travel as JSON (and local subscribers get the same JSON copy: `wire: 'json'`);
+ *   broadcast frames as bytes.
  * - What arrives is checked before it is used; what cannot be read is dropped and logged.
  * - app.close() is bounded by the plugin's closeTimeout whatever Redis does, and leaves nothing.
  * - The plugin delivers to local subscribers itself, so local delivery never waits for Redis and
