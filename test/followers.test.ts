@@ -180,3 +180,24 @@ t.test('a follower that leaves during its replay is handed nothing more', async 
   next!.pull()
   t.equal(seen.length, 1, 'nothing after it left')
 })
+
+t.test('catchUp (the adapter is back from an outage): live followers read back from where they are; others wait', async (t) => {
+  const { store, reads } = history()
+  const feed = new Feed('t', { size: 10 }, store, log)
+  const live = connection()
+  const recovering = connection()
+  const adopting = connection()
+  feed.follow(live.ctx, undefined)
+  reads[0]!.answer({ epoch: 'e', top: 2, entries: [] })
+  feed.follow(adopting.ctx, { epoch: 'e', offset: 0 })
+  reads[1]!.fail(new Error('down')) // `unavailable`: takes the next one, whatever it is
+  await settle()
+  feed.follow(recovering.ctx, { epoch: 'e', offset: 1 }) // its read is still out
+  feed.catchUp()
+  t.equal(reads.length, 4, 'one read more, for the live follower only')
+  t.equal(reads[3]!.after, 2)
+  reads[3]!.answer({ epoch: 'e', top: 4, entries: entries('e', 3, 4) }) // what was published during the outage
+  await settle()
+  t.same(live.seen, ['subscribed:2:0', 'p:e:3', 'p:e:4'])
+  t.same(adopting.seen, ['resync:-1:unavailable'])
+})

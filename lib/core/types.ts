@@ -626,6 +626,12 @@ export interface HistoryStore {
 export interface LocalDelivery {
   /** A publication of a topic with history, with its position (from `HistoryStore.append`). */
   publication(topic: string, message: unknown, position: Position): void
+  /**
+   * The adapter was cut off from its broker and is back: publications made meanwhile were not
+   * delivered live. Followers of topics with history read them back now (or learn that the
+   * history was lost), rather than at the topic's next publication.
+   */
+  reconnected(): void
   /** This instance's id: the prefix of its connection ids. */
   readonly instanceId: string
   /** Post `message` to every local subscriber of `topic`; the number that accepted it. */

@@ -185,6 +185,16 @@ export class Feed {
     return entry.offset === follower.last + 1 ? DELIVER : GAP
   }
 
+  /** Live publications may have been lost (the adapter was cut off): every live follower reads back from where it is. */
+  catchUp (): void {
+    for (const follower of this.followers.values()) {
+      if (follower.held !== null || follower.epoch === undefined) continue // recovering already, or taking the next one whatever it is
+      follower.replay = noEntries
+      follower.next = 0
+      this.recover(follower, follower.last)
+    }
+  }
+
   /** Read the history after `after` and replay it (then what is held) to this follower. */
   recover (follower: Follower, after: number): void {
     this.#read(follower, after, (read) => {

@@ -288,6 +288,7 @@ export function redisAdapter (options: RedisAdapterOptions = {}): RedisPubSubAda
           if (!down || publisher.status !== 'ready' || subscriber.status !== 'ready') return
           down = false
           log.warn({ code: 'FST_WS_REDIS' }, 'Redis adapter reconnected and resubscribed')
+          local.reconnected() // what was published meanwhile never came live: followers read it back
         })
       }
       subscriber.on('messageBuffer', receive)

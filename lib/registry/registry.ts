@@ -348,6 +348,7 @@ export class Registry implements ConnectionRegistry, WebSocketConnections {
     instanceId: this.instanceId,
     publish: (topic, message) => this.#publishHere(topic, message),
     publication: (topic, message, position) => { this.#publicationHere(topic, message, position) },
+    reconnected: () => { for (const feed of this.#feeds.values()) feed.catchUp() },
     broadcast: (topic, frame, except) => this.#broadcastHere(topic, frame, except),
     post: (id, message) => this.get(id)?.post(message) ?? false
   }
