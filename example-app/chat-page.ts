@@ -82,18 +82,18 @@ ${resumeScript}
   }
 
   function onMessage (m) {
-      if (m.type === 'welcome') {
-        me = m.name; $('room-title').textContent = '· ' + m.room; showMembers(m.members)
-        if (!joined) add('You joined <b>' + escape(m.room) + '</b>', 'notice')
-        joined = true
-      }
-      else if (m.type === 'said') add('<span class="who">' + escape(m.from) + '</span>' + escape(m.text) + '<span class="at">' + time(m.at) + '</span>', m.from === me ? 'mine' : '')
-      else if (m.type === 'caught-up') { if (m.recovered > 0) add('↻ ' + m.recovered + ' missed while away', 'notice') }
-      else if (m.type === 'missed') add('Some messages were missed (' + escape(m.reason) + ')', 'notice')
-      else if (m.type === 'joined') { showMembers(m.members); add(escape(m.name) + ' joined', 'notice') }
-      else if (m.type === 'left') { showMembers(m.members); add(escape(m.name) + ' left', 'notice') }
-      else if (m.type === 'members') showMembers(m.members)
-      else if (m.type === 'error') add(escape(m.message), 'notice')
+    if (m.type === 'welcome') {
+      me = m.name; $('room-title').textContent = '· ' + m.room; showMembers(m.members)
+      if (!joined) add('You joined <b>' + escape(m.room) + '</b>', 'notice')
+      joined = true
+    }
+    else if (m.type === 'said') add('<span class="who">' + escape(m.from) + '</span>' + escape(m.text) + '<span class="at">' + time(m.at) + '</span>', m.from === me ? 'mine' : '')
+    else if (m.type === 'caught-up') { if (m.recovered > 0) add('↻ ' + m.recovered + ' missed while away', 'notice') }
+    else if (m.type === 'missed') add('Some messages were missed (' + escape(m.reason) + ')', 'notice')
+    else if (m.type === 'joined') { showMembers(m.members); add(escape(m.name) + ' joined', 'notice') }
+    else if (m.type === 'left') { showMembers(m.members); add(escape(m.name) + ' left', 'notice') }
+    else if (m.type === 'members') showMembers(m.members)
+    else if (m.type === 'error') add(escape(m.message), 'notice')
   }
 
   $('join').onsubmit = (event) => {
