@@ -28,7 +28,7 @@ interface Child { process: ChildProcess, url: string }
 async function startInstance (t: Test, redisUrl: string, prefix: string): Promise<Child> {
   const child = spawn(process.execPath, [...process.execArgv, script], {
     env: { ...process.env, REDIS_URL: redisUrl, CHANNEL_PREFIX: prefix },
-    stdio: ['ignore', 'pipe', 'inherit']
+    stdio: ['pipe', 'pipe', 'inherit'] // stdin: the child ends when this process does
   })
   t.teardown(() => { child.kill('SIGKILL') })
   let output = ''

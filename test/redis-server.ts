@@ -32,10 +32,19 @@ async function freePort (): Promise<number> {
   return port
 }
 
+/**
+ * Every redis-server this process started and that still runs: killed when the process exits,
+ * whatever ended it (a test that timed out, a run stopped midway), so that none is left behind.
+ */
+const running = new Set<ChildProcess>()
+process.once('exit', () => { for (const child of running) child.kill('SIGKILL') })
+
 /** `dir`: persist there (AOF, fsync'd on every write), so that a restart keeps everything. */
 async function run (port: number, dir: string | undefined, extra: string[] = []): Promise<ChildProcess> {
   const persistence = dir === undefined ? ['--appendonly', 'no'] : ['--appendonly', 'yes', '--appendfsync', 'always', '--dir', dir]
   const child = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', ...persistence, ...extra], { stdio: ['ignore', 'pipe', 'pipe'] })
+  running.add(child)
+  child.once('exit', () => running.delete(child))
   let output = ''
   await new Promise<void>((resolve, reject) => {
     child.once('error', (error) => reject(new Error(`cannot start redis-server (is it installed?): ${error.message}`)))
@@ -54,8 +63,9 @@ export async function ownRedis (t: { teardown(fn: () => unknown): void }, { pers
   const port = await freePort()
   const dir = persist ? mkdtempSync(join(tmpdir(), 'fws-redis-')) : undefined
   let child = await run(port, dir)
+  const children = [child] // each one this Redis ran: a restart makes another
   t.teardown(() => {
-    child.kill('SIGKILL')
+    for (const each of children) each.kill('SIGKILL')
     if (dir !== undefined) rmSync(dir, { recursive: true, force: true })
   })
   return {
@@ -70,6 +80,7 @@ export async function ownRedis (t: { teardown(fn: () => unknown): void }, { pers
     },
     async restart () {
       child = await run(port, dir)
+      children.push(child)
     }
   }
 }

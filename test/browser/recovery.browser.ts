@@ -25,7 +25,7 @@ interface Backend { port: number, process: ChildProcess, alive: boolean }
 async function startInstance (t: Test, redisUrl: string): Promise<Backend> {
   const child = spawn(process.execPath, [...process.execArgv, script], {
     env: { ...process.env, REDIS_URL: redisUrl, FEED_INTERVAL_MS: '50' },
-    stdio: ['ignore', 'pipe', 'inherit']
+    stdio: ['pipe', 'pipe', 'inherit'] // stdin: the child ends when this process does
   })
   t.teardown(() => { child.kill('SIGKILL') })
   let output = ''
