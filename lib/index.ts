@@ -115,7 +115,7 @@ const plugin: FastifyPluginAsync<WebSocketHandlersOptions> = async function wsHa
     // From now on Fastify answers every request with 503; an upgrade's socket is not the HTTP
     // server's to end, and would hold server.close() forever: end it once the 503 is written.
     fastify.server.on('upgrade', endRefusedUpgrade)
-    await registry.shutdown(closeTimeout)
+    await registry.shutdown()
     // Node's server.close() waits for every HTTP/2 session, which clients keep open: close the
     // ones that carried WebSockets, now that their WebSockets are closed.
     h2?.closeSessions()

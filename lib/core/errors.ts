@@ -29,7 +29,7 @@ export const ProtocolNotOfferedError: FastifyErrorConstructor<{ code: 'FST_WS_PR
 export const InvalidHandshakeError: FastifyErrorConstructor<{ code: 'FST_WS_INVALID_HANDSHAKE', statusCode: 400 }, [string]> = createError<'FST_WS_INVALID_HANDSHAKE', 400, [string]>(
   'FST_WS_INVALID_HANDSHAKE', 'Invalid WebSocket handshake: %s', 400)
 
-/** An upgrade reached the route while app.close() was closing connections. Answered with HTTP 503. */
+/** An upgrade reached the route while the instance drains (`app.close()`, `app.wsConnections.drain()`). Answered with HTTP 503 and `Retry-After`. */
 export const ShuttingDownError: FastifyErrorConstructor<{ code: 'FST_WS_SHUTTING_DOWN', statusCode: 503 }, []> = createError<'FST_WS_SHUTTING_DOWN', 503>(
   'FST_WS_SHUTTING_DOWN', 'The server is shutting down', 503)
 

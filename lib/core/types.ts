@@ -239,8 +239,9 @@ export interface RouteWebSocketOptions extends ConnectionOptions {
 /** Options given when registering the plugin: defaults for every route. */
 export interface WebSocketHandlersOptions extends RouteWebSocketOptions {
   /**
-   * How long to wait for the peer's close reply before the socket is destroyed, in ms (and how
-   * long app.close() waits for terminates). Default 5000. Given to ws only when this plugin
+   * How long to wait for the peer's close reply before the socket is destroyed, in ms; and the
+   * bound of app.close(): its drain takes at most half of it, then it waits for terminates at
+   * most the rest. Default 5000. Given to ws only when this plugin
    * registers @fastify/websocket; an app that registered it keeps its own setting.
    */
   closeTimeout?: number

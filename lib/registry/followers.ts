@@ -33,7 +33,7 @@ class Follower implements Puller {
   replay: readonly Entry[] = noEntries
   next = 0
   /** After the replay: the event that says where the subscription is. */
-  closing: Subscribed | Resync | undefined
+  afterReplay: Subscribed | Resync | undefined
   readonly connection: ConnectionContext
   readonly feed: Feed
 
@@ -51,9 +51,9 @@ class Follower implements Puller {
       this.connection[kStreamMessage](publicationOf(this.feed.topic, entry), this)
       return
     }
-    if (this.closing !== undefined) {
-      const event = this.closing
-      this.closing = undefined
+    if (this.afterReplay !== undefined) {
+      const event = this.afterReplay
+      this.afterReplay = undefined
       this.connection[kStreamMessage](event, this)
       return
     }
@@ -78,6 +78,9 @@ class Follower implements Puller {
 }
 
 const noEntries: readonly Entry[] = []
+
+/** A history read as followers take it. */
+interface Read { readonly epoch: string, readonly top: number, readonly entries: readonly Entry[] }
 const DELIVER = 0
 const SKIP = 1
 const GAP = 2
@@ -96,7 +99,7 @@ export class Feed {
   readonly #store: HistoryStore
   readonly #log: FastifyBaseLogger
   /** Reads in flight, by offset: followers that recover from the same place share one. */
-  readonly #reads = new Map<number, Promise<HistoryRead>>()
+  readonly #reads = new Map<number, Promise<Read>>()
 
   constructor (topic: string, limits: HistoryLimits, store: HistoryStore, log: FastifyBaseLogger) {
     this.topic = topic
@@ -124,11 +127,11 @@ export class Feed {
       }
       if (problem === undefined && since !== undefined) {
         follower.last = since.offset // where the client is: the replay moves it on
-        follower.replay = read.entries.map((entry) => ({ ...entry, epoch: read.epoch }))
-        follower.closing = this.#subscribed(at, read.entries.length)
+        follower.replay = read.entries
+        follower.afterReplay = this.#subscribed(at, read.entries.length)
       } else {
         follower.last = read.top
-        follower.closing = problem === undefined ? this.#subscribed(at, 0) : this.#resync(problem, at)
+        follower.afterReplay = problem === undefined ? this.#subscribed(at, 0) : this.#resync(problem, at)
       }
       follower.next = 0
       follower.pull()
@@ -178,7 +181,7 @@ export class Feed {
       // The history was lost (a new epoch): what came before this cannot be recovered.
       follower.epoch = entry.epoch
       follower.last = entry.offset - 1
-      follower.closing = this.#resync('epoch', { offset: follower.last, epoch: entry.epoch })
+      follower.afterReplay = this.#resync('epoch', { offset: follower.last, epoch: entry.epoch })
       return NEW_EPOCH
     }
     if (entry.offset <= follower.last) return SKIP
@@ -205,10 +208,10 @@ export class Feed {
         follower.epoch = read.epoch
         follower.last = read.top
         follower.replay = noEntries
-        follower.closing = this.#resync(reason, { offset: read.top, epoch: read.epoch })
+        follower.afterReplay = this.#resync(reason, { offset: read.top, epoch: read.epoch })
       } else {
-        follower.replay = read.entries.map((entry) => ({ ...entry, epoch: read.epoch }))
-        follower.closing = undefined
+        follower.replay = read.entries
+        follower.afterReplay = undefined
       }
       follower.next = 0
       follower.pull()
@@ -228,28 +231,33 @@ export class Feed {
    * follower left. Always after this call returns, never on the caller's stack (a subscriber's
    * or a publisher's): `then` hands the connection its first item.
    */
-  #read (follower: Follower, after: number, then: (read: HistoryRead) => void): void {
+  #read (follower: Follower, after: number, then: (read: Read) => void): void {
     follower.held ??= []
     let read = this.#reads.get(after)
     if (read === undefined) {
+      let stored: Promise<HistoryRead>
       try {
-        read = Promise.resolve(this.#store.read(this.topic, after, this.#limits))
+        stored = Promise.resolve(this.#store.read(this.topic, after, this.#limits))
       } catch (error) {
-        read = Promise.reject(error)
+        stored = Promise.reject(error)
       }
-      const shared = read
+      // Made into entries once, for every follower that shares the read (and their `Publication`s with them).
+      const shared = read = stored.then(({ epoch, top, entries }) =>
+        ({ epoch, top, entries: entries.map(({ offset, message }) => ({ offset, epoch, message })) }))
       this.#reads.set(after, shared)
       const forget = (): void => { if (this.#reads.get(after) === shared) this.#reads.delete(after) }
-      shared.then(forget, forget)
+      shared.then(forget, (error: unknown) => {
+        forget()
+        this.#log.error({ err: error, topic: this.topic }, 'WebSocket topic history could not be read: its followers resync')
+      })
     }
     read.then((result) => {
       if (this.followers.get(follower.connection) === follower) then(result)
-    }, (error: unknown) => {
+    }, () => {
       if (this.followers.get(follower.connection) !== follower) return
-      this.#log.error({ err: error, topic: this.topic }, 'WebSocket topic history could not be read: its followers resync')
       // Live from the next publication on, whatever it is; the client is told it may have missed some.
       follower.replay = noEntries
-      follower.closing = this.#resync('unavailable', { offset: follower.last, epoch: follower.epoch ?? '' })
+      follower.afterReplay = this.#resync('unavailable', { offset: follower.last, epoch: follower.epoch ?? '' })
       follower.last = -1
       follower.epoch = undefined
       follower.next = 0

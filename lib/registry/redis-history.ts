@@ -20,17 +20,25 @@ export function hashTagOf (topic: string): string {
 }
 
 /**
+ * Lua, first in both scripts: the topic's epoch (KEYS[2]'s), or, when the hash is gone (the
+ * history was lost), a new one (`candidate`, an ARGV) and an empty stream (KEYS[1]).
+ */
+function epochOf (candidate: string): string {
+  return `
+local epoch = redis.call('HGET', KEYS[2], 'epoch')
+if not epoch then
+  epoch = ${candidate}
+  redis.call('HSET', KEYS[2], 'epoch', epoch)
+  redis.call('DEL', KEYS[1])
+end`
+}
+
+/**
  * KEYS: stream, meta. ARGV: the envelope's head up to the field length (wire format of redis.ts),
  * the JSON body, size, maxAgeMs (0: none), an epoch to start with, the channel, the publish
  * command. Returns { offset, epoch }.
  */
-export const APPEND_SCRIPT = `
-local epoch = redis.call('HGET', KEYS[2], 'epoch')
-if not epoch then
-  epoch = ARGV[5]
-  redis.call('HSET', KEYS[2], 'epoch', epoch)
-  redis.call('DEL', KEYS[1])
-end
+export const APPEND_SCRIPT = `${epochOf('ARGV[5]')}
 local offset = redis.call('HINCRBY', KEYS[2], 'offset', 1)
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
@@ -56,13 +64,7 @@ return {offset, epoch}
  * KEYS: stream, meta. ARGV: after ('inf': none), count, maxAgeMs (0: none), an epoch to start
  * with. Returns { epoch, top, id1, data1, id2, data2, … }: what is kept after `after`, oldest first.
  */
-export const READ_SCRIPT = `
-local epoch = redis.call('HGET', KEYS[2], 'epoch')
-if not epoch then
-  epoch = ARGV[4]
-  redis.call('HSET', KEYS[2], 'epoch', epoch)
-  redis.call('DEL', KEYS[1])
-end
+export const READ_SCRIPT = `${epochOf('ARGV[4]')}
 local top = tonumber(redis.call('HGET', KEYS[2], 'offset') or '0')
 local out = {epoch, top}
 if ARGV[1] == 'inf' or tonumber(ARGV[1]) >= top then return out end

@@ -288,7 +288,15 @@ export function redisAdapter (options: RedisAdapterOptions = {}): RedisPubSubAda
           if (!down || publisher.status !== 'ready' || subscriber.status !== 'ready') return
           down = false
           log.warn({ code: 'FST_WS_REDIS' }, 'Redis adapter reconnected and resubscribed')
-          local.reconnected() // what was published meanwhile never came live: followers read it back
+          // What was published meanwhile never came live: followers read it back. (An ioredis
+          // listener: nothing may throw out of here.)
+          try {
+            local.reconnected()
+            /* c8 ignore start -- reconnected() only starts reads, whose failures it handles itself */
+          } catch (error) {
+            log.error({ err: error }, 'WebSocket followers could not catch up after Redis came back')
+          }
+          /* c8 ignore stop */
         })
       }
       subscriber.on('messageBuffer', receive)

@@ -26,7 +26,7 @@ import type {
 } from '../core/types.js'
 import type { HistoryConfig } from './history.js'
 import { Feed } from './followers.js'
-import { drainInBatches } from './drain.js'
+import { DRAIN_DEFAULTS, drainInBatches } from './drain.js'
 
 /** App-wide connection limits (plugin options). */
 export interface ConnectionLimits {
@@ -64,7 +64,7 @@ export class Registry implements ConnectionRegistry, WebSocketConnections {
   #onEmpty: (() => void) | undefined
   /** app.close() began with upgrades pending: stop the timer that ends their sockets. */
   #onUpgradesSettled: (() => void) | undefined
-  #closing = false
+  #draining = false
   /** The close code of the drain under way (late connections get it too). */
   #drainCode: number = CloseCode.SERVICE_RESTART
 
@@ -87,12 +87,8 @@ export class Registry implements ConnectionRegistry, WebSocketConnections {
   }
 
   /** A drain or app.close() has begun: new upgrades are refused (503), late ones closed at once. */
-  get closing (): boolean {
-    return this.#closing
-  }
-
   get draining (): boolean {
-    return this.#closing
+    return this.#draining
   }
 
   nextSerial (): number {
@@ -116,7 +112,7 @@ export class Registry implements ConnectionRegistry, WebSocketConnections {
    * the 101, keeps the limits exact when many upgrades run their `init` at once.
    */
   admit (route: string, ip: string, routeLimit: number | undefined, socket: Lease['socket']): Lease {
-    if (this.#closing) throw new ShuttingDownError() // draining: to another instance
+    if (this.#draining) throw new ShuttingDownError() // draining: to another instance
     const { maxConnections, maxConnectionsPerIp } = this.#limits
     if (maxConnections !== undefined && this.#admitted >= maxConnections) {
       throw new TooManyConnectionsError(`the app holds its maximum of ${maxConnections}`)
@@ -175,7 +171,7 @@ export class Registry implements ConnectionRegistry, WebSocketConnections {
     // init refuses upgrades once app.close() began (503); one that was already between that
     // check and the 101 (a microtask's gap) opens, then closes with the drain's code.
     /* c8 ignore next */
-    if (this.#closing) queueMicrotask(() => connection[kShutdown](this.#drainCode))
+    if (this.#draining) queueMicrotask(() => connection[kShutdown](this.#drainCode))
   }
 
   remove (connection: ConnectionContext): void {
@@ -206,8 +202,7 @@ export class Registry implements ConnectionRegistry, WebSocketConnections {
   }
 
   post (id: string, message: unknown): boolean {
-    const json = this.#jsonOf(message)
-    const carried = json === undefined ? message : JSON.parse(json)
+    const [json, carried] = this.#carried(message)
     const connection = this.get(id)
     const delivered = connection !== undefined ? connection.post(carried) : instanceOf(id) !== this.instanceId && this.#adapter.post(id, carried, json)
     if (deliverChannel.hasSubscribers) deliverChannel.publish({ operation: 'post', delivered: delivered ? 1 : 0, instanceId: this.instanceId })
@@ -215,10 +210,16 @@ export class Registry implements ConnectionRegistry, WebSocketConnections {
   }
 
   /**
-   * With a JSON adapter, the text the wire carries: every subscriber, local ones too, gets what
-   * it parses to (a Date becomes a string), so that code that works on one instance works on
-   * two; what JSON cannot carry is refused here. Encoded once, for the adapter too.
+   * With a JSON adapter, the text the wire carries and what every subscriber, local ones too,
+   * gets: what it parses to (a Date becomes a string), so that code that works on one instance
+   * works on two. Otherwise the message as it is.
    */
+  #carried (message: unknown): [json: string | undefined, carried: unknown] {
+    const json = this.#jsonOf(message)
+    return [json, json === undefined ? message : JSON.parse(json)]
+  }
+
+  /** The JSON text of `message` for a JSON adapter (what JSON cannot carry is refused here); encoded once, for the adapter too. */
   #jsonOf (message: unknown): string | undefined {
     if (!this.#overJson) return undefined
     let json: string | undefined
@@ -300,8 +301,7 @@ export class Registry implements ConnectionRegistry, WebSocketConnections {
 
   publish (to: string | Topic<unknown>, message: unknown): number {
     const topic = topicName(to)
-    const json = this.#jsonOf(message)
-    const carried = json === undefined ? message : JSON.parse(json)
+    const [json, carried] = this.#carried(message)
     const limits = this.#history?.limitsOf(topic)
     if (limits !== undefined) {
       // Kept: the history gives it its position and delivers it everywhere, here too, in order.
@@ -324,8 +324,8 @@ export class Registry implements ConnectionRegistry, WebSocketConnections {
   async publishConfirmed (to: string | Topic<unknown>, message: unknown): Promise<Position> {
     const topic = topicName(to)
     const limits = this.#limitsOf(topic)
-    const json = this.#jsonOf(message)
-    return await this.#adapter.history!.append(topic, json === undefined ? message : JSON.parse(json), json, limits)
+    const [json, carried] = this.#carried(message)
+    return await this.#adapter.history!.append(topic, carried, json, limits)
   }
 
   /** A publication the history could not keep (Redis is down): not delivered anywhere, and said so. */
@@ -391,16 +391,17 @@ export class Registry implements ConnectionRegistry, WebSocketConnections {
    * Take this instance out of service: upgrades are refused from now on (503), and connections
    * are closed in batches (drain.ts), each with `code` (1012 by default). Waits, at most
    * `timeoutMs` after the last batch, for their terminates. Upgrades whose `init` is running are
-   * refused with 503 when it settles; one still pending then has its socket destroyed: an
-   * `init` that never settles must not hold app.close() (the HTTP server waits for that socket).
+   * refused with 503 when it settles; one still pending `closeTimeout` after the drain began has
+   * its socket destroyed: an `init` that never settles must not hold app.close() (the HTTP
+   * server waits for that socket).
    */
   async drain (options: DrainOptions = {}, timeoutMs = this.#closeTimeout): Promise<void> {
     const problem = drainOptionsProblem(options)
     if (problem !== undefined) throw new InvalidOptionError('drain', problem)
     const settings = { ...this.#drainDefaults, ...options }
-    this.#closing = true
+    this.#draining = true
     if (this.#upgrading.size !== 0) {
-      const timer = setTimeout(() => { for (const lease of this.#upgrading) lease.socket.destroy() }, timeoutMs)
+      const timer = setTimeout(() => { for (const lease of this.#upgrading) lease.socket.destroy() }, this.#closeTimeout)
       this.#onUpgradesSettled = () => { clearTimeout(timer) }
     }
     const code = this.#drainCode = settings.code ?? CloseCode.SERVICE_RESTART
@@ -416,14 +417,12 @@ export class Registry implements ConnectionRegistry, WebSocketConnections {
     clearTimeout(timer)
   }
 
-  /** app.close(): the drain, within `timeoutMs` as a whole. */
-  async shutdown (timeoutMs: number): Promise<void> {
-    const maxWindowMs = Math.min(this.#drainDefaults.maxWindowMs ?? DEFAULT_MAX_WINDOW, Math.floor(timeoutMs / 2))
-    await this.drain({ maxWindowMs }, timeoutMs - maxWindowMs)
+  /** app.close(): the drain, within `closeTimeout` as a whole (its batches in at most half of it). */
+  async shutdown (): Promise<void> {
+    const maxWindowMs = Math.min(this.#drainDefaults.maxWindowMs ?? DRAIN_DEFAULTS.maxWindowMs, Math.floor(this.#closeTimeout / 2))
+    await this.drain({ maxWindowMs }, this.#closeTimeout - maxWindowMs)
   }
 }
-
-const DEFAULT_MAX_WINDOW = 10_000
 
 /** `since` must be a position (a bad one is the app's bug: thrown in its callback). */
 function checkPosition ({ since }: SubscribeOptions): void {

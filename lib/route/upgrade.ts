@@ -306,7 +306,7 @@ function upgradeStep (
         state = commands.state
       }
     }
-    if (registry.closing) throw new ShuttingDownError() // app.close() began while init ran
+    if (registry.draining) throw new ShuttingDownError() // a drain or app.close() began while init ran
     const raw = request.raw as RawRequest
     raw[kPendingUpgrade] = { state, options, protocol, lease, response: reply.raw }
   }
