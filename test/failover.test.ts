@@ -6,7 +6,7 @@
  * exactly once, in order. A Redis restart: with AOF, the same; without persistence, every
  * client is told to resync (a new epoch) and is whole from there: never a silent gap.
  */
-import { spawn, type ChildProcess } from 'node:child_process'
+import type { ChildProcess } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { once } from 'node:events'
 import { fileURLToPath } from 'node:url'
@@ -16,31 +16,18 @@ import wsHandlers from '../lib/index.js'
 import { redisAdapter, type RedisPubSubAdapter } from '../lib/redis.js'
 import { until } from './helpers.js'
 import { feed, range } from './followers.js'
-import { ownRedis } from './redis-server.js'
+import { machineRedis, ownRedis } from './redis-server.js'
+import { startInstance as startProcess } from './instances.js'
 import { ResumingClient } from './resuming-client.js'
 
-const machineRedis = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379'
+const machine = machineRedis(t).url
 const script = fileURLToPath(new URL('./fixtures/history-instance.ts', import.meta.url))
 
 interface Child { process: ChildProcess, url: string }
 
-/** An instance in its own process (the loaders of this one: it runs TypeScript). */
+/** An instance of the app in `fixtures/history-instance.ts`, in its own process. */
 async function startInstance (t: Test, redisUrl: string, prefix: string): Promise<Child> {
-  const child = spawn(process.execPath, [...process.execArgv, script], {
-    env: { ...process.env, REDIS_URL: redisUrl, CHANNEL_PREFIX: prefix },
-    stdio: ['pipe', 'pipe', 'inherit'] // stdin: the child ends when this process does
-  })
-  t.teardown(() => { child.kill('SIGKILL') })
-  let output = ''
-  const port = await new Promise<number>((resolve, reject) => {
-    child.once('exit', (code) => reject(new Error(`the instance exited with ${code}: ${output}`)))
-    child.stdout!.on('data', (chunk: Buffer) => {
-      output += chunk.toString()
-      const match = /listening (\d+)/.exec(output)
-      if (match !== null) resolve(Number(match[1]))
-    })
-  })
-  child.removeAllListeners('exit')
+  const { process: child, port } = await startProcess(t, script, { REDIS_URL: redisUrl, CHANNEL_PREFIX: prefix })
   return { process: child, url: `ws://127.0.0.1:${port}/feed` }
 }
 
@@ -78,6 +65,17 @@ async function clientsOn (a: Child, b: Child): Promise<ResumingClient[]> {
   return clients
 }
 
+/** Two instances and a publisher on one Redis, and 100 clients half on each instance. */
+async function scene (t: Test, redisUrl: string, prefix = `fws-failover-${randomBytes(4).toString('hex')}:`): Promise<{
+  a: Child, publisher: FastifyInstance, publisherAdapter: RedisPubSubAdapter, clients: ResumingClient[]
+}> {
+  const [a, b] = [await startInstance(t, redisUrl, prefix), await startInstance(t, redisUrl, prefix)]
+  const { app: publisher, adapter: publisherAdapter } = await publisherApp(t, redisUrl, prefix)
+  const clients = await clientsOn(a, b)
+  t.teardown(() => { for (const client of clients) client.close() })
+  return { a, publisher, publisherAdapter, clients }
+}
+
 function checkWhole (t: Test, clients: ResumingClient[], last: number): void {
   let whole = 0
   for (const client of clients) {
@@ -89,11 +87,7 @@ function checkWhole (t: Test, clients: ResumingClient[], last: number): void {
 }
 
 t.test('SIGKILL of the instance half of the clients are on: they come back on the other, nothing lost', async (t) => {
-  const prefix = `fws-failover-${randomBytes(4).toString('hex')}:`
-  const [a, b] = [await startInstance(t, machineRedis, prefix), await startInstance(t, machineRedis, prefix)]
-  const { app: publisher } = await publisherApp(t, machineRedis, prefix)
-  const clients = await clientsOn(a, b)
-  t.teardown(() => { for (const client of clients) client.close() })
+  const { a, publisher, clients } = await scene(t, machine)
   const { refused, last } = await pour(publisher, 2000, async () => {
     a.process.kill('SIGKILL')
     await once(a.process, 'exit')
@@ -105,11 +99,7 @@ t.test('SIGKILL of the instance half of the clients are on: they come back on th
 })
 
 t.test('SIGTERM drains the instance (1012 in batches): its clients come back on the other, nothing lost', async (t) => {
-  const prefix = `fws-failover-${randomBytes(4).toString('hex')}:`
-  const [a, b] = [await startInstance(t, machineRedis, prefix), await startInstance(t, machineRedis, prefix)]
-  const { app: publisher } = await publisherApp(t, machineRedis, prefix)
-  const clients = await clientsOn(a, b)
-  t.teardown(() => { for (const client of clients) client.close() })
+  const { a, publisher, clients } = await scene(t, machine)
   const { last } = await pour(publisher, 2000, async () => {
     a.process.kill('SIGTERM')
     await once(a.process, 'exit')
@@ -121,10 +111,7 @@ t.test('SIGTERM drains the instance (1012 in batches): its clients come back on 
 
 t.test('a Redis restart with AOF: every kept publication reaches every client once, in order', async (t) => {
   const redis = await ownRedis(t, { persist: true })
-  const [a, b] = [await startInstance(t, redis.url, 'fws:'), await startInstance(t, redis.url, 'fws:')]
-  const { app: publisher, adapter: publisherAdapter } = await publisherApp(t, redis.url, 'fws:')
-  const clients = await clientsOn(a, b)
-  t.teardown(() => { for (const client of clients) client.close() })
+  const { publisher, publisherAdapter, clients } = await scene(t, redis.url)
   const { refused, last } = await pour(publisher, 2000, async () => {
     await redis.kill()
     await until(() => !publisherAdapter.connected, 'the publisher sees Redis gone')
@@ -141,10 +128,7 @@ t.test('a Redis restart with AOF: every kept publication reaches every client on
 
 t.test('a Redis restart without persistence: a new epoch, every client told to resync, and whole after it', async (t) => {
   const redis = await ownRedis(t)
-  const [a, b] = [await startInstance(t, redis.url, 'fws:'), await startInstance(t, redis.url, 'fws:')]
-  const { app: publisher } = await publisherApp(t, redis.url, 'fws:')
-  const clients = await clientsOn(a, b)
-  t.teardown(() => { for (const client of clients) client.close() })
+  const { publisher, clients } = await scene(t, redis.url)
   const { last } = await pour(publisher, 2000, async () => {
     await redis.kill()
     await redis.restart()

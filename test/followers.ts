@@ -3,7 +3,7 @@
  * each event as one text frame: `p:<offset>:<message>`, `subscribed:<offset>:<recovered>`,
  * `resync:<offset>:<reason>`. Shared by the history tests (in process, on Redis).
  */
-import { defineHandler, text, topic, type Position, type TopicEvent } from '../lib/index.js'
+import { defineHandler, text, topic, type Position, type TopicEvent, type WebSocketContext } from '../lib/index.js'
 
 export const feed = topic<string>('feed')
 
@@ -22,8 +22,11 @@ export function show (event: TopicEvent<string>): string {
   }
 }
 
+/** Follow `feed` since the position in the URL (`?since=<epoch>:<offset>`), or from now. */
+const followFeed = (_state: undefined, ctx: WebSocketContext<TopicEvent<string>>): void => { ctx.subscribe(feed, { since: sinceOf(ctx.request.query) }) }
+
 export const follower = defineHandler<undefined, TopicEvent<string>>({
-  websocketInit: (_state, ctx) => { ctx.subscribe(feed, { since: sinceOf(ctx.request.query) }) },
+  websocketInit: followFeed,
   info: (event) => ({ reply: text(show(event)) })
 })
 
@@ -39,6 +42,6 @@ export function range (from: number, to: number): number[] {
 
 /** The same, each event as JSON with its whole position: what a client needs to come back (the failover tests). */
 export const jsonFollower = defineHandler<undefined, TopicEvent<string>>({
-  websocketInit: (_state, ctx) => { ctx.subscribe(feed, { since: sinceOf(ctx.request.query) }) },
+  websocketInit: followFeed,
   info: (event) => ({ reply: text(JSON.stringify({ ...event, topic: undefined })) })
 })

@@ -145,12 +145,19 @@ t.test('positioned subscriptions are checked: a topic without history, a bad pos
     websocketInit: (_state, ctx) => { ctx.subscribe('chat:1', { since: { offset: -1, epoch: 'x' } }) },
     terminate: (reason) => { errors.push(reason) }
   })
-  for (const path of ['/nohistory', '/badposition']) {
+  app.ws('/badoptions', {
+    websocketInit: (_state, ctx) => { ctx.subscribe('chat:1', null as never) },
+    terminate: (reason) => { errors.push(reason) }
+  })
+  for (const path of ['/nohistory', '/badposition', '/badoptions']) {
     const { seen } = await inject(app, path)
     t.equal((await seen.closed).code, 1011, path)
+    await until(() => errors.length === 1, `${path}: its terminate`)
+    t.match(errors.pop(), {
+      type: 'crash',
+      error: { code: { '/nohistory': 'FST_WS_NO_HISTORY', '/badposition': 'FST_WS_INVALID_POSITION', '/badoptions': 'FST_WS_INVALID_OPTION' }[path] }
+    })
   }
-  await until(() => errors.length === 2, 'both terminates')
-  t.match(errors, [{ type: 'crash', error: { code: 'FST_WS_NO_HISTORY' } }, { type: 'crash', error: { code: 'FST_WS_INVALID_POSITION' } }])
 })
 
 t.test('plain subscribers of a topic with history get the messages as they are; patterns and exact names choose the limits', async (t) => {

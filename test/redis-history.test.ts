@@ -7,7 +7,6 @@
 import { randomBytes } from 'node:crypto'
 import { Writable } from 'node:stream'
 import Fastify, { type FastifyInstance } from 'fastify'
-import { Redis } from 'ioredis'
 import t from 'tap'
 import wsHandlers, { type HistoryLimits } from '../lib/index.js'
 import { redisAdapter } from '../lib/redis.js'
@@ -15,18 +14,9 @@ import { decodeWire, keptHead } from '../lib/registry/redis.js'
 import { hashTagOf } from '../lib/registry/redis-history.js'
 import { inject, until } from './helpers.js'
 import { feed, follower, offsetsOf, range } from './followers.js'
-import { ownRedis } from './redis-server.js'
+import { machineRedis, ownRedis } from './redis-server.js'
 
-const url = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379'
-const admin = new Redis(url, { lazyConnect: true, maxRetriesPerRequest: 1, retryStrategy: () => null })
-t.before(async () => {
-  try {
-    await admin.connect()
-  } catch (error) {
-    throw new Error(`Redis is not reachable at ${url} (${(error as Error).message}): start it, or set REDIS_URL`)
-  }
-})
-t.teardown(() => admin.disconnect())
+const { url, admin } = machineRedis(t)
 
 interface Instance { app: FastifyInstance, logs: Array<Record<string, unknown>> }
 
@@ -56,15 +46,19 @@ t.teardown(async () => {
   }
 })
 
+/** Instances A and B of one app, on a prefix of their own. */
+async function twoInstances (t: { teardown(fn: () => unknown): void }): Promise<[Instance, Instance]> {
+  const shared = prefix()
+  return [await instance(t, shared), await instance(t, shared)]
+}
+
 async function publishMany (app: FastifyInstance, from: number, to: number): Promise<void> {
   for (let i = from; i <= to; i++) app.wsConnections.publish(feed, `m${i}`)
   await app.wsConnections.publishConfirmed(feed, 'sync') // the ones before it are kept too (one connection, in order)
 }
 
 t.test('positions are the same on every instance; a client recovers on B what it missed on A', async (t) => {
-  const shared = prefix()
-  const a = await instance(t, shared)
-  const b = await instance(t, shared)
+  const [a, b] = await twoInstances(t)
   const onA = await inject(a.app, '/feed')
   await onA.seen.frameCount(1)
   t.same(onA.seen.frames, ['text:subscribed:0:0'], 'a new topic: before any publication')
@@ -83,9 +77,7 @@ t.test('positions are the same on every instance; a client recovers on B what it
 })
 
 t.test('the seam under load: clients recover on B while A publishes 2,000, each ends with every one once, in order', async (t) => {
-  const shared = prefix()
-  const a = await instance(t, shared)
-  const b = await instance(t, shared)
+  const [a, b] = await twoInstances(t)
   const { epoch } = await a.app.wsConnections.publishConfirmed(feed, 'm1')
   await publishMany(a.app, 2, 500) // 501 with the sync
   let published = 501
@@ -108,9 +100,7 @@ t.test('the seam under load: clients recover on B while A publishes 2,000, each 
 })
 
 t.test('a gap in live delivery (B\'s subscriber connection killed) is mended from the history as soon as B is back', async (t) => {
-  const shared = prefix()
-  const a = await instance(t, shared)
-  const b = await instance(t, shared)
+  const [a, b] = await twoInstances(t)
   const onB = await inject(b.app, '/feed')
   await onB.seen.frameCount(1)
   await publishMany(a.app, 1, 10)

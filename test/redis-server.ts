@@ -6,6 +6,7 @@ import { spawn, type ChildProcess } from 'node:child_process'
 import { once } from 'node:events'
 import { mkdtempSync, rmSync } from 'node:fs'
 import net from 'node:net'
+import { Redis } from 'ioredis'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 
@@ -126,4 +127,23 @@ async function command (port: number, line: string): Promise<string> {
   }
   socket.destroy()
   return answer
+}
+
+/**
+ * The machine's Redis (REDIS_URL, else 127.0.0.1:6379) for a test file, with an admin
+ * connection: checked before the file's tests, which fail with a clear message when it is not
+ * there (they never skip); disconnected after them.
+ */
+export function machineRedis (t: { before(fn: () => Promise<void>): void, teardown(fn: () => unknown): void }): { url: string, admin: Redis } {
+  const url = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379'
+  const admin = new Redis(url, { lazyConnect: true, maxRetriesPerRequest: 1, retryStrategy: () => null })
+  t.before(async () => {
+    try {
+      await admin.connect()
+    } catch (error) {
+      throw new Error(`Redis is not reachable at ${url} (${(error as Error).message}): start it, or set REDIS_URL`)
+    }
+  })
+  t.teardown(() => admin.disconnect())
+  return { url, admin }
 }

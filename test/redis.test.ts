@@ -6,7 +6,6 @@
 import { randomBytes } from 'node:crypto'
 import { Writable } from 'node:stream'
 import Fastify, { type FastifyInstance } from 'fastify'
-import { Redis } from 'ioredis'
 import { AggregationTemporality, InMemoryMetricExporter, MeterProvider, PeriodicExportingMetricReader, type Histogram } from '@opentelemetry/sdk-metrics'
 import t from 'tap'
 import wsHandlers, { text, type PubSubAdapter } from '../lib/index.js'
@@ -14,18 +13,10 @@ import { redisAdapter } from '../lib/redis.js'
 import { decodeWire, encodeWire } from '../lib/registry/redis.js'
 import { buildExampleApp } from '../example-app/app.js'
 import { inject, until } from './helpers.js'
+import { machineRedis } from './redis-server.js'
 import { bytes, mutate, pick, random } from './fuzz.js'
 
-const url = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379'
-const admin = new Redis(url, { lazyConnect: true, maxRetriesPerRequest: 1, retryStrategy: () => null })
-t.before(async () => {
-  try {
-    await admin.connect()
-  } catch (error) {
-    throw new Error(`Redis is not reachable at ${url} (${(error as Error).message}): start it, or set REDIS_URL`)
-  }
-})
-t.teardown(() => admin.disconnect())
+const { url, admin } = machineRedis(t)
 
 // A prefix per run: parallel runs on one Redis do not hear each other.
 const channelPrefix = `fws-test-${randomBytes(4).toString('hex')}:`

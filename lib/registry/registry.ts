@@ -424,8 +424,10 @@ export class Registry implements ConnectionRegistry, WebSocketConnections {
   }
 }
 
-/** `since` must be a position (a bad one is the app's bug: thrown in its callback). */
-function checkPosition ({ since }: SubscribeOptions): void {
+/** The options of a positioned subscription, and `since` a position (a bad one is the app's bug: thrown in its callback). */
+function checkPosition (options: SubscribeOptions): void {
+  if (options === null || typeof options !== 'object') throw new InvalidOptionError('subscribe', `expected { since? }, got ${show(options)}`)
+  const { since } = options
   if (since === undefined) return
   if (since === null || typeof since !== 'object' || typeof since.epoch !== 'string' || !Number.isSafeInteger(since.offset) || since.offset < 0) {
     throw new InvalidPositionError(show(since))

@@ -8,7 +8,7 @@
  * order. The chat: messages said meanwhile appear once, with "3 missed while away". The feed
  * (on the killed instance too): the counter never skipped nor repeated. Screenshots: test-output/recovery-*.png.
  */
-import { spawn, type ChildProcess } from 'node:child_process'
+import type { ChildProcess } from 'node:child_process'
 import { once } from 'node:events'
 import { existsSync, mkdirSync } from 'node:fs'
 import net from 'node:net'
@@ -16,29 +16,16 @@ import { fileURLToPath } from 'node:url'
 import { chromium, type Page } from 'playwright-core'
 import t, { type Test } from 'tap'
 import { ownRedis } from '../redis-server.js'
+import { startInstance as startProcess } from '../instances.js'
 
 const executablePath = '/usr/bin/chromium'
 const script = fileURLToPath(new URL('../fixtures/example-instance.ts', import.meta.url))
 
 interface Backend { port: number, process: ChildProcess, alive: boolean }
 
+/** An instance of the example app, in its own process, ticking every 50 ms. */
 async function startInstance (t: Test, redisUrl: string): Promise<Backend> {
-  const child = spawn(process.execPath, [...process.execArgv, script], {
-    env: { ...process.env, REDIS_URL: redisUrl, FEED_INTERVAL_MS: '50' },
-    stdio: ['pipe', 'pipe', 'inherit'] // stdin: the child ends when this process does
-  })
-  t.teardown(() => { child.kill('SIGKILL') })
-  let output = ''
-  const port = await new Promise<number>((resolve, reject) => {
-    child.once('exit', (code) => reject(new Error(`the instance exited with ${code}: ${output}`)))
-    child.stdout!.on('data', (chunk: Buffer) => {
-      output += chunk.toString()
-      const match = /listening (\d+)/.exec(output)
-      if (match !== null) resolve(Number(match[1]))
-    })
-  })
-  child.removeAllListeners('exit')
-  return { port, process: child, alive: true }
+  return { ...await startProcess(t, script, { REDIS_URL: redisUrl, FEED_INTERVAL_MS: '50' }), alive: true }
 }
 
 /**
