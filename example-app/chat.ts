@@ -4,6 +4,7 @@
 // lost network, a killed instance, a deploy) gets what it missed, once, in order. Presence
 // travels as published infos and posts by id, so it works across instances sharing Redis too.
 import { close, defineHandler, text, type Position, type TopicEvent, type WebSocketConnections } from '../lib/index.js'
+import { posOf, sinceOf } from './positions.js'
 
 /** Topics of said messages keep a history (see `chatHistory`). */
 export const logTopic = (room: string): string => `chat-log:${room}`
@@ -46,14 +47,6 @@ const MAX_TEXT = 2000
 const send = (event: ChatEvent) => text(JSON.stringify(event))
 const roomTopic = (room: string): string => `chat:${room}`
 const names = (state: ChatState): string[] => [...state.members.values()].sort((a, b) => a.localeCompare(b))
-const posOf = (position: Position): string => `${position.epoch}:${position.offset}`
-
-/** `?since=<epoch>:<offset>` as the page sends it back; anything else is "from now" (a bad one is resynced by the history). */
-function sinceOf (since: unknown): Position | undefined {
-  if (typeof since !== 'string') return undefined
-  const match = /^([0-9a-f]{1,32}):(\d{1,15})$/.exec(since)
-  return match === null ? undefined : { epoch: match[1]!, offset: Number(match[2]) }
-}
 
 export function chat (connections: WebSocketConnections) {
   return defineHandler<ChatState, Presence>({

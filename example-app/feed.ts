@@ -6,6 +6,7 @@
 import type { FastifyInstance } from 'fastify'
 import { defineHandler, json, topic, type Position, type TopicEvent } from '../lib/index.js'
 import { resumeScript } from './resume-script.js'
+import { posOf, sinceOf } from './positions.js'
 
 /** One tick: which instance published it, and when. */
 export interface Tick { from: string, at: number }
@@ -19,13 +20,6 @@ export type FeedEvent =
   | { type: 'tick', offset: number, from: string, at: number, pos: string }
   | { type: 'caught-up', recovered: number, offset: number, pos: string }
   | { type: 'missed', reason: string, offset: number, pos: string }
-
-const posOf = (position: Position): string => `${position.epoch}:${position.offset}`
-
-function sinceOf (since: unknown): Position | undefined {
-  const match = typeof since === 'string' ? /^([0-9a-f]{1,32}):(\d{1,15})$/.exec(since) : null
-  return match === null ? undefined : { epoch: match[1]!, offset: Number(match[2]) }
-}
 
 export const feed = defineHandler<Position | undefined, TopicEvent<Tick>>({
   init: (request) => ({ state: sinceOf((request.query as { since?: unknown }).since) }),
