@@ -9,13 +9,17 @@
  * constructor (Node 22's global, or `ws`'s).
  */
 
-/** What the client needs of a WebSocket: the browser's, Node 22's global one, or `ws`'s. */
+/**
+ * What the client needs of a WebSocket: the browser's, Node 22's global one, or `ws`'s. Its
+ * handlers take `never`: the client sets them, and each implementation's own event types
+ * (ws's `MessageEvent`, the DOM's) fit without a cast.
+ */
 export interface WebSocketLike {
   readonly readyState: number
-  onopen: ((event: unknown) => void) | null
-  onmessage: ((event: { data: unknown }) => void) | null
-  onclose: ((event: { code: number }) => void) | null
-  onerror: ((event: unknown) => void) | null
+  onopen: ((event: never) => void) | null
+  onmessage: ((event: never) => void) | null
+  onclose: ((event: never) => void) | null
+  onerror: ((event: never) => void) | null
   send(data: string): void
   close(code?: number): void
 }
@@ -33,6 +37,8 @@ export interface ResumingSocketOptions<Message> {
   positionOf?: (message: Message) => string | undefined
   /** How a text frame becomes a message. Default: `JSON.parse`. */
   parse?: (data: string) => Message
+  /** A text frame that `parse` refused: it is skipped (it has no position), and told here. */
+  onParseError?: (error: unknown, data: string) => void
   /** The first backoff's bound and the largest, in ms. Default 500 and 10,000. */
   backoff?: { initialMs?: number, maxMs?: number }
   /** Default: the global `WebSocket`. */
@@ -50,14 +56,23 @@ export interface ResumingSocket {
 
 const OPEN = 1
 
+/** A Node or browser timer fires a delay above 2^31 − 1 ms after 1 ms: refused, never clamped. */
+const MAX_TIMER_MS = 2_147_483_647
+
+function backoffMs (value: number | undefined, fallback: number, name: string): number {
+  if (value === undefined) return fallback
+  if (!(Number.isFinite(value) && value >= 0 && value <= MAX_TIMER_MS)) throw new RangeError(`resumingSocket: backoff.${name} must be a number of ms from 0 to ${MAX_TIMER_MS}, got ${String(value)}`)
+  return value
+}
+
 export function resumingSocket<Message = Record<string, unknown>> (options: ResumingSocketOptions<Message>): ResumingSocket {
   const given = options.WebSocket ?? (globalThis as unknown as { WebSocket?: WebSocketConstructor }).WebSocket
   if (given === undefined) throw new TypeError('resumingSocket: no WebSocket here; pass options.WebSocket (e.g. the one of the ws package)')
   const Socket: WebSocketConstructor = given
   const parse = options.parse ?? ((data: string) => JSON.parse(data) as Message)
   const positionOf = options.positionOf ?? ((message: Message) => (message as { pos?: unknown } | null)?.pos as string | undefined)
-  const initialMs = options.backoff?.initialMs ?? 500
-  const maxMs = options.backoff?.maxMs ?? 10_000
+  const initialMs = backoffMs(options.backoff?.initialMs, 500, 'initialMs')
+  const maxMs = backoffMs(options.backoff?.maxMs, 10_000, 'maxMs')
   let socket: WebSocketLike
   let attempt = 0
   let since = ''
@@ -71,15 +86,21 @@ export function resumingSocket<Message = Record<string, unknown>> (options: Resu
       attempt = 0
       options.onStatus?.('online')
     }
-    socket.onmessage = (event) => {
+    socket.onmessage = (event: { data: unknown }) => {
       if (typeof event.data !== 'string') return
-      const message = parse(event.data)
+      let message: Message
+      try {
+        message = parse(event.data)
+      } catch (error) { // one bad frame must not throw out of ws's listener (a Node process would crash)
+        options.onParseError?.(error, event.data)
+        return
+      }
       const position = positionOf(message)
       if (typeof position === 'string') since = position
       options.onMessage(message)
     }
     socket.onerror = () => {} // the close follows
-    socket.onclose = (event) => {
+    socket.onclose = (event: { code: number }) => {
       if (stopped) return
       options.onStatus?.('reconnecting', event.code)
       // Full jitter: a random wait up to the backoff, so that reconnects do not come in waves.

@@ -88,3 +88,33 @@ t.test('the defaults: JSON messages, their `pos`, the global WebSocket', async (
   t.equal(client.since, 'e:1', 'the last position a message carried')
   client.close()
 })
+
+t.test('a text frame that is not JSON is skipped and told, never thrown out of ws\'s listener; backoff past a timer\'s limit is refused', async (t) => {
+  const { app } = await buildApp(t)
+  app.ws('/garbage', { websocketInit: () => ({ reply: [{ type: 'text', data: 'not json {' }, json({ pos: 'e:2' })] }) })
+  const base = await listen(app)
+  const seen: unknown[] = []
+  const refused: string[] = []
+  const uncaught: unknown[] = []
+  const onUncaught = (error: unknown): void => { uncaught.push(error) }
+  process.on('uncaughtException', onUncaught)
+  t.teardown(() => process.off('uncaughtException', onUncaught))
+  const client = resumingSocket({
+    url: () => `${base}/garbage`,
+    onMessage: (message) => { seen.push(message) },
+    onParseError: (error, data) => { refused.push(`${(error as Error).name}: ${data}`) },
+    WebSocket // ws's constructor fits without a cast
+  })
+  await until(() => seen.length === 1, 'the JSON message after the bad one')
+  t.same(seen, [{ pos: 'e:2' }])
+  t.same(refused, ['SyntaxError: not json {'])
+  t.equal(client.since, 'e:2')
+  t.same(uncaught, [])
+  client.close()
+  const quiet = resumingSocket({ url: () => `${base}/garbage`, onMessage: (message) => { seen.push(message) }, WebSocket })
+  await until(() => seen.length === 2, 'without onParseError too')
+  quiet.close()
+  for (const backoff of [{ maxMs: 2 ** 31 }, { initialMs: -1 }, { initialMs: Number.NaN }]) {
+    t.throws(() => resumingSocket({ url: () => `${base}/garbage`, onMessage: () => {}, backoff, WebSocket }), { name: 'RangeError', message: /2147483647/ })
+  }
+})

@@ -173,7 +173,9 @@ export class Connection extends ConnectionContext implements ConnectionEvents, B
     const wait = rate.take(bytes)
     if (wait === 0) return true
     if (rate.limit.onExceeded !== 'close') {
-      mailbox.pauseForRate(wait)
+      // While this side holds the client back, its silence is ours: the idle timeout counts
+      // again from the moment reading resumes (its pongs were waiting, unread).
+      mailbox.pauseForRate(wait, this.#rateResumed)
       return true
     }
     const error = new RateLimitedError(rate.describe())
@@ -212,6 +214,9 @@ export class Connection extends ConnectionContext implements ConnectionEvents, B
     return this.#mailbox?.size ?? 0
   }
 
+  /** Reading resumes after a rate-limit pause: silence counts from now (kHeartbeat does not close meanwhile). */
+  readonly #rateResumed = (): void => { this[kDataReceived]() }
+
   [kDataReceived] (): void {
     if (this[kPhase] === 'open') restartSilence(this, firstStep(this.#options.idleTimeout, this.#options.pingInterval))
   }
@@ -219,6 +224,8 @@ export class Connection extends ConnectionContext implements ConnectionEvents, B
   /** `silentMs` of silence: the idle timeout closes, else a ping; then the next step (0: none). */
   [kHeartbeat] (silentMs: number): number {
     const { idleTimeout, pingInterval } = this.#options
+    // Reading paused by the rate limit: the client may be talking, unheard; never idle-closed for it.
+    if (this.#mailbox?.pausedForRate === true) return firstStep(idleTimeout, pingInterval)
     if (idleTimeout !== 0 && silentMs >= idleTimeout) {
       this.#close(CloseCode.NORMAL, '', { type: 'timeout' })
       return 0
@@ -392,6 +399,10 @@ export class Connection extends ConnectionContext implements ConnectionEvents, B
     }
     const commands = result as Commands<unknown>
     if (commands.state !== undefined) this.#state = commands.state
+    // The gate: once the connection is ending (a callback that settles after the peer left or
+    // after a close), only its state is kept, for terminate. Options would re-arm the heartbeat
+    // of a closed socket, `active: true` would run held frames, and nothing may be written.
+    if (this[kPhase] !== 'open') return
     if (commands.options !== undefined) this.#setOptions(commands.options)
     if (commands.active !== undefined) (this.#mailbox ??= new Mailbox(this[kWs])).setActive(commands.active)
     const hibernation = commands.hibernate === true ? (this.#hibernation ??= new Hibernation(this[kWs])) : undefined

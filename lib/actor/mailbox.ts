@@ -7,6 +7,7 @@
 import type { FastifyBaseLogger } from 'fastify'
 import type WebSocket from 'ws'
 import type { InboundRate } from './rate-limit.js'
+import { MAX_TIMER_MS } from '../core/options.js'
 
 /**
  * What an item is for, named after the callback that takes it; `errorFrame` is a JSON message
@@ -44,6 +45,8 @@ export class Mailbox {
   rate: InboundRate | undefined
   /** Reading resumes when it fires: the rate limit's bucket has refilled. */
   #rateTimer: NodeJS.Timeout | undefined
+  /** The connection's listener for that moment (its idle timeout counts again from it). */
+  #rateResumed: (() => void) | undefined
 
   constructor (ws: WebSocket) {
     this.#ws = ws
@@ -129,11 +132,20 @@ export class Mailbox {
     this.#items.splice(this.#head, 0, ...held)
   }
 
-  /** Over the rate limit: stop reading the socket for `ms` (again from now, if it was paused already). */
-  pauseForRate (ms: number): void {
+  /**
+   * Over the rate limit: stop reading the socket for `ms` (again from now, if it was paused
+   * already); `resumed` is called when the bucket has refilled and reading goes on.
+   */
+  pauseForRate (ms: number, resumed: () => void): void {
     clearTimeout(this.#rateTimer)
     this.#setPaused(PAUSED_BY_RATE, true)
-    this.#rateTimer = setTimeout(Mailbox.#rateRefilled, ms, this)
+    this.#rateResumed = resumed
+    this.#rateTimer = setTimeout(Mailbox.#rateRefilled, Math.min(ms, MAX_TIMER_MS), this)
+  }
+
+  /** Reading is paused by the rate limit. */
+  get pausedForRate (): boolean {
+    return (this.#paused & PAUSED_BY_RATE) !== 0
   }
 
   /** The connection is ending: no timer of the rate limit stays behind. */
@@ -144,13 +156,18 @@ export class Mailbox {
   static #rateRefilled (self: Mailbox): void {
     self.#rateTimer = undefined
     self.#setPaused(PAUSED_BY_RATE, false)
+    self.#rateResumed?.()
   }
 
-  /** This side closes: drop what waits, and read again so that the peer's close reply ends the socket. */
+  /**
+   * This side closes: drop what waits, frames held by `active: false` too, and read again so
+   * that the peer's close reply ends the socket.
+   */
   dropForClose (): void {
     this.#items.length = 0
     this.#head = 0
     this.#bytes = 0
+    this.#held = undefined
     if (this.#paused !== 0) this.#ws.resume()
   }
 

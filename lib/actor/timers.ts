@@ -5,6 +5,7 @@
  * handler first starts either; all cancelled and stopped at once when the connection ends.
  */
 import { InvalidTimerError } from '../core/errors.js'
+import { MAX_TIMER_MS } from '../core/options.js'
 import type { StreamRef, StreamTo, TimerRef } from '../core/types.js'
 import { Stream, type StreamOwner } from './streams.js'
 
@@ -19,7 +20,8 @@ let lastRef = 0
 
 /** A fresh reference; refs are unique in the process, so a stale ref never cancels another timer. */
 export function nextTimerRef (ms: number): TimerRef {
-  if (!(Number.isFinite(ms) && ms >= 0)) throw new InvalidTimerError(String(ms))
+  // Node fires a longer timer after 1 ms: refused, never clamped.
+  if (!(Number.isFinite(ms) && ms >= 0 && ms <= MAX_TIMER_MS)) throw new InvalidTimerError(String(ms))
   return ++lastRef
 }
 

@@ -73,9 +73,9 @@ export const RateLimitedError: FastifyErrorConstructor<{ code: 'FST_WS_RATE_LIMI
 export const OutboundOverflowError: FastifyErrorConstructor<{ code: 'FST_WS_OUTBOUND_OVERFLOW' }, [number, number]> = createError<'FST_WS_OUTBOUND_OVERFLOW', [number, number]>(
   'FST_WS_OUTBOUND_OVERFLOW', '%d bytes wait to be sent, over maxBufferedBytes (%d)')
 
-/** `sendAfter` or `startTimer` got a delay that is not a finite number >= 0. Thrown in the callback (close 1011). */
+/** `sendAfter` or `startTimer` got a delay that is not a number of ms from 0 to 2^31 − 1 (a Node timer's limit). Thrown in the callback (close 1011). */
 export const InvalidTimerError: FastifyErrorConstructor<{ code: 'FST_WS_INVALID_TIMER' }, [string]> = createError<'FST_WS_INVALID_TIMER', [string]>(
-  'FST_WS_INVALID_TIMER', 'A timer delay must be a finite number of milliseconds >= 0, got %s')
+  'FST_WS_INVALID_TIMER', 'A timer delay must be a number of milliseconds from 0 to 2147483647 (a Node timer\'s limit), got %s')
 
 /** `subscribe`, `publish`, `broadcast` or `topic()` got a topic that is neither a non-empty string nor a `topic()`. */
 export const InvalidTopicError: FastifyErrorConstructor<{ code: 'FST_WS_INVALID_TOPIC' }, [string]> = createError<'FST_WS_INVALID_TOPIC', [string]>(

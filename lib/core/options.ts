@@ -35,8 +35,18 @@ export const DEFAULT_CLOSE_TIMEOUT = 5_000
 
 export type Check = (value: unknown) => string | undefined
 
-const nonNegativeInteger: Check = (v) =>
-  Number.isSafeInteger(v) && (v as number) >= 0 ? undefined : `expected a whole number >= 0, got ${show(v)}`
+/**
+ * The longest delay a Node timer takes (2^31 − 1 ms, about 24.8 days): a longer one fires after
+ * 1 ms. Every option that becomes a timer is checked against it, never silently clamped.
+ */
+export const MAX_TIMER_MS = 2_147_483_647
+
+/** A delay in whole ms that a timer can honour: 0 (off) to MAX_TIMER_MS. */
+const delay: Check = (v) =>
+  Number.isSafeInteger(v) && (v as number) >= 0 && (v as number) <= MAX_TIMER_MS
+    ? undefined
+    : `expected a whole number of ms from 0 to ${MAX_TIMER_MS} (a Node timer's limit, about 24.8 days), got ${show(v)}`
+
 const positiveIntegerOrInfinity: Check = (v) =>
   v === Infinity || (Number.isSafeInteger(v) && (v as number) >= 1) ? undefined : `expected a whole number >= 1 or Infinity, got ${show(v)}`
 const positiveInteger: Check = (v) =>
@@ -48,8 +58,8 @@ const object: Check = (v) => v !== null && typeof v === 'object' ? undefined : `
 
 /** Options a result may change live. */
 export const liveChecks: Readonly<Record<string, Check>> = {
-  idleTimeout: nonNegativeInteger,
-  pingInterval: nonNegativeInteger,
+  idleTimeout: delay,
+  pingInterval: delay,
   maxFrameSize: positiveIntegerOrInfinity,
   maxBufferedBytes: positiveInteger,
   mailboxLimit: positiveInteger
@@ -116,7 +126,7 @@ export const fastifyRouteOptionKeys: ReadonlySet<string> = new Set([
 
 const pluginChecks: Readonly<Record<string, Check>> = {
   ...routeChecks,
-  closeTimeout: positiveInteger,
+  closeTimeout: (v) => v === 0 ? 'expected a whole number of ms >= 1, got 0' : delay(v),
   maxConnectionsPerIp: positiveInteger,
   ipv6Subnet: (v) => Number.isInteger(v) && (v as number) >= 1 && (v as number) <= 128 ? undefined : `expected a prefix length from 1 to 128, got ${show(v)}`,
   perMessageDeflate: object,
@@ -147,11 +157,12 @@ export function historyOptionProblem (value: unknown): string | undefined {
 
 /** The problem with drain options (the plugin's `drain`, `app.wsConnections.drain()`), or undefined. */
 export function drainOptionsProblem (value: unknown): string | undefined {
-  const expected = `expected { batchSize?, batchIntervalMs?, maxWindowMs? (whole numbers: >= 1, >= 0, >= 0), code?: 1001 | 1012 }, got ${show(value)}`
+  const expected = `expected { batchSize?, batchIntervalMs?, maxWindowMs? (whole numbers: >= 1, and ms from 0 to ${MAX_TIMER_MS}), code?: 1001 | 1012 }, got ${show(value)}`
   if (value === null || typeof value !== 'object' || Array.isArray(value)) return expected
   const { batchSize, batchIntervalMs, maxWindowMs, code, ...rest } = value as Record<string, unknown>
   const whole = (v: unknown, min: number): boolean => v === undefined || (Number.isSafeInteger(v) && (v as number) >= min)
-  return Object.keys(rest).length === 0 && whole(batchSize, 1) && whole(batchIntervalMs, 0) && whole(maxWindowMs, 0) &&
+  const ms = (v: unknown): boolean => v === undefined || delay(v) === undefined
+  return Object.keys(rest).length === 0 && whole(batchSize, 1) && ms(batchIntervalMs) && ms(maxWindowMs) &&
     (code === undefined || code === 1001 || code === 1012)
     ? undefined
     : expected

@@ -39,7 +39,10 @@ export interface ConnectionLimits {
  * One admitted upgrade: it counts against the limits until released (the upgrade failed) or
  * handed over to its connection. Its socket is ended by app.close() if it is still pending then.
  */
-export interface Lease { readonly route: string, readonly ip: string, readonly socket: { destroy(): void }, open: boolean }
+export interface Lease { readonly route: string, readonly ip: string, readonly socket: Destroyable, open: boolean }
+
+/** What app.close() ends under an `init` that never settles: the socket (HTTP/1.1), the stream (HTTP/2), or, injected, the request. */
+export interface Destroyable { destroy?: (() => void) | undefined }
 
 export class Registry implements ConnectionRegistry, WebSocketConnections {
   /** The prefix of this instance's connection ids; other instances route posts by it. */
@@ -61,9 +64,11 @@ export class Registry implements ConnectionRegistry, WebSocketConnections {
   #lastId = 0
   /** Upgrades between admission and their 101 or refusal (an `init` running). */
   readonly #upgrading = new Set<Lease>()
+  /** Made when the first drain begins, resolved when the last connection is gone: every drain waits on the same one. */
+  #emptied: Promise<void> | undefined
   #onEmpty: (() => void) | undefined
-  /** app.close() began with upgrades pending: stop the timer that ends their sockets. */
-  #onUpgradesSettled: (() => void) | undefined
+  /** The timer that ends the sockets of upgrades still pending `closeTimeout` after the first drain began. */
+  #pendingUpgradesTimer: NodeJS.Timeout | undefined
   #draining = false
   /** The close code of the drain under way (late connections get it too). */
   #drainCode: number = CloseCode.SERVICE_RESTART
@@ -153,7 +158,7 @@ export class Registry implements ConnectionRegistry, WebSocketConnections {
 
   #settled (lease: Lease): void {
     this.#upgrading.delete(lease)
-    if (this.#upgrading.size === 0) this.#onUpgradesSettled?.()
+    if (this.#upgrading.size === 0) clearTimeout(this.#pendingUpgradesTimer)
   }
 
   #uncount (route: string, ip: string): void {
@@ -399,13 +404,13 @@ export class Registry implements ConnectionRegistry, WebSocketConnections {
     const problem = drainOptionsProblem(options)
     if (problem !== undefined) throw new InvalidOptionError('drain', problem)
     const settings = { ...this.#drainDefaults, ...options }
-    this.#draining = true
-    if (this.#upgrading.size !== 0) {
-      const timer = setTimeout(() => { for (const lease of this.#upgrading) lease.socket.destroy() }, this.#closeTimeout)
-      this.#onUpgradesSettled = () => { clearTimeout(timer) }
+    if (!this.#draining && this.#upgrading.size !== 0) {
+      this.#pendingUpgradesTimer = setTimeout(Registry.#endPendingUpgrades, this.#closeTimeout, this)
     }
+    this.#draining = true
     const code = this.#drainCode = settings.code ?? CloseCode.SERVICE_RESTART
-    const emptied = new Promise<void>((resolve) => {
+    // One wait for every drain: a second drain() must not leave the first waiting for nothing.
+    const emptied = this.#emptied ??= new Promise<void>((resolve) => {
       this.#onEmpty = resolve
       if (this.#live.size === 0) resolve()
     })
@@ -415,6 +420,17 @@ export class Registry implements ConnectionRegistry, WebSocketConnections {
     let timer: NodeJS.Timeout | undefined
     await Promise.race([emptied, new Promise<void>((resolve) => { timer = setTimeout(resolve, timeoutMs) })])
     clearTimeout(timer)
+  }
+
+  /** A timer's callback: nothing may throw out of it (an injected request's socket has no destroy()). */
+  static #endPendingUpgrades (self: Registry): void {
+    for (const lease of self.#upgrading) {
+      try {
+        lease.socket.destroy?.()
+      } catch (error) {
+        self.#log.error({ err: error }, 'WebSocket upgrade could not be ended at close')
+      }
+    }
   }
 
   /** app.close(): the drain, within `closeTimeout` as a whole (its batches in at most half of it). */

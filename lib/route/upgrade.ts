@@ -16,7 +16,7 @@ import { refusedChannel } from '../core/diagnostics.js'
 import { jsonReader } from './json-reader.js'
 import { answeringStream, kH2Stream, releaseCompatObjects } from './h2.js'
 import { originCheck, ownOrigin, type OriginCheck } from './origin.js'
-import type { Lease, Registry } from '../registry/registry.js'
+import type { Destroyable, Lease, Registry } from '../registry/registry.js'
 import {
   InvalidHandshakeError, InvalidOptionError, InvalidResultError, OriginNotAllowedError, ProtocolNotOfferedError, ProtocolNotSupportedError,
   ProtocolRequiredError, ShuttingDownError, TooManyConnectionsError, UpgradeRequiredError
@@ -276,8 +276,11 @@ function upgradeStep (
 
   function admit (request: FastifyRequest, reply: FastifyReply): Lease {
     try {
-      // Over HTTP/2 the stream is what app.close() may have to end, not the session's socket.
-      return registry.admit(url, request.ip ?? '', settings.maxConnections, (request.raw as RawRequest)[kH2Stream] ?? request.raw.socket)
+      // Over HTTP/2 the stream is what app.close() may have to end, not the session's socket;
+      // an injected request's socket (light-my-request's) cannot be destroyed: the request can.
+      const raw = request.raw as RawRequest
+      const socket: Destroyable | undefined = raw.socket
+      return registry.admit(url, request.ip ?? '', settings.maxConnections, raw[kH2Stream] ?? (typeof socket?.destroy === 'function' ? socket : raw))
     } catch (error) {
       reply.header('retry-after', RETRY_AFTER_SECONDS)
       throw error
