@@ -6,26 +6,7 @@
 import t from 'tap'
 import WebSocket from 'ws'
 import type { Commands, InFrame } from '../lib/index.js'
-import { RawClient, buildApp, connect, listen, terminateRecorder, until, upgradeHeaders } from './helpers.js'
-
-/** Counts the pings the server sends to sockets that are no longer open (there must be none). */
-function pingsToClosedSockets (t: { teardown(fn: () => unknown): void }): { count: number, all: number } {
-  const seen = { count: 0, all: 0 }
-  const ping = WebSocket.prototype.ping
-  WebSocket.prototype.ping = function (this: WebSocket, ...args: Parameters<WebSocket['ping']>) {
-    seen.all++
-    if (this.readyState !== WebSocket.OPEN) seen.count++
-    return ping.apply(this, args)
-  }
-  t.teardown(() => { WebSocket.prototype.ping = ping })
-  return seen
-}
-
-function deferred<T> (): { promise: Promise<T>, resolve: (value: T) => void } {
-  let resolve!: (value: T) => void
-  const promise = new Promise<T>((_resolve) => { resolve = _resolve })
-  return { promise, resolve }
-}
+import { RawClient, buildApp, connect, deferred, listen, pingsToClosedSockets, terminateRecorder, until, upgradeHeaders } from './helpers.js'
 
 t.test('frames held by active: false are dropped when the server closes, even if a late callback says active: true', async (t) => {
   const { app } = await buildApp(t, { closeTimeout: 200 })

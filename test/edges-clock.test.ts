@@ -7,26 +7,7 @@ import { install } from '@sinonjs/fake-timers'
 import t from 'tap'
 import WebSocket from 'ws'
 import type { Commands } from '../lib/index.js'
-import { buildApp, connect, listen, terminateRecorder, until } from './helpers.js'
-
-/** Counts the pings the server sends to sockets that are no longer open (there must be none). */
-function pingsToClosedSockets (t: { teardown(fn: () => unknown): void }): { count: number, all: number } {
-  const seen = { count: 0, all: 0 }
-  const ping = WebSocket.prototype.ping
-  WebSocket.prototype.ping = function (this: WebSocket, ...args: Parameters<WebSocket['ping']>) {
-    seen.all++
-    if (this.readyState !== WebSocket.OPEN) seen.count++
-    return ping.apply(this, args)
-  }
-  t.teardown(() => { WebSocket.prototype.ping = ping })
-  return seen
-}
-
-function deferred<T> (): { promise: Promise<T>, resolve: (value: T) => void } {
-  let resolve!: (value: T) => void
-  const promise = new Promise<T>((_resolve) => { resolve = _resolve })
-  return { promise, resolve }
-}
+import { buildApp, connect, deferred, listen, pingsToClosedSockets, terminateRecorder, until } from './helpers.js'
 
 t.test('an async callback that resolves with options after the peer left does not re-arm its heartbeat', async (t) => {
   const { app } = await buildApp(t, { closeTimeout: 200 })

@@ -240,3 +240,23 @@ export async function within<T> (promise: Promise<T>, label: string, deadlineMs 
     cancel.abort()
   }
 }
+
+/** Counts the pings the server sends to sockets that are no longer open (there must be none). */
+export function pingsToClosedSockets (t: { teardown(fn: () => unknown): void }): { count: number, all: number } {
+  const seen = { count: 0, all: 0 }
+  const ping = WebSocket.prototype.ping
+  WebSocket.prototype.ping = function (this: WebSocket, ...args: Parameters<WebSocket['ping']>) {
+    seen.all++
+    if (this.readyState !== WebSocket.OPEN) seen.count++
+    return ping.apply(this, args)
+  }
+  t.teardown(() => { WebSocket.prototype.ping = ping })
+  return seen
+}
+
+/** A promise and its resolve, for a callback the test settles when it chooses. */
+export function deferred<T> (): { promise: Promise<T>, resolve: (value: T) => void } {
+  let resolve!: (value: T) => void
+  const promise = new Promise<T>((_resolve) => { resolve = _resolve })
+  return { promise, resolve }
+}
