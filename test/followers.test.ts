@@ -44,6 +44,12 @@ function history (): { store: HistoryStore, reads: Array<{ after: number, answer
 }
 
 const log = pino({ level: 'silent' })
+/** The i-th read the feed issued (reads are issued at the end of the tick, for every follower that asked in it). */
+async function readAt<R> (reads: R[], i: number): Promise<R> {
+  await settle()
+  if (reads[i] === undefined) throw new Error(`read ${i} was not issued (${reads.length} were)`)
+  return reads[i]
+}
 const settle = async (): Promise<void> => { for (let i = 0; i < 20; i++) await new Promise((resolve) => setImmediate(resolve)) }
 const entries = (epoch: string, from: number, to: number): HistoryRead['entries'] =>
   Array.from({ length: to - from + 1 }, (_, i) => ({ offset: from + i, message: `m${from + i}`, epoch }))
@@ -55,7 +61,7 @@ t.test('the seam: what comes live while the history is read follows it, each onc
   feed.follow(ctx, { epoch: 'e', offset: 2 })
   feed.publish('m5', { epoch: 'e', offset: 5 }) // live during the read: held
   feed.publish('m6', { epoch: 'e', offset: 6 })
-  reads[0]!.answer({ epoch: 'e', top: 5, entries: entries('e', 3, 5) }) // the read saw up to 5
+  ;(await readAt(reads, 0)).answer({ epoch: 'e', top: 5, entries: entries('e', 3, 5) }) // the read saw up to 5
   await settle()
   feed.publish('m7', { epoch: 'e', offset: 7 })
   feed.publish('m7', { epoch: 'e', offset: 7 }) // a duplicate: dropped
@@ -69,25 +75,25 @@ t.test('a gap in what was held is read back before going on', async (t) => {
   const { ctx, seen } = connection()
   feed.follow(ctx, undefined)
   feed.publish('m9', { epoch: 'e', offset: 9 }) // 6..8 never came live
-  reads[0]!.answer({ epoch: 'e', top: 5, entries: [] })
+  ;(await readAt(reads, 0)).answer({ epoch: 'e', top: 5, entries: [] })
   await settle()
-  t.equal(reads[1]?.after, 5, 'the gap is read')
-  reads[1]!.answer({ epoch: 'e', top: 9, entries: entries('e', 6, 9) })
+  t.equal((await readAt(reads, 1)).after, 5, 'the gap is read')
+  ;(await readAt(reads, 1)).answer({ epoch: 'e', top: 9, entries: entries('e', 6, 9) })
   await settle()
   t.same(seen, ['subscribed:5:0', 'p:e:6', 'p:e:7', 'p:e:8', 'p:e:9'])
 })
 
-t.test('a new epoch in what was held, and live: a resync first, then on from there', async (t) => {
+t.test('a new epoch live: a resync first, then on from there; held entries of another epoch than the read\'s are of a lost history', async (t) => {
   const { store, reads } = history()
   const feed = new Feed('t', { size: 100 }, store, log)
   const { ctx, seen } = connection()
   feed.follow(ctx, undefined)
   feed.publish('x', { epoch: 'new', offset: 1 })
-  reads[0]!.answer({ epoch: 'old', top: 4, entries: [] })
+  ;(await readAt(reads, 0)).answer({ epoch: 'old', top: 4, entries: [] })
   await settle()
   feed.publish('y', { epoch: 'newer', offset: 3 })
   await settle()
-  t.same(seen, ['subscribed:4:0', 'resync:0:epoch', 'p:new:1', 'resync:2:epoch', 'p:newer:3'])
+  t.same(seen, ['subscribed:4:0', 'resync:2:epoch', 'p:newer:3'])
 })
 
 t.test('a full mailbox: what it refused is read back from the history; trimmed meanwhile, a resync', async (t) => {
@@ -96,13 +102,13 @@ t.test('a full mailbox: what it refused is read back from the history; trimmed m
   let open = true
   const { ctx, seen } = connection(() => open)
   feed.follow(ctx, undefined)
-  reads[0]!.answer({ epoch: 'e', top: 0, entries: [] })
+  ;(await readAt(reads, 0)).answer({ epoch: 'e', top: 0, entries: [] })
   await settle()
   open = false
   feed.publish('m1', { epoch: 'e', offset: 1 }) // refused: recovered from 0
   for (let i = 2; i <= 6; i++) feed.publish(`m${i}`, { epoch: 'e', offset: i }) // held, the oldest falling off past `size`
   open = true
-  reads[1]!.answer({ epoch: 'e', top: 6, entries: entries('e', 4, 6) }) // 1..3 were trimmed
+  ;(await readAt(reads, 1)).answer({ epoch: 'e', top: 6, entries: entries('e', 4, 6) }) // 1..3 were trimmed
   await settle()
   t.same(seen, ['subscribed:0:0', 'resync:6:trimmed'])
   feed.publish('m7', { epoch: 'e', offset: 7 })
@@ -112,7 +118,7 @@ t.test('a full mailbox: what it refused is read back from the history; trimmed m
   open = false
   feed.publish('m8', { epoch: 'e', offset: 8 })
   open = true
-  reads[2]!.answer({ epoch: 'f', top: 2, entries: entries('f', 1, 2) })
+  ;(await readAt(reads, 2)).answer({ epoch: 'f', top: 2, entries: entries('f', 1, 2) })
   await settle()
   feed.publish('n3', { epoch: 'f', offset: 3 })
   await settle()
@@ -124,18 +130,18 @@ t.test('a history that cannot be read: `unavailable`, then live from the next pu
   const feed = new Feed('t', { size: 10 }, store, log)
   const { ctx, seen } = connection()
   feed.follow(ctx, { epoch: 'e', offset: 1 })
-  reads[0]!.fail(new Error('Redis is down'))
+  ;(await readAt(reads, 0)).fail(new Error('Redis is down'))
   await settle()
   feed.publish('m9', { epoch: 'e', offset: 9 })
   feed.publish('m10', { epoch: 'e', offset: 10 })
   await settle()
-  t.same(seen, ['resync:-1:unavailable', 'p:e:9', 'p:e:10'])
+  t.same(seen, ['resync:1:unavailable', 'p:e:9', 'p:e:10'], 'where the client was: a valid since')
   // A store that throws at once is the same.
   const throwing = new Feed('t', { size: 10 }, { append: store.append, read: () => { throw new Error('no') } }, log)
   const other = connection()
   throwing.follow(other.ctx, undefined)
   await settle()
-  t.same(other.seen, ['resync:-1:unavailable'])
+  t.same(other.seen, ['resync:0:unavailable'])
 })
 
 t.test('followers that read from the same offset share one read; one that leaves meanwhile gets nothing', async (t) => {
@@ -147,10 +153,11 @@ t.test('followers that read from the same offset share one read; one that leaves
   feed.follow(a.ctx, { epoch: 'e', offset: 1 })
   feed.follow(b.ctx, { epoch: 'e', offset: 1 })
   feed.follow(c.ctx, { epoch: 'e', offset: 1 })
+  await settle()
   t.equal(reads.length, 1, 'one read')
   feed.unfollow(b.ctx)
   t.equal(feed.size, 2)
-  reads[0]!.answer({ epoch: 'e', top: 2, entries: entries('e', 2, 2) })
+  ;(await readAt(reads, 0)).answer({ epoch: 'e', top: 2, entries: entries('e', 2, 2) })
   feed.unfollow(c.ctx) // after the answer, before its replay is pulled
   await settle()
   t.same(a.seen, ['p:e:2', 'subscribed:2:1'])
@@ -161,7 +168,7 @@ t.test('followers that read from the same offset share one read; one that leaves
   const d = connection()
   gone.follow(d.ctx, undefined)
   gone.unfollow(d.ctx)
-  failing.reads[0]!.fail(new Error('late'))
+  ;(await readAt(failing.reads, 0)).fail(new Error('late'))
   await settle()
   t.same(d.seen, [])
 })
@@ -173,7 +180,7 @@ t.test('a follower that leaves during its replay is handed nothing more', async 
   let next: Puller | undefined
   const ctx = { [kStreamMessage]: (event: unknown, puller: Puller | undefined) => { seen.push(event); next = puller } } as unknown as ConnectionContext
   feed.follow(ctx, { epoch: 'e', offset: 0 })
-  reads[0]!.answer({ epoch: 'e', top: 3, entries: entries('e', 1, 3) })
+  ;(await readAt(reads, 0)).answer({ epoch: 'e', top: 3, entries: entries('e', 1, 3) })
   await settle()
   t.equal(seen.length, 1, 'the first, waiting for its info to run')
   feed.unfollow(ctx)
@@ -188,16 +195,17 @@ t.test('catchUp (the adapter is back from an outage): live followers read back f
   const recovering = connection()
   const adopting = connection()
   feed.follow(live.ctx, undefined)
-  reads[0]!.answer({ epoch: 'e', top: 2, entries: [] })
+  ;(await readAt(reads, 0)).answer({ epoch: 'e', top: 2, entries: [] })
   feed.follow(adopting.ctx, { epoch: 'e', offset: 0 })
-  reads[1]!.fail(new Error('down')) // `unavailable`: takes the next one, whatever it is
+  ;(await readAt(reads, 1)).fail(new Error('down')) // `unavailable`: takes the next one, whatever it is
   await settle()
   feed.follow(recovering.ctx, { epoch: 'e', offset: 1 }) // its read is still out
   feed.catchUp()
+  await settle()
   t.equal(reads.length, 4, 'one read more, for the live follower only')
   t.equal(reads[3]!.after, 2)
-  reads[3]!.answer({ epoch: 'e', top: 4, entries: entries('e', 3, 4) }) // what was published during the outage
+  ;(await readAt(reads, 3)).answer({ epoch: 'e', top: 4, entries: entries('e', 3, 4) }) // what was published during the outage
   await settle()
   t.same(live.seen, ['subscribed:2:0', 'p:e:3', 'p:e:4'])
-  t.same(adopting.seen, ['resync:-1:unavailable'])
+  t.same(adopting.seen, ['resync:0:unavailable'])
 })
