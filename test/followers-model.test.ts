@@ -40,7 +40,6 @@ class World {
   lostSinceReconnect = false
 
   publish (lost: boolean): void {
-    if (lost) this.lostSinceReconnect = true
     const offset = ++this.top
     this.kept.push({ offset, message: `m${offset}` })
     if (this.kept.length > SIZE) this.kept.shift()
@@ -125,7 +124,10 @@ class DeliverLive implements fc.AsyncCommand<Model, Real> {
   check (): boolean { return true }
   async run (_m: Model, { world, feed }: Real): Promise<void> {
     for (const message of world.wire.splice(0, this.count)) {
-      if (message.lost) continue
+      if (message.lost) { // an outage
+        world.lostSinceReconnect = true
+        continue
+      }
       // Live messages are lost only in an outage, and the adapter says when it is back: before the next one it carries.
       if (world.lostSinceReconnect) {
         world.lostSinceReconnect = false

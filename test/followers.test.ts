@@ -209,3 +209,41 @@ t.test('catchUp (the adapter is back from an outage): live followers read back f
   t.same(live.seen, ['subscribed:2:0', 'p:e:3', 'p:e:4'])
   t.same(adopting.seen, ['resync:0:unavailable'])
 })
+
+t.test('a follower that comes while another one\'s read is in flight does not share it: it would miss what came live before it', async (t) => {
+  const { store, reads } = history()
+  const feed = new Feed('t', { size: 10 }, store, log)
+  const a = connection()
+  const b = connection()
+  feed.follow(a.ctx, { epoch: 'e', offset: 0 })
+  const first = await readAt(reads, 0) // run by the store before m1 was kept
+  feed.publish('m1', { epoch: 'e', offset: 1 }) // A holds it; B is not there yet
+  feed.follow(b.ctx, { epoch: 'e', offset: 0 }) // the stampede: back from the same position
+  first.answer({ epoch: 'e', top: 0, entries: [] })
+  ;(await readAt(reads, 1)).answer({ epoch: 'e', top: 1, entries: entries('e', 1, 1) })
+  await settle()
+  t.same(a.seen, ['subscribed:0:0', 'p:e:1'])
+  t.same(b.seen, ['p:e:1', 'subscribed:1:1'], 'its own read: m1 is not lost at its seam')
+})
+
+t.test('a publication far ahead of what the history holds: re-read with a backoff, then told as lost, never a tight loop', async (t) => {
+  const { install } = await import('@sinonjs/fake-timers')
+  const clock = install({ toFake: ['setTimeout', 'clearTimeout'] })
+  t.teardown(() => clock.uninstall())
+  const { store, reads } = history()
+  const feed = new Feed('t', { size: 10 }, store, log)
+  const { ctx, seen } = connection()
+  feed.follow(ctx, undefined)
+  ;(await readAt(reads, 0)).answer({ epoch: 'e', top: 5, entries: [] })
+  await settle()
+  feed.publish('far', { epoch: 'e', offset: 1_000_000 }) // kept by hand in the stream, past the counter
+  for (let i = 1; i <= 3; i++) {
+    ;(await readAt(reads, i)).answer({ epoch: 'e', top: 5, entries: [] }) // the history has nothing between
+    await settle()
+    t.equal(reads.length, i + 1, `read ${i} answered: no next read before the backoff`)
+    clock.runAll() // the backoff
+  }
+  await settle()
+  t.equal(reads.length, 4, 'three re-reads, then the hole is told')
+  t.same(seen, ['subscribed:5:0', 'resync:999999:trimmed', 'p:e:1000000'])
+})
