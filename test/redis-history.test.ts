@@ -183,7 +183,42 @@ t.test('the kept wire: a KEPT message carries its position; malformed ones are r
   for (let i = 0; i <= 10_000; i++) app.wsConnections.publish(`other-${i}`, i)
   t.equal(await app.wsConnections.publishConfirmed(feed, 'still here').then((p) => p.offset), 1)
   t.equal(hashTagOf('chat:1'), 'chat:1')
-  t.match(hashTagOf('a}b'), /^[0-9a-f]{40}$/)
+  t.match(hashTagOf('a}b'), /^~[0-9a-f]{40}$/)
+  t.not(hashTagOf(hashTagOf('a}b')), hashTagOf('a}b'), 'a topic named as another\'s hashed tag is hashed too')
+})
+
+t.test('topic names map to channels one to one: a topic named as another\'s hashed tag shares nothing with it', async (t) => {
+  const shared = prefix()
+  const braced = 'room{1}'
+  const twin = hashTagOf(braced).slice(1) // the name the old mapping gave `room{1}`, as a topic of its own
+  const app = Fastify()
+  t.teardown(() => app.close())
+  await app.register(wsHandlers, { adapter: redisAdapter({ url, channelPrefix: shared }), history: { [braced]: { size: 10 }, [twin]: { size: 10 }, [`~${twin}`]: { size: 10 } } })
+  const heard: string[] = []
+  app.ws('/twin', { websocketInit: (_s, ctx) => { ctx.subscribe(twin) }, info: (message) => { heard.push(String(message)) } })
+  await app.ready()
+  const { ws } = await inject(app, '/twin')
+  t.equal((await app.wsConnections.publishConfirmed(braced, 'to the braced room')).offset, 1)
+  t.equal((await app.wsConnections.publishConfirmed(`~${twin}`, 'to the tilde room')).offset, 1)
+  t.equal((await app.wsConnections.publishConfirmed(twin, 'to the twin')).offset, 1, 'its own counter')
+  await until(() => heard.length === 1, 'the twin\'s own publication')
+  t.same(heard, ['to the twin'])
+  ws.close()
+})
+
+t.test('a history expired by age is trimmed, not lost: the epoch and the offsets go on', async (t) => {
+  const shared = prefix()
+  const a = await instance(t, shared, url, { size: 100, maxAgeMs: 30 })
+  const first = await a.app.wsConnections.publishConfirmed(feed, 'one')
+  const tag = hashTagOf('feed')
+  await until(async () => await admin.exists(`${shared}h:{${tag}}`) === 0, 'the entries expired')
+  t.equal(await admin.exists(`${shared}m:{${tag}}`), 1, 'the epoch and counter are kept')
+  const second = await a.app.wsConnections.publishConfirmed(feed, 'two')
+  t.same(second, { epoch: first.epoch, offset: 2 })
+  await until(async () => await admin.exists(`${shared}h:{${tag}}`) === 0, 'expired again')
+  const { seen } = await inject(a.app, `/feed?since=${first.epoch}:0`)
+  await seen.frameCount(1)
+  t.same(seen.frames, ['text:resync:2:trimmed'], 'a client from before is told it was trimmed, in the same epoch')
 })
 
 t.test('an entry in the stream that is not JSON (another app, a bug) fails the read: followers are told `unavailable`, nothing throws', async (t) => {

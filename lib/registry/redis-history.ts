@@ -14,9 +14,13 @@
 import { createHash, randomBytes } from 'node:crypto'
 import type { HistoryLimits, HistoryRead } from '../core/types.js'
 
-/** `{tag}` of a topic's keys and channel: the topic itself, unless it could end the tag early. */
+/**
+ * `{tag}` of a topic's keys and channel: the topic itself, unless it could end the tag early (a
+ * brace) or be taken for a hashed one (a leading `~`): then `~` and its SHA-1. Injective: no two
+ * topics share a channel, a stream or an offset counter.
+ */
 export function hashTagOf (topic: string): string {
-  return topic.includes('}') || topic.includes('{') ? createHash('sha1').update(topic).digest('hex') : topic
+  return topic.includes('}') || topic.includes('{') || topic.startsWith('~') ? `~${createHash('sha1').update(topic).digest('hex')}` : topic
 }
 
 /**
@@ -52,8 +56,9 @@ if maxAge > 0 then
       break
     end
   end
+  -- Only the entries expire: the epoch and the counter stay, so an expired history reads as
+  -- trimmed (its followers told so), never as lost (a new epoch, offsets from 1 again).
   redis.call('PEXPIRE', KEYS[1], maxAge)
-  redis.call('PEXPIRE', KEYS[2], maxAge)
 end
 local field = epoch .. ' ' .. offset
 redis.call(ARGV[7], ARGV[6], ARGV[1] .. struct.pack('>I4', #field) .. field .. ARGV[2])
