@@ -20,6 +20,9 @@ import { machineRedis, ownRedis } from './redis-server.js'
 import { startInstance as startProcess } from './instances.js'
 import { ResumingClient } from './resuming-client.js'
 
+// Four scenarios of 100 clients and child processes: on two loaded cores they take more than
+// the 60 s a test file gets by default (each waits on observable state, none on a time).
+t.setTimeout(240_000)
 const machine = machineRedis(t).url
 const script = fileURLToPath(new URL('./fixtures/history-instance.ts', import.meta.url))
 

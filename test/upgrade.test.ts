@@ -148,7 +148,7 @@ t.test('init returning the wrong shape is a 500 that says what was expected', as
     'init returned an invalid result: unknown key "stat", expected some of: state, protocol, options',
     'init returned an invalid result: got "state", expected undefined or an object with some of: state, protocol, options',
     'init returned an invalid result: "protocol" must be a string, got 1',
-    'init returned an invalid result: option "idleTimeout": expected a whole number >= 0, got -1'
+    'init returned an invalid result: option "idleTimeout": expected a whole number of ms from 0 to 2147483647 (a Node timer\'s limit, about 24.8 days), got -1'
   ])
 })
 
@@ -328,7 +328,7 @@ t.test('bad plugin and route options are refused with a coded error at declarati
   const app = Fastify()
   t.teardown(() => app.close())
   await t.rejects(async () => await app.register(wsHandlers, { idleTimeout: 'soon' } as never), {
-    code: 'FST_WS_INVALID_OPTION', message: 'Invalid option "plugin options": option "idleTimeout": expected a whole number >= 0, got "soon"'
+    code: 'FST_WS_INVALID_OPTION', message: 'Invalid option "plugin options": option "idleTimeout": expected a whole number of ms from 0 to 2147483647 (a Node timer\'s limit, about 24.8 days), got "soon"'
   })
   await t.rejects(async () => await Fastify().register(wsHandlers, { perMessageDeflate: true } as never), {
     message: /option "perMessageDeflate": expected an object, got true/
