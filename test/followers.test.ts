@@ -247,3 +247,13 @@ t.test('a publication far ahead of what the history holds: re-read with a backof
   t.equal(reads.length, 4, 'three re-reads, then the hole is told')
   t.same(seen, ['subscribed:5:0', 'resync:999999:trimmed', 'p:e:1000000'])
 })
+
+t.test('what the history returns with a hole or a repeat: the hole told as trimmed, the repeat dropped', async (t) => {
+  const { store, reads } = history()
+  const feed = new Feed('t', { size: 10 }, store, log)
+  const { ctx, seen } = connection()
+  feed.follow(ctx, { epoch: 'e', offset: 2 })
+  ;(await readAt(reads, 0)).answer({ epoch: 'e', top: 6, entries: [...entries('e', 3, 3), ...entries('e', 3, 3), ...entries('e', 5, 6)] })
+  await settle()
+  t.same(seen, ['p:e:3', 'resync:4:trimmed', 'p:e:5', 'p:e:6', 'subscribed:6:4'])
+})

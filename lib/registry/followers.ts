@@ -113,10 +113,6 @@ export class Follower implements Puller {
     this.#read(since === undefined ? Infinity : since.offset)
   }
 
-  get state (): FollowerState {
-    return this.#state
-  }
-
   pull (): void {
     this.#on({ type: 'pulled' })
   }
