@@ -56,7 +56,10 @@ export interface ResumingSocket {
 
 const OPEN = 1
 
-/** A Node or browser timer fires a delay above 2^31 − 1 ms after 1 ms: refused, never clamped. */
+/**
+ * A Node or browser timer fires a delay above 2^31 − 1 ms after 1 ms: refused, never clamped.
+ * (core/options.ts has the same limit; this entry imports nothing, so that it runs in a browser.)
+ */
 const MAX_TIMER_MS = 2_147_483_647
 
 function backoffMs (value: number | undefined, fallback: number, name: string): number {

@@ -175,7 +175,7 @@ export class Connection extends ConnectionContext implements ConnectionEvents, B
     if (rate.limit.onExceeded !== 'close') {
       // While this side holds the client back, its silence is ours: the idle timeout counts
       // again from the moment reading resumes (its pongs were waiting, unread).
-      mailbox.pauseForRate(wait, this.#rateResumed)
+      mailbox.pauseForRate(wait, this)
       return true
     }
     const error = new RateLimitedError(rate.describe())
@@ -213,9 +213,6 @@ export class Connection extends ConnectionContext implements ConnectionEvents, B
   get [kQueued] (): number {
     return this.#mailbox?.size ?? 0
   }
-
-  /** Reading resumes after a rate-limit pause: silence counts from now (kHeartbeat does not close meanwhile). */
-  readonly #rateResumed = (): void => { this[kDataReceived]() }
 
   [kDataReceived] (): void {
     if (this[kPhase] === 'open') restartSilence(this, firstStep(this.#options.idleTimeout, this.#options.pingInterval))

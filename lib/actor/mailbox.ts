@@ -7,7 +7,11 @@
 import type { FastifyBaseLogger } from 'fastify'
 import type WebSocket from 'ws'
 import type { InboundRate } from './rate-limit.js'
+import { kDataReceived } from './listeners.js'
 import { MAX_TIMER_MS } from '../core/options.js'
+
+/** The connection, told when reading resumes after a rate-limit pause (its silence counts from then). */
+export interface RateHeld { [kDataReceived](): void }
 
 /**
  * What an item is for, named after the callback that takes it; `errorFrame` is a JSON message
@@ -45,8 +49,8 @@ export class Mailbox {
   rate: InboundRate | undefined
   /** Reading resumes when it fires: the rate limit's bucket has refilled. */
   #rateTimer: NodeJS.Timeout | undefined
-  /** The connection's listener for that moment (its idle timeout counts again from it). */
-  #rateResumed: (() => void) | undefined
+  /** Who is told when that moment comes (the connection: its idle timeout counts again from it). */
+  #rateHeld: RateHeld | undefined
 
   constructor (ws: WebSocket) {
     this.#ws = ws
@@ -134,12 +138,12 @@ export class Mailbox {
 
   /**
    * Over the rate limit: stop reading the socket for `ms` (again from now, if it was paused
-   * already); `resumed` is called when the bucket has refilled and reading goes on.
+   * already); `held` is told when the bucket has refilled and reading goes on.
    */
-  pauseForRate (ms: number, resumed: () => void): void {
+  pauseForRate (ms: number, held: RateHeld): void {
     clearTimeout(this.#rateTimer)
     this.#setPaused(PAUSED_BY_RATE, true)
-    this.#rateResumed = resumed
+    this.#rateHeld = held
     this.#rateTimer = setTimeout(Mailbox.#rateRefilled, Math.min(ms, MAX_TIMER_MS), this)
   }
 
@@ -156,7 +160,7 @@ export class Mailbox {
   static #rateRefilled (self: Mailbox): void {
     self.#rateTimer = undefined
     self.#setPaused(PAUSED_BY_RATE, false)
-    self.#rateResumed?.()
+    self.#rateHeld?.[kDataReceived]()
   }
 
   /**

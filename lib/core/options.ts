@@ -41,11 +41,14 @@ export type Check = (value: unknown) => string | undefined
  */
 export const MAX_TIMER_MS = 2_147_483_647
 
-/** A delay in whole ms that a timer can honour: 0 (off) to MAX_TIMER_MS. */
-const delay: Check = (v) =>
-  Number.isSafeInteger(v) && (v as number) >= 0 && (v as number) <= MAX_TIMER_MS
+/** A delay in whole ms that a timer can honour: `min` to MAX_TIMER_MS. */
+function delayFrom (min: number): Check {
+  return (v) => Number.isSafeInteger(v) && (v as number) >= min && (v as number) <= MAX_TIMER_MS
     ? undefined
-    : `expected a whole number of ms from 0 to ${MAX_TIMER_MS} (a Node timer's limit, about 24.8 days), got ${show(v)}`
+    : `expected a whole number of ms from ${min} to ${MAX_TIMER_MS} (a Node timer's limit, about 24.8 days), got ${show(v)}`
+}
+/** 0 turns the timer off. */
+const delay = delayFrom(0)
 
 const positiveIntegerOrInfinity: Check = (v) =>
   v === Infinity || (Number.isSafeInteger(v) && (v as number) >= 1) ? undefined : `expected a whole number >= 1 or Infinity, got ${show(v)}`
@@ -126,7 +129,7 @@ export const fastifyRouteOptionKeys: ReadonlySet<string> = new Set([
 
 const pluginChecks: Readonly<Record<string, Check>> = {
   ...routeChecks,
-  closeTimeout: (v) => v === 0 ? 'expected a whole number of ms >= 1, got 0' : delay(v),
+  closeTimeout: delayFrom(1),
   maxConnectionsPerIp: positiveInteger,
   ipv6Subnet: (v) => Number.isInteger(v) && (v as number) >= 1 && (v as number) <= 128 ? undefined : `expected a prefix length from 1 to 128, got ${show(v)}`,
   perMessageDeflate: object,

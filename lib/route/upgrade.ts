@@ -279,8 +279,9 @@ function upgradeStep (
       // Over HTTP/2 the stream is what app.close() may have to end, not the session's socket;
       // an injected request's socket (light-my-request's) cannot be destroyed: the request can.
       const raw = request.raw as RawRequest
-      const socket: Destroyable | undefined = raw.socket
-      return registry.admit(url, request.ip ?? '', settings.maxConnections, raw[kH2Stream] ?? (typeof socket?.destroy === 'function' ? socket : raw))
+      const socket = raw.socket as Partial<Destroyable> | undefined
+      const ending: Destroyable = raw[kH2Stream] ?? (typeof socket?.destroy === 'function' ? socket as Destroyable : raw)
+      return registry.admit(url, request.ip ?? '', settings.maxConnections, ending)
     } catch (error) {
       reply.header('retry-after', RETRY_AFTER_SECONDS)
       throw error
