@@ -257,3 +257,18 @@ t.test('what the history returns with a hole or a repeat: the hole told as trimm
   await settle()
   t.same(seen, ['p:e:3', 'resync:4:trimmed', 'p:e:5', 'p:e:6', 'subscribed:6:4'])
 })
+
+t.test('a re-read that fails: `unavailable` at where the client is, then live from the next publication', async (t) => {
+  const { store, reads } = history()
+  const feed = new Feed('t', { size: 10 }, store, log)
+  const { ctx, seen } = connection()
+  feed.follow(ctx, undefined)
+  ;(await readAt(reads, 0)).answer({ epoch: 'e', top: 2, entries: [] })
+  await settle()
+  feed.publish('m5', { epoch: 'e', offset: 5 }) // 3 and 4 never came live
+  ;(await readAt(reads, 1)).fail(new Error('Redis is down'))
+  await settle()
+  feed.publish('m6', { epoch: 'e', offset: 6 })
+  await settle()
+  t.same(seen, ['subscribed:2:0', 'resync:2:unavailable', 'p:e:5', 'p:e:6'])
+})

@@ -217,7 +217,7 @@ export class Follower implements Puller {
   #readFailed (): void {
     // Live from the next publication on, whatever it is; the client is told it may have missed
     // some, with where it was (a valid `since`: it may send it back).
-    const at = this.#since ?? (this.#epoch === undefined ? { offset: 0, epoch: '' } : { offset: Math.max(this.#last, 0), epoch: this.#epoch })
+    const at = this.#since ?? (this.#epoch === undefined ? { offset: 0, epoch: '' } : { offset: this.#last, epoch: this.#epoch })
     this.#first = false
     this.#since = undefined
     this.#epoch = undefined
