@@ -57,13 +57,30 @@ const plugin: FastifyPluginAsync<WebSocketHandlersOptions> = async function wsHa
   }
   const registry = new Registry(adapter, fastify.log, { maxConnections, maxConnectionsPerIp, ipv6Subnet },
     history === undefined ? undefined : new HistoryConfig(history), drain, closeTimeout)
-  await adapter.start(registry.local, fastify.log)
-  // After the adapter: a start that fails leaves no channel subscribed.
-  const meter = meterFor(metrics)
-  if (meter !== undefined) {
-    const stopRecording = recordMetrics(meter, registry)
-    fastify.addHook('onClose', async function stopMetrics () { stopRecording() })
+  // What is started is undone in one place, in reverse order: at app.close(), or at once when a
+  // later step of the registration fails (a meterProvider that throws must not leave Redis open).
+  const started: Array<{ what: string, undo: () => unknown }> = []
+  async function undoStarted (): Promise<void> {
+    for (const { what, undo } of started.reverse()) {
+      try {
+        await undo()
+      } catch (error) {
+        fastify.log.error({ err: error }, `WebSocket ${what} failed to close`)
+      }
+    }
+    started.length = 0
   }
+  try {
+    await adapter.start(registry.local, fastify.log)
+    // Bounded whatever the adapter does: a broker that stops answering must not hold app.close().
+    started.push({ what: 'adapter', undo: async () => await settledWithin(Promise.resolve().then(() => adapter.close(closeTimeout)), closeTimeout) })
+    const meter = meterFor(metrics)
+    if (meter !== undefined) started.push({ what: 'metrics', undo: recordMetrics(meter, registry) })
+  } catch (error) {
+    await undoStarted()
+    throw error
+  }
+  fastify.addHook('onClose', undoStarted)
   const defaults: PluginDefaults = {
     connection: resolveConnectionOptions(DEFAULTS, opts),
     route: routeDefaults,
@@ -119,14 +136,6 @@ const plugin: FastifyPluginAsync<WebSocketHandlersOptions> = async function wsHa
     // Node's server.close() waits for every HTTP/2 session, which clients keep open: close the
     // ones that carried WebSockets, now that their WebSockets are closed.
     h2?.closeSessions()
-  })
-  fastify.addHook('onClose', async function closeAdapter () {
-    // Bounded whatever the adapter does: a broker that stops answering must not hold app.close().
-    try {
-      await settledWithin(Promise.resolve().then(() => adapter.close(closeTimeout)), closeTimeout)
-    } catch (error) {
-      fastify.log.error({ err: error }, 'WebSocket adapter failed to close')
-    }
   })
 
   if (!websocketRegisteredByApp) {

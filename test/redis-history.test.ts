@@ -4,10 +4,9 @@
  * gap (the subscriber connection killed) is mended from the history as soon as it is back, and a Redis restart gives
  * a new epoch (no persistence: every follower is told to resync) or nothing lost (AOF).
  */
-import { randomBytes } from 'node:crypto'
+import { createHash, randomBytes } from 'node:crypto'
 import { Writable } from 'node:stream'
 import Fastify, { type FastifyInstance } from 'fastify'
-import { createHash } from 'node:crypto'
 import t from 'tap'
 import wsHandlers, { type HistoryLimits } from '../lib/index.js'
 import { redisAdapter } from '../lib/redis.js'

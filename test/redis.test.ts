@@ -248,3 +248,23 @@ t.test('metrics: the delivery lag from another instance, and what the adapter dr
   t.ok(lag.sum! >= 0 && lag.sum! < 5, `a lag in seconds (${lag.sum!})`)
   onB.ws.terminate()
 })
+
+t.test('a registration that fails after the adapter started closes it: no Redis connection is left open', async (t) => {
+  const inner = redisAdapter({ url, channelPrefix: `fws-${randomBytes(4).toString('hex')}:` })
+  let instanceId = ''
+  const adapter: PubSubAdapter = {
+    ...inner,
+    history: inner.history,
+    async start (local, log) {
+      instanceId = local.instanceId
+      await inner.start(local, log)
+    }
+  }
+  const app = Fastify()
+  t.teardown(() => app.close())
+  const meterProvider = { getMeter: () => { throw new Error('no meter here') } }
+  await t.rejects(app.register(wsHandlers, { adapter, metrics: { meterProvider } as never }).ready(), { message: 'no meter here' })
+  t.not(instanceId, '', 'the adapter had started')
+  await until(async () => !(await admin.client('LIST') as string).includes(`name=fws-${instanceId}-`), 'its connections closed')
+  t.equal(inner.connected, false)
+})
