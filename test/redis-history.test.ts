@@ -239,3 +239,20 @@ t.test('an entry in the stream that is not JSON (another app, a bug) fails the r
   await seen.frameCount(2)
   t.same(seen.frames[1], 'text:p:3:three', 'live from the next one')
 })
+
+t.test('publish() to a topic with history on Redis claims no delivery before Redis kept it; the deliver channel counts it once kept, publishConfirmed too', async (t) => {
+  const { subscribe, unsubscribe } = await import('node:diagnostics_channel')
+  const a = await instance(t, prefix())
+  const { seen } = await inject(a.app, '/feed')
+  await seen.frameCount(1)
+  const events: Array<{ operation: string, delivered: number }> = []
+  const listen = (event: unknown): void => { events.push(event as { operation: string, delivered: number }) }
+  subscribe('fastify-ws-handlers:deliver', listen)
+  t.teardown(() => unsubscribe('fastify-ws-handlers:deliver', listen))
+  t.equal(a.app.wsConnections.publish(feed, 'one'), 0, 'not delivered yet')
+  t.same(events, [])
+  await seen.frameCount(2)
+  await until(() => events.length === 1, 'counted once kept')
+  await a.app.wsConnections.publishConfirmed(feed, 'two')
+  t.match(events, [{ operation: 'publish', delivered: 1 }, { operation: 'publish', delivered: 1 }])
+})

@@ -263,7 +263,7 @@ t.test('a registration that fails after the adapter started closes it: no Redis 
   const app = Fastify()
   t.teardown(() => app.close())
   const meterProvider = { getMeter: () => { throw new Error('no meter here') } }
-  await t.rejects(app.register(wsHandlers, { adapter, metrics: { meterProvider } as never }).ready(), { message: 'no meter here' })
+  await t.rejects(async () => { await app.register(wsHandlers, { adapter, metrics: { meterProvider } as never }) }, { message: 'no meter here' })
   t.not(instanceId, '', 'the adapter had started')
   await until(async () => !(await admin.client('LIST') as string).includes(`name=fws-${instanceId}-`), 'its connections closed')
   t.equal(inner.connected, false)

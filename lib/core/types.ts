@@ -479,7 +479,9 @@ export interface WebSocketConnections extends Iterable<WebSocketContext<unknown>
   post(id: string, message: unknown): boolean
   /**
    * Deliver `message` to `info` of every subscriber of `topic`, here and on the other instances
-   * (in publish order for each subscriber). Returns how many local subscribers accepted it.
+   * (in publish order for each subscriber). Returns how many local subscribers accepted it. A
+   * topic with history on Redis is delivered once Redis has kept it, after this returns: then 0
+   * (`publishConfirmed` resolves when it is kept; the deliveries metric counts it then).
    */
   publish<Message>(topic: Topic<Message>, message: Message): number
   publish(topic: string, message: unknown): number

@@ -308,29 +308,40 @@ export class Registry implements ConnectionRegistry, WebSocketConnections {
     const topic = topicName(to)
     const [json, carried] = this.#carried(message)
     const limits = this.#history?.limitsOf(topic)
-    if (limits !== undefined) {
-      // Kept: the history gives it its position and delivers it everywhere, here too, in order.
-      try {
-        const kept = this.#adapter.history!.append(topic, carried, json, limits)
-        if (kept instanceof Promise) kept.catch((error: unknown) => { this.#notKept(topic, error) })
-      } catch (error) {
-        this.#notKept(topic, error)
-      }
-      const delivered = this.subscriberCount(topic)
-      if (deliverChannel.hasSubscribers) deliverChannel.publish({ operation: 'publish', delivered, instanceId: this.instanceId })
-      return delivered
+    if (limits === undefined) {
+      this.#adapter.publish(topic, carried, json)
+      return this.#published(this.#publishHere(topic, carried))
     }
-    this.#adapter.publish(topic, carried, json)
-    const delivered = this.#publishHere(topic, carried)
-    if (deliverChannel.hasSubscribers) deliverChannel.publish({ operation: 'publish', delivered, instanceId: this.instanceId })
-    return delivered
+    // Kept: the history gives it its position and delivers it everywhere, here too, in order.
+    let kept: Position | Promise<Position>
+    try {
+      kept = this.#adapter.history!.append(topic, carried, json, limits)
+    } catch (error) {
+      this.#notKept(topic, error)
+      return this.#published(0)
+    }
+    if (!(kept instanceof Promise)) return this.#published(this.subscriberCount(topic)) // delivered already (in process)
+    // Kept later (Redis): delivered only then, if at all, so nothing is counted now.
+    kept.then(() => { this.#published(this.subscriberCount(topic)) }, (error: unknown) => {
+      this.#notKept(topic, error)
+      this.#published(0)
+    })
+    return 0
   }
 
   async publishConfirmed (to: string | Topic<unknown>, message: unknown): Promise<Position> {
     const topic = topicName(to)
     const limits = this.#limitsOf(topic)
     const [json, carried] = this.#carried(message)
-    return await this.#adapter.history!.append(topic, carried, json, limits)
+    const position = await this.#adapter.history!.append(topic, carried, json, limits)
+    this.#published(this.subscriberCount(topic))
+    return position
+  }
+
+  /** Observed (the deliveries metric): a publication reached `delivered` local subscribers. */
+  #published (delivered: number): number {
+    if (deliverChannel.hasSubscribers) deliverChannel.publish({ operation: 'publish', delivered, instanceId: this.instanceId })
+    return delivered
   }
 
   /** A publication the history could not keep (Redis is down): not delivered anywhere, and said so. */
