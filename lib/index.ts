@@ -18,6 +18,7 @@ import type {
 } from './core/types.js'
 import { governServer, isWebSocketRoute, makeWebSocketRoute, runInitLast, upgradeRequired, type PluginDefaults } from './route/upgrade.js'
 import { isHttp2Server, kH2Stream, serveExtendedConnect, type H2Request } from './route/h2.js'
+import { shuttingDownAnswer } from './route/refusals.js'
 import { checkWs } from './wire/ws-check.js'
 import { settledWithin } from './core/timeout.js'
 import { inProcessAdapter } from './registry/in-process.js'
@@ -117,7 +118,7 @@ const plugin: FastifyPluginAsync<WebSocketHandlersOptions> = async function wsHa
   })
 
   // WebSockets over HTTP/2 (RFC 8441) when the app runs Fastify's http2 server.
-  const h2 = isHttp2Server(fastify.server) ? serveExtendedConnect(fastify, fastify.server) : undefined
+  const h2 = isHttp2Server(fastify.server) ? serveExtendedConnect(fastify, fastify.server, () => registry.draining) : undefined
   if (h2 !== undefined) {
     fastify.addHook('onRequest', function refuseConnectToOtherRoutes (request, reply, done) {
       if ((request.raw as unknown as H2Request)[kH2Stream] === undefined || isWebSocketRoute(request)) {
@@ -129,9 +130,11 @@ const plugin: FastifyPluginAsync<WebSocketHandlersOptions> = async function wsHa
   }
 
   fastify.addHook('preClose', async function closeConnections () {
-    // From now on Fastify answers every request with 503; an upgrade's socket is not the HTTP
-    // server's to end, and would hold server.close() forever: end it once the 503 is written.
-    fastify.server.on('upgrade', endRefusedUpgrade)
+    // From now on Fastify's router answers every request with a 503 of its own: upgrades get the
+    // drain's (Retry-After, FST_WS_SHUTTING_DOWN) here instead of being routed, and their socket,
+    // which is not the HTTP server's to end (it would hold server.close() forever), is ended.
+    fastify.server.removeAllListeners('upgrade')
+    fastify.server.on('upgrade', refuseUpgradeWhileClosing)
     await registry.shutdown()
     // Node's server.close() waits for every HTTP/2 session, which clients keep open: close the
     // ones that carried WebSockets, now that their WebSockets are closed.
@@ -149,7 +152,15 @@ const plugin: FastifyPluginAsync<WebSocketHandlersOptions> = async function wsHa
   fastify.addHook('onRoute', runInitLast(registry))
 }
 
-function endRefusedUpgrade (_request: unknown, socket: Socket): void {
+/**
+ * A server event: nothing may throw out of it, nor out of the socket, whose error listener
+ * Node removed before 'upgrade' (a client gone already: its error is dropped with it).
+ */
+function refuseUpgradeWhileClosing (_request: unknown, socket: Socket): void {
+  socket.on('error', () => {})
+  const { headers, body } = shuttingDownAnswer()
+  const head = Object.entries(headers).map(([name, value]) => `${name}: ${value}\r\n`).join('')
+  socket.write(`HTTP/1.1 503 Service Unavailable\r\nconnection: close\r\n${head}\r\n${body}`)
   socket.destroySoon() // after the 503 is written
 }
 

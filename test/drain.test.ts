@@ -4,10 +4,12 @@
  * that their clients reconnect elsewhere without a stampede. app.close() drains too, within
  * closeTimeout.
  */
+import { once } from 'node:events'
+import net from 'node:net'
 import { install } from '@sinonjs/fake-timers'
 import t from 'tap'
 import { wsClient } from '../lib/testing.js'
-import { buildApp, inject, terminateRecorder } from './helpers.js'
+import { buildApp, connect, deferred, inject, listen, terminateRecorder } from './helpers.js'
 
 /** Wait for what sockets and callbacks do (not timers: they are fake here). */
 async function until (predicate: () => boolean, label: string): Promise<void> {
@@ -93,4 +95,27 @@ t.test('drain options are checked', async (t) => {
   }
   const { app } = await buildApp(t)
   await t.rejects(app.wsConnections.drain({ batchSize: 0 }), { code: 'FST_WS_INVALID_OPTION' })
+})
+
+t.test('during app.close(), a new upgrade gets the drain\'s 503: Retry-After and FST_WS_SHUTTING_DOWN, not Fastify\'s generic one', async (t) => {
+  const { app } = await buildApp(t, { closeTimeout: 60_000 })
+  const finish = deferred<void>()
+  app.ws('/slow', { terminate: async () => { await finish.promise } }) // holds app.close() in its drain
+  const base = await listen(app)
+  await connect(`${base}/slow`)
+  const closing = app.close()
+  await until(() => app.wsConnections.draining, 'app.close() began')
+  const { port } = new URL(base)
+  const socket = net.connect(Number(port), '127.0.0.1')
+  await once(socket, 'connect')
+  socket.write('GET /slow HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n')
+  let answer = ''
+  socket.on('data', (chunk: Buffer) => { answer += chunk.toString() })
+  await once(socket, 'close')
+  const [head = '', body = ''] = answer.split('\r\n\r\n')
+  t.match(head, /^HTTP\/1\.1 503 /)
+  t.match(head, /\r\nretry-after: 5\r\n/i)
+  t.match(JSON.parse(body), { statusCode: 503, code: 'FST_WS_SHUTTING_DOWN', error: 'Service Unavailable' })
+  finish.resolve()
+  await closing
 })

@@ -14,7 +14,7 @@ import WebSocket from 'ws'
 import wsHandlers, { close, defineHandler, text } from '../lib/index.js'
 import { UpgradeRefusedError, wsClient, type ClientOptions } from '../lib/testing.js'
 import { answeringStream } from '../lib/route/h2.js'
-import { until } from './helpers.js'
+import { deferred, until } from './helpers.js'
 
 const tls = { key: readFileSync(new URL('./fixtures/localhost-key.pem', import.meta.url)), cert: readFileSync(new URL('./fixtures/localhost-cert.pem', import.meta.url)) }
 const overH2: ClientOptions = { http2: { ca: tls.cert } }
@@ -183,6 +183,31 @@ t.test('app.close(): 1012 to every h2 WebSocket and the sessions closed, promptl
     t.same(await client.closed(), { code: 1012, reason: '' })
     t.match(await client.terminated(), { type: 'shutdown', code: 1012 })
   }
+})
+
+t.test('during app.close(), a new h2 WebSocket gets the drain\'s 503 (Retry-After, FST_WS_SHUTTING_DOWN), not Fastify\'s generic one', async (t) => {
+  const finish = deferred<void>()
+  const { app, base } = await h2App(t, { plugin: { closeTimeout: 60_000 }, routes: (app) => { app.ws('/slow', { terminate: async () => { await finish.promise } }) } })
+  const session = http2.connect(base, { ca: tls.cert })
+  t.teardown(() => session.destroy())
+  await once(session, 'remoteSettings')
+  const connectTo = (): http2.ClientHttp2Stream => session.request({ ':method': 'CONNECT', ':protocol': 'websocket', ':path': '/slow', ':scheme': 'https', ':authority': new URL(base).host, 'sec-websocket-version': '13' }, { endStream: false })
+  const first = connectTo()
+  const [accepted] = await once(first, 'response') as [Record<string, unknown>]
+  t.equal(accepted[':status'], 200)
+  const closing = app.close()
+  await until(() => app.wsConnections.draining, 'app.close() began')
+  const refused = connectTo()
+  const [headers] = await once(refused, 'response') as [Record<string, unknown>]
+  let body = ''
+  refused.on('data', (chunk: Buffer) => { body += chunk.toString() })
+  await once(refused, 'end')
+  t.equal(headers[':status'], 503)
+  t.equal(headers['retry-after'], '5')
+  t.match(JSON.parse(body), { statusCode: 503, code: 'FST_WS_SHUTTING_DOWN' })
+  session.destroy() // this client goes: the drain and the session close can end
+  finish.resolve()
+  await closing
 })
 
 t.test('limits over HTTP/2 as over HTTP/1.1: a frame over maxFrameSize closes 1009, text that is not UTF-8 closes 1007', async (t) => {

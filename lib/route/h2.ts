@@ -16,6 +16,7 @@ import type { Http2SecureServer, Http2Server, Http2ServerRequest, Http2ServerRes
 import type { IncomingMessage } from 'node:http'
 import type { Duplex } from 'node:stream'
 import type { FastifyInstance } from 'fastify'
+import { shuttingDownAnswer } from './refusals.js'
 
 /** The stream of a WebSocket CONNECT, on the raw request while it is routed. */
 export const kH2Stream = Symbol('fastify-ws-handlers.h2-stream')
@@ -32,7 +33,7 @@ export function isHttp2Server (server: unknown): server is Http2Server | Http2Se
  * sessions that carried WebSockets, closed once their WebSockets are (Node's `server.close()`
  * leaves idle sessions open until their timeout).
  */
-export function serveExtendedConnect (fastify: FastifyInstance, server: Http2Server | Http2SecureServer): { closeSessions: () => void } {
+export function serveExtendedConnect (fastify: FastifyInstance, server: Http2Server | Http2SecureServer, draining: () => boolean): { closeSessions: () => void } {
   server.updateSettings({ enableConnectProtocol: true })
   const sessions = new Set<Http2Session>()
   // A server event: nothing may throw out of it (a process crash). A failure resets that stream.
@@ -51,6 +52,12 @@ export function serveExtendedConnect (fastify: FastifyInstance, server: Http2Ser
     }
     const h2 = request as H2Request
     const response = answer as Http2ServerResponse
+    if (draining()) { // Fastify's router would answer app.close()'s generic 503: the drain's, as over HTTP/1.1
+      const { headers, body } = shuttingDownAnswer()
+      response.writeHead(503, headers)
+      response.end(body)
+      return
+    }
     if (h2.headers[':protocol'] !== 'websocket') {
       response.writeHead(501, { 'content-type': 'application/json' })
       response.end(JSON.stringify({ statusCode: 501, error: 'Not Implemented', message: `extended CONNECT for ${String(h2.headers[':protocol'] ?? 'no protocol')}: only websocket` }))

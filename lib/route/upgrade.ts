@@ -15,6 +15,7 @@ import type { RouteContext } from '../actor/context.js'
 import { refusedChannel } from '../core/diagnostics.js'
 import { jsonReader } from './json-reader.js'
 import { answeringStream, kH2Stream, releaseCompatObjects } from './h2.js'
+import { RETRY_AFTER_SECONDS } from './refusals.js'
 import { originCheck, ownOrigin, type OriginCheck } from './origin.js'
 import type { Destroyable, Lease, Registry } from '../registry/registry.js'
 import {
@@ -332,9 +333,6 @@ function answerLoadShedding (request: FastifyRequest, reply: FastifyReply, error
   request.log.warn({ code: error.code, route: request.routeOptions.url, ip: request.ip }, error.message)
   reply.code(503).send({ statusCode: 503, code: error.code, error: 'Service Unavailable', message: error.message })
 }
-
-/** What a client over a connection limit is told to wait before trying again. */
-const RETRY_AFTER_SECONDS = 5
 
 const keyPattern = /^[+/0-9A-Za-z]{22}==$/ // ws's own rule
 
