@@ -307,3 +307,25 @@ t.test('plain and positioned subscribers of one topic on one instance: each gets
   t.same(positioned.seen.frames, ['text:subscribed:0:0', ...publications(1, 2)])
   t.same(plain.seen.frames, ['text:m1', 'text:m2'])
 })
+
+t.test('the in-process history lets go of what expired by age, whether or not its topic is used again; its offsets go on', async (t) => {
+  const { install } = await import('@sinonjs/fake-timers')
+  const clock = install({ toFake: ['setTimeout', 'clearTimeout', 'Date'] })
+  t.teardown(() => { clock.uninstall() })
+  const bus = new InProcessBus()
+  const limits = { size: 60_000, maxAgeMs: 60_000 }
+  bus.history.append('forever', 'kept without an age limit', undefined, { size: 10 })
+  for (let i = 1; i <= 50_000; i++) bus.history.append('quiet', { n: i, pad: 'x'.repeat(100) }, undefined, limits)
+  clock.tick(30_000)
+  bus.history.append('quiet', 'newest', undefined, limits)
+  t.equal(bus.history.kept, 50_002)
+  clock.tick(30_001) // the first 50,000 are past their age: nobody appends to the topic or reads it
+  t.equal(bus.history.kept, 2, 'expired without a touch of the topic')
+  t.same(bus.history.read('quiet', 0, limits), { epoch: bus.history.epoch, top: 50_001, entries: [{ offset: 50_001, message: 'newest' }] })
+  clock.tick(30_000)
+  t.equal(bus.history.kept, 1, 'what has no age limit stays')
+  t.equal(clock.countTimers(), 0, 'no sweep left for nobody')
+  t.equal(bus.history.append('quiet', 'later', undefined, limits).offset, 50_002, 'an emptied topic keeps its offsets')
+  t.same(bus.history.read('quiet', 50_001, limits).entries, [{ offset: 50_002, message: 'later' }])
+  clock.uninstall()
+})

@@ -5,6 +5,7 @@
  */
 import { randomBytes } from 'node:crypto'
 import type { HistoryLimits, HistoryRead, HistoryStore, LocalDelivery, Position } from '../core/types.js'
+import { MAX_TIMER_MS } from '../core/options.js'
 
 /** The limits of each topic, from the plugin's `history` option: an exact name wins, then the longest `prefix*`. */
 export class HistoryConfig {
@@ -41,6 +42,8 @@ interface Ring {
   start: number
   count: number
   readonly size: number
+  /** With `times`: how long an entry is kept. */
+  readonly maxAgeMs: number
 }
 
 /**
@@ -52,6 +55,8 @@ export class MemoryHistory implements HistoryStore {
   readonly epoch = randomBytes(6).toString('hex')
   readonly #rings = new Map<string, Ring>()
   readonly #members: () => readonly LocalDelivery[]
+  /** Expires what is older than its topic's maxAgeMs, whether or not the topic is used again (unref'd). */
+  #sweep: NodeJS.Timeout | undefined
 
   constructor (members: () => readonly LocalDelivery[]) {
     this.#members = members
@@ -59,7 +64,7 @@ export class MemoryHistory implements HistoryStore {
 
   append (topic: string, message: unknown, _json: string | undefined, limits: HistoryLimits): Position {
     let ring = this.#rings.get(topic)
-    if (ring === undefined || ring.size !== limits.size || (ring.times === undefined) !== (limits.maxAgeMs === undefined)) {
+    if (ring === undefined || ring.size !== limits.size || ring.maxAgeMs !== (limits.maxAgeMs ?? 0)) {
       ring = resized(ring, limits)
       this.#rings.set(topic, ring)
     }
@@ -71,8 +76,29 @@ export class MemoryHistory implements HistoryStore {
     if (ring.count === ring.size) ring.start = (ring.start + 1) % ring.size
     else ring.count++
     const position = { offset: ++ring.top, epoch: this.epoch }
+    if (ring.times !== undefined && this.#sweep === undefined) this.#sweepIn(limits.maxAgeMs!)
     for (const member of this.#members()) member.publication(topic, message, position)
     return position
+  }
+
+  #sweepIn (ms: number): void {
+    this.#sweep = setTimeout(MemoryHistory.#swept, Math.min(ms, MAX_TIMER_MS), this).unref()
+  }
+
+  /**
+   * The sweep's timer: every ring with an age limit drops what expired, and lets go of its slots
+   * once empty (its offset counter stays); then again when the oldest entry left expires.
+   */
+  static #swept (self: MemoryHistory): void {
+    self.#sweep = undefined
+    const now = Date.now()
+    let next = Infinity
+    for (const ring of self.#rings.values()) {
+      if (ring.times === undefined) continue
+      expire(ring, now - ring.maxAgeMs)
+      if (ring.count > 0) next = Math.min(next, ring.times[ring.start]! + ring.maxAgeMs - now)
+    }
+    if (next !== Infinity) self.#sweepIn(Math.max(next, 1))
   }
 
   read (topic: string, after: number, limits: HistoryLimits): HistoryRead {
@@ -100,7 +126,7 @@ export class MemoryHistory implements HistoryStore {
  * is fixed, but two apps on one bus may differ); their age counts from now.
  */
 function resized (old: Ring | undefined, limits: HistoryLimits): Ring {
-  const ring: Ring = { top: old?.top ?? 0, messages: [], times: limits.maxAgeMs === undefined ? undefined : [], start: 0, count: 0, size: limits.size }
+  const ring: Ring = { top: old?.top ?? 0, messages: [], times: limits.maxAgeMs === undefined ? undefined : [], start: 0, count: 0, size: limits.size, maxAgeMs: limits.maxAgeMs ?? 0 }
   if (old === undefined) return ring
   const keep = Math.min(old.count, limits.size)
   for (let i = old.count - keep; i < old.count; i++) {
@@ -112,11 +138,16 @@ function resized (old: Ring | undefined, limits: HistoryLimits): Ring {
   return ring
 }
 
-/** Drop what is older than `before` (the oldest first: times only grow). */
+/** Drop what is older than `before` (the oldest first: times only grow); an emptied ring lets go of its slots. */
 function expire (ring: Ring, before: number): void {
   while (ring.count > 0 && ring.times![ring.start]! < before) {
     ring.messages[ring.start] = undefined
     ring.start = (ring.start + 1) % ring.size
     ring.count--
+  }
+  if (ring.count === 0) {
+    ring.messages.length = 0
+    ring.times!.length = 0
+    ring.start = 0
   }
 }

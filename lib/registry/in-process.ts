@@ -10,9 +10,9 @@ import { MemoryHistory } from './history.js'
 /** Instances of one process that exchange publications: pass the same bus to each app's adapter. */
 export class InProcessBus {
   readonly #members = new Map<string, { local: LocalDelivery, topics: Set<string> }>()
-  /** The history of topics that keep one, shared by the bus's apps (as Redis is by instances). */
   /** Every member's delivery, for the history (which delivers each publication to all): kept as an array, not made per publication. */
   #locals: LocalDelivery[] = []
+  /** The history of topics that keep one, shared by the bus's apps (as Redis is by instances). */
   readonly history = new MemoryHistory(() => this.#locals)
 
   join (local: LocalDelivery): Set<string> {
