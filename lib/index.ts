@@ -5,7 +5,7 @@
  * routes with a `ws` option into WebSocket routes, registers @fastify/websocket when the app
  * has not, and drains every connection (1012, in batches) on app.close().
  */
-import type { Socket } from 'node:net'
+import type { Duplex } from 'node:stream'
 import fastifyWebsocket from '@fastify/websocket'
 import type { FastifyInstance, FastifyPluginAsync, RouteGenericInterface, RouteOptions } from 'fastify'
 import fp from 'fastify-plugin'
@@ -156,12 +156,13 @@ const plugin: FastifyPluginAsync<WebSocketHandlersOptions> = async function wsHa
  * A server event: nothing may throw out of it, nor out of the socket, whose error listener
  * Node removed before 'upgrade' (a client gone already: its error is dropped with it).
  */
-function refuseUpgradeWhileClosing (_request: unknown, socket: Socket): void {
+function refuseUpgradeWhileClosing (_request: unknown, socket: Duplex): void {
   socket.on('error', () => {})
   const { headers, body } = shuttingDownAnswer()
   const head = Object.entries(headers).map(([name, value]) => `${name}: ${value}\r\n`).join('')
-  socket.write(`HTTP/1.1 503 Service Unavailable\r\nconnection: close\r\n${head}\r\n${body}`)
-  socket.destroySoon() // after the 503 is written
+  // Ended, then destroyed once the 503 is written (any Duplex: injectWS's in-memory socket has no destroySoon()).
+  socket.once('finish', () => { socket.destroy() })
+  socket.end(`HTTP/1.1 503 Service Unavailable\r\nconnection: close\r\n${head}\r\n${body}`)
 }
 
 /** The plugin. Register it once, before declaring WebSocket routes. */

@@ -6,6 +6,7 @@
  */
 import { once } from 'node:events'
 import net from 'node:net'
+import { PassThrough } from 'node:stream'
 import { install } from '@sinonjs/fake-timers'
 import t from 'tap'
 import { wsClient } from '../lib/testing.js'
@@ -116,6 +117,13 @@ t.test('during app.close(), a new upgrade gets the drain\'s 503: Retry-After and
   t.match(head, /^HTTP\/1\.1 503 /)
   t.match(head, /\r\nretry-after: 5\r\n/i)
   t.match(JSON.parse(body), { statusCode: 503, code: 'FST_WS_SHUTTING_DOWN', error: 'Service Unavailable' })
+  // A socket that is a plain Duplex (injectWS's in-memory one: no destroySoon()) is answered the same, and nothing throws.
+  const memory = new PassThrough()
+  let written = ''
+  memory.on('data', (chunk: Buffer) => { written += chunk.toString() })
+  app.server.emit('upgrade', { headers: {} }, memory, Buffer.alloc(0))
+  await once(memory, 'close')
+  t.match(written, /^HTTP\/1\.1 503 [^]*retry-after: 5/)
   finish.resolve()
   await closing
 })
