@@ -15,6 +15,7 @@ import { hashTagOf } from '../lib/registry/redis-history.js'
 import { inject, until } from './helpers.js'
 import { feed, follower, offsetsOf, range } from './followers.js'
 import { machineRedis, ownRedis } from './redis-server.js'
+import { Redis } from 'ioredis'
 
 const { url, admin } = machineRedis(t)
 
@@ -255,4 +256,33 @@ t.test('publish() to a topic with history on Redis claims no delivery before Red
   await until(() => events.length === 1, 'counted once kept')
   await a.app.wsConnections.publishConfirmed(feed, 'two')
   t.match(events, [{ operation: 'publish', delivered: 1 }, { operation: 'publish', delivered: 1 }])
+})
+
+t.test('a follower that subscribes while Redis is down is told `unavailable`, and its topic is live again once Redis is back (never deaf)', async (t) => {
+  const redis = await ownRedis(t)
+  const a = await instance(t, 'fws:', redis.url)
+  const watcher = new Redis(redis.url)
+  t.teardown(() => watcher.disconnect())
+  await redis.kill()
+  await until(() => a.logs.some((line) => (line.err as { code?: string } | undefined)?.code === 'FST_WS_REDIS'), 'the adapter saw Redis go')
+  const { seen } = await inject(a.app, '/feed?since=e:0') // a topic no connection here followed yet
+  await seen.frameCount(1)
+  t.match(seen.frames[0], /^text:resync:\d+:unavailable$/, 'told at once that the history cannot be read')
+  await redis.restart()
+  await until(async () => Number((await watcher.pubsub('NUMSUB', 'fws:t:{feed}').catch(() => ['', 0]))[1]) === 1, 'the topic subscribed again on the new Redis')
+  await until(() => a.app.wsConnections.publishConfirmed(feed, 'after').then(() => true, () => false), 'Redis back for publishing')
+  await until(() => seen.frames.some((frame) => frame.endsWith(':after')), 'a live publication reaches the follower')
+  t.pass('not deaf')
+})
+
+t.test('a SUBSCRIBE that a silent Redis never answers fails the history read after a bound: the follower is told `unavailable`, it does not wait forever', async (t) => {
+  const redis = await ownRedis(t)
+  const a = await instance(t, 'fws:', redis.url)
+  redis.silence() // connections open, nothing answered
+  t.teardown(() => { redis.wake() })
+  const { seen } = await inject(a.app, '/feed?since=e:0')
+  await seen.frameCount(1)
+  t.match(seen.frames[0], /^text:resync:\d+:unavailable$/)
+  await until(() => a.logs.some((line) => /subscription to "feed" is not confirmed/.test(String((line.err as { message?: string } | undefined)?.message))), 'the reason logged')
+  redis.wake()
 })

@@ -25,6 +25,9 @@ import { APPEND_SCRIPT, READ_SCRIPT, hashTagOf, historyReadOf, newEpoch, readArg
 import { settledWithin } from '../core/timeout.js'
 import { adapterChannel } from '../core/diagnostics.js'
 
+/** How long a history read waits for its topic's SUBSCRIBE to be confirmed before it fails. */
+const SUBSCRIBE_WAIT_MS = 2_000
+
 export interface RedisAdapterOptions {
   /** Default: `REDIS_URL`, else redis://127.0.0.1:6379. */
   url?: string
@@ -161,8 +164,12 @@ export function redisAdapter (options: RedisAdapterOptions = {}): RedisPubSubAda
     const tag = hashTagOf(topic)
     return [`${prefix}h:{${tag}}`, `${prefix}m:{${tag}}`]
   }
-  /** SUBSCRIBEs (SSUBSCRIBEs) not yet confirmed: a history read waits for its topic's, so that what it misses arrives live. */
-  const subscribing = new Map<string, Promise<unknown>>()
+  /**
+   * SUBSCRIBEs (SSUBSCRIBEs) not yet confirmed: a history read waits for its topic's, so that what
+   * it misses arrives live; at most SUBSCRIBE_WAIT_MS, and one that failed fails the read (its
+   * followers are told `unavailable`, never given a seam that is not live).
+   */
+  const subscribing = new Map<string, Promise<void>>()
   let local: LocalDelivery
   let origin: Buffer
   let publisher: Connection
@@ -170,6 +177,8 @@ export function redisAdapter (options: RedisAdapterOptions = {}): RedisPubSubAda
   let log: FastifyBaseLogger
   let closing = false
   let down = false
+  /** Connected once: a later 'ready' is a reconnect. */
+  let started = false
   /** The last error a connection reported: what a failed start names. */
   let lastError: Error | undefined
   const drops = { lastLoggedAt: -Infinity, since: 0 }
@@ -239,19 +248,35 @@ export function redisAdapter (options: RedisAdapterOptions = {}): RedisPubSubAda
       }
     },
     async read (topic: string, after: number, limits: HistoryLimits): Promise<HistoryRead> {
-      await subscribing.get(topic) // what this read misses must arrive live
+      const pending = subscribing.get(topic) // what this read misses must arrive live
+      if (pending !== undefined && await settledWithin(pending.then(() => true), SUBSCRIBE_WAIT_MS) === undefined) {
+        throw new RedisAdapterError(`the subscription to "${topic}" is not confirmed after ${SUBSCRIBE_WAIT_MS} ms (${where})`)
+      }
       const [stream, meta] = keysOf(topic)
       return historyReadOf(await publisher.fwsRead!(stream, meta, ...readArgs(after, limits)))
     }
   }
 
+  /**
+   * Subscribe `topic`'s channel. A SUBSCRIBE that Redis never confirmed (rejected while it was
+   * down) is not in what ioredis subscribes again on its own: every topic is subscribed anew when
+   * the subscriber connection is back (resubscribe), so no topic stays deaf.
+   */
   function listen (topic: string): void {
     const channel = topicChannel(topic)
     channelTopics.set(channel, topic)
-    const confirmed = (sharded ? subscriber.ssubscribe(channel) : subscriber.subscribe(channel))
-      .catch((error: Error) => lost('subscribing failed', error))
-      .finally(() => { if (subscribing.get(topic) === confirmed) subscribing.delete(topic) })
+    const confirmed: Promise<void> = (sharded ? subscriber.ssubscribe(channel) : subscriber.subscribe(channel)).then(() => {
+      if (subscribing.get(topic) === confirmed) subscribing.delete(topic)
+    }, (error: Error) => {
+      lost('subscribing failed', error)
+      throw error // the read that waits for it fails (and is told why); resubscribe() tries again
+    })
+    confirmed.catch(() => {}) // waited on by reads only: not an unhandled rejection
     subscribing.set(topic, confirmed)
+  }
+
+  function resubscribe (): void {
+    for (const topic of channelTopics.values()) listen(topic)
   }
 
   return {
@@ -281,6 +306,8 @@ export function redisAdapter (options: RedisAdapterOptions = {}): RedisPubSubAda
       subscriber = connect('sub', {})
       publisher.defineCommand('fwsAppend', { numberOfKeys: 2, lua: APPEND_SCRIPT })
       publisher.defineCommand('fwsRead', { numberOfKeys: 2, lua: READ_SCRIPT })
+      // Back from an outage: every topic again (an ioredis listener: listen() only starts commands).
+      subscriber.on('ready', () => { if (started) resubscribe() })
       for (const connection of [publisher, subscriber]) {
         connection.on('error', (error: Error) => lost('connection error', error))
         connection.on('close', () => lost('connection closed'))
@@ -305,6 +332,7 @@ export function redisAdapter (options: RedisAdapterOptions = {}): RedisPubSubAda
         await Promise.all([publisher.connect(), subscriber.connect()])
         const own = `${prefix}i:{${delivery.instanceId}}`
         await (sharded ? subscriber.ssubscribe(own) : subscriber.subscribe(own))
+        started = true
       } catch (error) {
         closing = true
         publisher.disconnect()
