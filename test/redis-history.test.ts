@@ -8,7 +8,7 @@ import { createHash, randomBytes } from 'node:crypto'
 import { Writable } from 'node:stream'
 import Fastify, { type FastifyInstance } from 'fastify'
 import t from 'tap'
-import wsHandlers, { type HistoryLimits } from '../lib/index.js'
+import wsHandlers, { text, type HistoryLimits } from '../lib/index.js'
 import { redisAdapter } from '../lib/redis.js'
 import { decodeWire, keptHead } from '../lib/registry/redis.js'
 import { hashTagOf } from '../lib/registry/redis-history.js'
@@ -285,4 +285,17 @@ t.test('a SUBSCRIBE that a silent Redis never answers fails the history read aft
   t.match(seen.frames[0], /^text:resync:\d+:unavailable$/)
   await until(() => a.logs.some((line) => /subscription to "feed" is not confirmed/.test(String((line.err as { message?: string } | undefined)?.message))), 'the reason logged')
   redis.wake()
+})
+
+t.test('on the publishing instance, publications and broadcasts of a topic with history arrive in the order they were made', async (t) => {
+  const a = await instance(t, prefix())
+  const { seen } = await inject(a.app, '/feed')
+  await seen.frameCount(1) // subscribed
+  for (let i = 1; i <= 3; i++) {
+    a.app.wsConnections.publish(feed, `p${i}`)
+    a.app.wsConnections.broadcast(feed, text(`b${i}`))
+  }
+  await seen.frameCount(7)
+  t.same(seen.frames.slice(1).map((frame) => frame.replace(/^text:p:\d+:/, 'text:')), ['text:p1', 'text:b1', 'text:p2', 'text:b2', 'text:p3', 'text:b3'])
+  t.equal(a.app.wsConnections.broadcast('no-history', text('at once')), 0, 'a topic without history: written here at once, as before (nobody here)')
 })

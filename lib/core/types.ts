@@ -489,7 +489,9 @@ export interface WebSocketConnections extends Iterable<WebSocketContext<unknown>
    * Write one `text()` or `binary()` frame to every subscriber of `topic`, here and on the other
    * instances, without running their handlers, encoded once (uncompressed, also to compressed
    * connections). Returns how many local subscribers took it: written now, or waiting behind
-   * what a busy subscriber has queued (a subscriber whose mailbox is full misses it).
+   * what a busy subscriber has queued (a subscriber whose mailbox is full misses it). A topic
+   * with history on Redis is written here when Redis brings the broadcast back, in its place
+   * among the topic's publications: then 0.
    */
   broadcast(topic: string | Topic<unknown>, frame: OutFrame, options?: BroadcastOptions): number
   /** This instance's subscribers of `topic`. */
@@ -639,8 +641,12 @@ export interface LocalDelivery {
   readonly instanceId: string
   /** Post `message` to every local subscriber of `topic`; the number that accepted it. */
   publish(topic: string, message: unknown): number
-  /** Write `frame` to every local subscriber of `topic` but `except`; the number written to. */
-  broadcast(topic: string, frame: BroadcastFrame, except: string | undefined): number
+  /**
+   * Write `frame` to every local subscriber of `topic` but `except`; the number written to.
+   * `own`: this instance's own broadcast, handed back by an adapter whose history is kept
+   * asynchronously (`ownBroadcastsComeBack`): written only for a topic with history.
+   */
+  broadcast(topic: string, frame: BroadcastFrame, except: string | undefined, own?: boolean): number
   /** Post to a local connection by id; false when it is not here (or refused). */
   post(id: string, message: unknown): boolean
 }
@@ -659,6 +665,13 @@ export interface PubSubAdapter {
   readonly wire?: 'json'
   /** Where topics with history keep it; without one, the plugin's `history` option is refused. */
   readonly history?: HistoryStore
+  /**
+   * The adapter hands this instance's own broadcasts back (`local.broadcast(…, own: true)`) in
+   * the order its publications come back kept. The plugin then writes a broadcast to a topic
+   * with history to its local subscribers only then, so that it keeps its place among the
+   * topic's publications (which are delivered once kept). Set by `redisAdapter()`.
+   */
+  readonly ownBroadcastsComeBack?: boolean
   /** Once, at registration (awaited): connect, and deliver what arrives through `local`. */
   start(local: LocalDelivery, log: FastifyBaseLogger): void | Promise<void>
   /** The first local connection joined `topic`: start receiving it. */

@@ -218,9 +218,11 @@ export function redisAdapter (options: RedisAdapterOptions = {}): RedisPubSubAda
         return
       }
       const { message } = decoded
-      // Our own was delivered locally already, but for a kept publication: it comes back with its position.
-      if (message.kind !== 'kept' && decoded.origin.equals(origin)) return
-      if (adapterChannel.hasSubscribers) adapterChannel.publish({ event: 'delivery', kind: message.kind, lagMs: Date.now() - decoded.sentAt, instanceId: local.instanceId })
+      // Our own was delivered locally already, but for a kept publication (it comes back with its
+      // position) and a broadcast (the registry writes one to a topic with history only now).
+      const own = decoded.origin.equals(origin)
+      if (own && (message.kind === 'publish' || message.kind === 'post')) return
+      if (adapterChannel.hasSubscribers && !own) adapterChannel.publish({ event: 'delivery', kind: message.kind, lagMs: Date.now() - decoded.sentAt, instanceId: local.instanceId })
       if (message.kind === 'post') {
         local.post(message.id, message.message)
         return
@@ -229,7 +231,7 @@ export function redisAdapter (options: RedisAdapterOptions = {}): RedisPubSubAda
       if (topic === undefined) return // a channel left a moment ago
       if (message.kind === 'kept') local.publication(topic, message.message, message.position)
       else if (message.kind === 'publish') local.publish(topic, message.message)
-      else local.broadcast(topic, message.frame, message.except)
+      else local.broadcast(topic, message.frame, message.except, own)
     } catch (error) {
       drop(channel, (error as Error).message) // its JSON does not parse, or delivering it failed
     }
@@ -282,6 +284,7 @@ export function redisAdapter (options: RedisAdapterOptions = {}): RedisPubSubAda
   return {
     wire: 'json',
     history,
+    ownBroadcastsComeBack: true,
     get connected () {
       return !closing && publisher?.status === 'ready' && subscriber?.status === 'ready'
     },

@@ -353,7 +353,10 @@ export class Registry implements ConnectionRegistry, WebSocketConnections {
     const topic = topicName(to)
     const shared = toBroadcastFrame(frame)
     this.#adapter.broadcast(topic, shared, options.except)
-    const delivered = this.#broadcastHere(topic, shared, options.except)
+    // A topic with history whose publications are delivered once kept (Redis): its broadcasts are
+    // written here when they come back too, in the order in which both were made.
+    const comesBack = this.#adapter.ownBroadcastsComeBack === true && this.#history?.limitsOf(topic) !== undefined
+    const delivered = comesBack ? 0 : this.#broadcastHere(topic, shared, options.except)
     if (deliverChannel.hasSubscribers) deliverChannel.publish({ operation: 'broadcast', delivered, instanceId: this.instanceId })
     return delivered
   }
@@ -365,7 +368,7 @@ export class Registry implements ConnectionRegistry, WebSocketConnections {
     publish: (topic, message) => this.#publishHere(topic, message),
     publication: (topic, message, position) => { this.#publicationHere(topic, message, position) },
     reconnected: () => { for (const feed of this.#feeds.values()) feed.catchUp() },
-    broadcast: (topic, frame, except) => this.#broadcastHere(topic, frame, except),
+    broadcast: (topic, frame, except, own = false) => own && this.#history?.limitsOf(topic) === undefined ? 0 : this.#broadcastHere(topic, frame, except),
     post: (id, message) => this.get(id)?.post(message) ?? false
   }
 
