@@ -16,7 +16,7 @@ import { ownCluster } from './redis-server.js'
 const rooms = range(1, 12).map((n) => `room:${n}`)
 
 t.test('on a 3-master cluster: histories spread over the shards; live, recovery, broadcast and posts cross instances', async (t) => {
-  const nodes = await ownCluster(t)
+  const { nodes } = await ownCluster(t)
   const admin = new Cluster(nodes)
   t.teardown(() => admin.disconnect())
 

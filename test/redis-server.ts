@@ -86,34 +86,110 @@ export async function ownRedis (t: { teardown(fn: () => unknown): void }, { pers
   }
 }
 
+export interface OwnCluster {
+  /** Seed nodes, for `redisAdapter({ cluster })`. */
+  readonly nodes: Array<{ host: string, port: number }>
+  /** The port of the master that holds `key`'s slot. */
+  ownerOf(key: string): Promise<number>
+  /** Move `key`'s slot, and every key in it, to the master on `port` (as `redis-cli --cluster reshard` does, one slot). */
+  moveSlotOf(key: string, port: number): Promise<void>
+  /** SIGKILL the node on `port`, and wait until it is gone. */
+  kill(port: number): Promise<void>
+  /** Start the node on `port` again (its cluster config kept, its data not), and wait until the cluster is up. */
+  restart(port: number): Promise<void>
+  /** One command to the node on `port`, its answer. */
+  call(port: number, ...args: Array<string | number>): Promise<unknown>
+}
+
 /** A Redis Cluster of three masters of the test's own (no replicas), on free local ports; stopped in teardown. */
-export async function ownCluster (t: { teardown(fn: () => unknown): void }): Promise<Array<{ host: string, port: number }>> {
+export async function ownCluster (t: { teardown(fn: () => unknown): void }): Promise<OwnCluster> {
   const dir = mkdtempSync(join(tmpdir(), 'fws-cluster-'))
   const ports = [await freePort(), await freePort(), await freePort()]
-  const children: ChildProcess[] = []
+  const children = new Map<number, ChildProcess>()
+  const admins = new Map<number, Redis>()
   t.teardown(() => {
-    for (const child of children) child.kill('SIGKILL')
+    for (const admin of admins.values()) admin.disconnect()
+    for (const child of children.values()) child.kill('SIGKILL')
     rmSync(dir, { recursive: true, force: true })
   })
-  for (const port of ports) {
-    children.push(await run(port, undefined, ['--cluster-enabled', 'yes', '--cluster-config-file', join(dir, `nodes-${port}.conf`), '--dir', dir]))
+  const start = async (port: number): Promise<void> => {
+    children.set(port, await run(port, undefined, ['--cluster-enabled', 'yes', '--cluster-config-file', join(dir, `nodes-${port}.conf`), '--dir', dir]))
   }
+  for (const port of ports) await start(port)
   const create = spawn('redis-cli', ['--cluster', 'create', ...ports.map((port) => `127.0.0.1:${port}`), '--cluster-replicas', '0', '--cluster-yes'], { stdio: ['ignore', 'pipe', 'pipe'] })
   let output = ''
   create.stdout!.on('data', (chunk: Buffer) => { output += chunk.toString() })
   create.stderr!.on('data', (chunk: Buffer) => { output += chunk.toString() })
   const [code] = await once(create, 'exit') as [number]
   if (code !== 0) throw new Error(`redis-cli --cluster create failed: ${output}`)
-  // Every node agrees the cluster is up.
-  for (const port of ports) {
-    for (let attempt = 0; ; attempt++) {
-      const info = await command(port, 'CLUSTER INFO')
-      if (info.includes('cluster_state:ok')) break
-      if (attempt === 200) throw new Error(`the cluster never came up: ${info}`)
-      await new Promise((resolve) => setTimeout(resolve, 50))
+  const up = async (): Promise<void> => {
+    for (const port of ports) {
+      for (let attempt = 0; ; attempt++) {
+        const info = await command(port, 'CLUSTER INFO')
+        if (info.includes('cluster_state:ok')) break
+        if (attempt === 400) throw new Error(`the cluster never came up: ${info}`)
+        await new Promise((resolve) => setTimeout(resolve, 50))
+      }
     }
   }
-  return ports.map((port) => ({ host: '127.0.0.1', port }))
+  await up() // every node agrees the cluster is up
+  const call = async (port: number, ...args: Array<string | number>): Promise<unknown> => {
+    let admin = admins.get(port)
+    if (admin === undefined) {
+      admin = new Redis(port, '127.0.0.1', { maxRetriesPerRequest: 1 })
+      admin.on('error', () => {}) // a node the test killed
+      admins.set(port, admin)
+    }
+    return await admin.call(String(args[0]), ...args.slice(1))
+  }
+  const idOf = async (port: number): Promise<string> => String(await call(port, 'CLUSTER', 'MYID'))
+  const slotOf = async (key: string): Promise<number> => Number(await call(ports[0]!, 'CLUSTER', 'KEYSLOT', key))
+  const ownerOf = async (key: string): Promise<number> => {
+    const slot = await slotOf(key)
+    const ranges = await call(ports[0]!, 'CLUSTER', 'SLOTS') as Array<[number, number, [string, number]]>
+    const range = ranges.find(([from, to]) => slot >= from && slot <= to)!
+    return Number(range[2][1])
+  }
+  return {
+    nodes: ports.map((port) => ({ host: '127.0.0.1', port })),
+    ownerOf,
+    async moveSlotOf (key, port) {
+      const slot = await slotOf(key)
+      const source = await ownerOf(key)
+      const [sourceId, targetId] = [await idOf(source), await idOf(port)]
+      await call(port, 'CLUSTER', 'SETSLOT', slot, 'IMPORTING', sourceId)
+      await call(source, 'CLUSTER', 'SETSLOT', slot, 'MIGRATING', targetId)
+      for (;;) {
+        const keys = await call(source, 'CLUSTER', 'GETKEYSINSLOT', slot, 100) as string[]
+        if (keys.length === 0) break
+        await call(source, 'MIGRATE', '127.0.0.1', port, '', 0, 5000, 'KEYS', ...keys)
+      }
+      for (const each of [port, source, ...ports.filter((other) => other !== port && other !== source)]) {
+        await call(each, 'CLUSTER', 'SETSLOT', slot, 'NODE', targetId)
+      }
+      // Every node agrees on the new owner.
+      for (let attempt = 0; ; attempt++) {
+        const owners = await Promise.all(ports.map(async (each) => {
+          const ranges = await call(each, 'CLUSTER', 'SLOTS') as Array<[number, number, [string, number]]>
+          return ranges.find(([from, to]) => slot >= from && slot <= to)?.[2][1]
+        }))
+        if (owners.every((owner) => owner === port)) break
+        if (attempt === 400) throw new Error(`the nodes do not agree on slot ${slot}: ${owners.join(', ')}`)
+        await new Promise((resolve) => setTimeout(resolve, 50))
+      }
+    },
+    async kill (port) {
+      const child = children.get(port)!
+      const exited = once(child, 'exit')
+      child.kill('SIGKILL')
+      await exited
+    },
+    async restart (port) {
+      await start(port)
+      await up()
+    },
+    call
+  }
 }
 
 /** One inline command to a node, its raw answer. */

@@ -16,7 +16,6 @@
  *   outage); ioredis reconnects and resubscribes; publishing meanwhile reaches this instance only
  *   (nothing queues up in memory). Nothing throws into the app.
  */
-import { isUtf8 } from 'node:buffer'
 import type { FastifyBaseLogger } from 'fastify'
 import { Cluster, Redis, type ClusterNode, type ClusterOptions, type RedisOptions } from 'ioredis'
 import type { BroadcastFrame, HistoryLimits, HistoryRead, HistoryStore, LocalDelivery, Position, PubSubAdapter } from '../core/types.js'
@@ -24,6 +23,10 @@ import { InvalidOptionError, RedisAdapterError } from '../core/errors.js'
 import { APPEND_SCRIPT, READ_SCRIPT, hashTagOf, historyReadOf, newEpoch, readArgs } from './redis-history.js'
 import { settledWithin } from '../core/timeout.js'
 import { adapterChannel } from '../core/diagnostics.js'
+import { watchCluster, clusterDefaults, type ClusterWatch } from './redis-cluster.js'
+import { BINARY, POST, PUBLISH, TEXT, decodeWire, encodeWire, keptHead } from './redis-wire.js'
+
+export { decodeWire, encodeWire, keptHead, type WireMessage } from './redis-wire.js'
 
 /** How long a history read waits for its topic's SUBSCRIBE to be confirmed before it fails. */
 const SUBSCRIBE_WAIT_MS = 2_000
@@ -47,90 +50,12 @@ export interface RedisAdapterOptions {
 
 /** The Redis adapter, with what a health check asks. */
 export interface RedisPubSubAdapter extends PubSubAdapter {
-  /** Both Redis connections are up (publishing reaches other instances, subscriptions are live): for a `/health` route. */
+  /**
+   * Redis is there for this instance: both connections up (on a Redis Cluster, a connection to
+   * every master that holds slots) and, after an outage, every topic subscribed again: publishing
+   * reaches other instances and subscriptions are live. For a `/health` route.
+   */
   readonly connected: boolean
-}
-
-/**
- * The wire format of one message on a channel (all of it checked on receipt; what does not
- * parse is dropped and logged, never thrown):
- *
- *   [version 1 B = 3][kind 1 B][origin instance id 4 B][sent at 8 B][field length 4 B, big-endian][field, UTF-8][body]
- *
- * "sent at" is the publisher's wall clock (ms since the epoch, a big-endian double): the
- * receiving instance reports the delivery lag (`fastify-ws-handlers:adapter`, and the metric).
- * kind PUBLISH: no field (length 0), body JSON; TEXT/BINARY (broadcast): field = the `except`
- * id ('' for none), body the payload; POST: field = the target connection id, body JSON; KEPT
- * (a publication of a topic with history, sent by the append script of redis-history.ts):
- * field = `<epoch> <offset>`, body JSON.
- * Versions 1 (one-byte lengths, no version byte: its first byte is a kind, 1-4), 2 (no time)
- * and 3 (topic channels without a hash tag) are not read: upgrade every instance together, or
- * give the new ones their own channelPrefix.
- */
-const VERSION = 4
-const PUBLISH = 1
-const TEXT = 2
-const BINARY = 3
-const POST = 4
-const KEPT = 5
-const HEAD = 18 // version, kind, origin, sent at, field length
-
-/** What arrived on a channel, once checked; or why it is dropped. */
-export type WireMessage =
-  | { readonly kind: 'publish', readonly message: unknown }
-  | { readonly kind: 'kept', readonly message: unknown, readonly position: Position }
-  | { readonly kind: 'broadcast', readonly frame: BroadcastFrame, readonly except: string | undefined }
-  | { readonly kind: 'post', readonly id: string, readonly message: unknown }
-
-/** The envelope of one message (exported for the wire-format tests). */
-export function encodeWire (origin: Buffer, kind: number, field: string, body: Buffer, sentAt = Date.now()): Buffer {
-  const fieldBytes = Buffer.from(field)
-  const head = Buffer.allocUnsafe(HEAD)
-  head[0] = VERSION
-  head[1] = kind
-  origin.copy(head, 2, 0, 4)
-  head.writeDoubleBE(sentAt, 6)
-  head.writeUInt32BE(fieldBytes.length, 14)
-  return Buffer.concat([head, fieldBytes, body])
-}
-
-/** The head of a KEPT message up to its field length: the append script adds the rest. */
-export function keptHead (origin: Buffer, sentAt = Date.now()): Buffer {
-  return encodeWire(origin, KEPT, '', Buffer.alloc(0), sentAt).subarray(0, HEAD - 4)
-}
-
-/** The origin's 4 bytes (to skip our own), when it was sent, and the message; a string says why it cannot be read. */
-export function decodeWire (payload: Buffer): { origin: Buffer, sentAt: number, message: WireMessage } | string {
-  if (payload.length < HEAD) return `${payload.length} bytes, shorter than a header`
-  if (payload[0] !== VERSION) return `unknown format version ${payload[0]!}`
-  const kind = payload[1]
-  const sentAt = payload.readDoubleBE(6)
-  const fieldLength = payload.readUInt32BE(14)
-  if (fieldLength > payload.length - HEAD) return `a field of ${fieldLength} bytes in a message of ${payload.length}`
-  const origin = payload.subarray(2, 6)
-  const field = payload.toString('utf8', HEAD, HEAD + fieldLength)
-  const body = payload.subarray(HEAD + fieldLength)
-  const except = field === '' ? undefined : field
-  switch (kind) {
-    case PUBLISH:
-      return { origin, sentAt, message: { kind: 'publish', message: JSON.parse(body.toString()) } }
-    case POST:
-      return { origin, sentAt, message: { kind: 'post', id: field, message: JSON.parse(body.toString()) } }
-    case KEPT: {
-      const [epoch = '', offset = ''] = field.split(' ')
-      const position = { epoch, offset: Number(offset) }
-      if (epoch === '' || !Number.isSafeInteger(position.offset) || position.offset < 1) return `a kept publication at "${field}", not a position`
-      return { origin, sentAt, message: { kind: 'kept', message: JSON.parse(body.toString()), position } }
-    }
-    case TEXT:
-      // Written as a text frame to every subscriber: text that is not UTF-8 would break their clients (1007).
-      if (!isUtf8(body)) return 'a text broadcast that is not UTF-8'
-      return { origin, sentAt, message: { kind: 'broadcast', frame: { binary: false, data: body }, except } }
-    case BINARY:
-      return { origin, sentAt, message: { kind: 'broadcast', frame: { binary: true, data: body }, except } }
-    default:
-      return `unknown kind ${kind!}`
-  }
 }
 
 /** What the adapter runs its scripts with (ioredis's `defineCommand`). */
@@ -179,6 +104,10 @@ export function redisAdapter (options: RedisAdapterOptions = {}): RedisPubSubAda
   let down = false
   /** Connected once: a later 'ready' is a reconnect. */
   let started = false
+  /** On a Redis Cluster: its masters and shard subscribers, watched (redis-cluster.ts). */
+  let cluster: ClusterWatch | undefined
+  /** The subscriber connection (or a shard's) came back since every topic was last subscribed again. */
+  let resubscribeDue = false
   /** The last error a connection reported: what a failed start names. */
   let lastError: Error | undefined
   const drops = { lastLoggedAt: -Infinity, since: 0 }
@@ -277,8 +206,45 @@ export function redisAdapter (options: RedisAdapterOptions = {}): RedisPubSubAda
     subscribing.set(topic, confirmed)
   }
 
-  function resubscribe (): void {
+  /** Every topic subscribed again (what the subscriber connection lost or a moved slot took); resolves with whether Redis confirmed them all. */
+  async function resubscribe (): Promise<boolean> {
     for (const topic of channelTopics.values()) listen(topic)
+    const confirmations = await Promise.allSettled(subscribing.values())
+    return confirmations.every((confirmation) => confirmation.status === 'fulfilled')
+  }
+
+  /** Both connections up, and on a cluster every master that holds slots. */
+  const healthy = (): boolean => publisher.status === 'ready' && subscriber.status === 'ready' && (cluster?.healthy() ?? true)
+
+  /**
+   * Back from an outage, or the cluster changed: once every topic is subscribed again (if
+   * `subscriptions` may have been lost) and the cluster is whole, the outage's end is logged and
+   * followers read back what never came live. While something is still missing this waits for
+   * the next change (the loss was logged already).
+   */
+  async function comeBack (subscriptions: boolean): Promise<void> {
+    resubscribeDue ||= subscriptions
+    if (!started || closing || !healthy()) return
+    if (resubscribeDue) {
+      resubscribeDue = false
+      if (!await resubscribe()) {
+        resubscribeDue = true // one was rejected (and logged): the next return tries again
+        return
+      }
+    } else if (!down) return
+    if (closing || !healthy()) return
+    if (down) {
+      down = false
+      log.warn({ code: 'FST_WS_REDIS' }, 'Redis adapter reconnected and resubscribed')
+    }
+    local.reconnected()
+  }
+
+  /** An ioredis listener's call of comeBack(): nothing may throw out of here. */
+  function backFrom (subscriptions: boolean): void {
+    comeBack(subscriptions).catch(/* c8 ignore next -- reconnected() only starts reads, whose failures it handles itself */ (error: unknown) => {
+      log.error({ err: error }, 'WebSocket followers could not catch up after Redis came back')
+    })
   }
 
   return {
@@ -286,7 +252,7 @@ export function redisAdapter (options: RedisAdapterOptions = {}): RedisPubSubAda
     history,
     ownBroadcastsComeBack: true,
     get connected () {
-      return !closing && publisher?.status === 'ready' && subscriber?.status === 'ready'
+      return started && !closing && !down && healthy()
     },
     async start (delivery, logger) {
       local = delivery
@@ -295,7 +261,7 @@ export function redisAdapter (options: RedisAdapterOptions = {}): RedisPubSubAda
       const base: RedisOptions = { ...options.redisOptions, lazyConnect: true }
       const connect = (role: string, extra: RedisOptions): Connection => sharded
         ? new Cluster(options.cluster!, {
-          ...options.clusterOptions,
+          ...clusterDefaults(options.clusterOptions),
           lazyConnect: true,
           enableOfflineQueue: extra.enableOfflineQueue ?? true,
           shardedSubscribers: role === 'sub',
@@ -310,29 +276,25 @@ export function redisAdapter (options: RedisAdapterOptions = {}): RedisPubSubAda
       publisher.defineCommand('fwsAppend', { numberOfKeys: 2, lua: APPEND_SCRIPT })
       publisher.defineCommand('fwsRead', { numberOfKeys: 2, lua: READ_SCRIPT })
       // Back from an outage: every topic again (an ioredis listener: listen() only starts commands).
-      subscriber.on('ready', () => { if (started) resubscribe() })
       for (const connection of [publisher, subscriber]) {
         connection.on('error', (error: Error) => lost('connection error', error))
         connection.on('close', () => lost('connection closed'))
-        connection.on('ready', () => {
-          if (!down || publisher.status !== 'ready' || subscriber.status !== 'ready') return
-          down = false
-          log.warn({ code: 'FST_WS_REDIS' }, 'Redis adapter reconnected and resubscribed')
-          // What was published meanwhile never came live: followers read it back. (An ioredis
-          // listener: nothing may throw out of here.)
-          try {
-            local.reconnected()
-            /* c8 ignore start -- reconnected() only starts reads, whose failures it handles itself */
-          } catch (error) {
-            log.error({ err: error }, 'WebSocket followers could not catch up after Redis came back')
-          }
-          /* c8 ignore stop */
+      }
+      // Back from an outage: every topic again, then what was published meanwhile is read back.
+      if (sharded) {
+        cluster = watchCluster(publisher as Cluster, subscriber as Cluster, {
+          lost,
+          changed: backFrom
         })
+      } else {
+        subscriber.on('ready', () => backFrom(true))
+        publisher.on('ready', () => backFrom(false))
       }
       subscriber.on('messageBuffer', receive)
       subscriber.on('smessageBuffer', receive)
       try {
         await Promise.all([publisher.connect(), subscriber.connect()])
+        await cluster?.connectMasters()
         const own = `${prefix}i:{${delivery.instanceId}}`
         await (sharded ? subscriber.ssubscribe(own) : subscriber.subscribe(own))
         started = true
