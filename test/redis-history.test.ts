@@ -262,6 +262,7 @@ t.test('a follower that subscribes while Redis is down is told `unavailable`, an
   const redis = await ownRedis(t)
   const a = await instance(t, 'fws:', redis.url)
   const watcher = new Redis(redis.url)
+  watcher.on('error', () => {}) // while the test's Redis is down
   t.teardown(() => watcher.disconnect())
   await redis.kill()
   await until(() => a.logs.some((line) => (line.err as { code?: string } | undefined)?.code === 'FST_WS_REDIS'), 'the adapter saw Redis go')
@@ -273,6 +274,42 @@ t.test('a follower that subscribes while Redis is down is told `unavailable`, an
   await until(() => a.app.wsConnections.publishConfirmed(feed, 'after').then(() => true, () => false), 'Redis back for publishing')
   await until(() => seen.frames.some((frame) => frame.endsWith(':after')), 'a live publication reaches the follower')
   t.pass('not deaf')
+})
+
+t.test('a topic Redis refuses to subscribe (an ACL) is not reported back: after a reconnect `connected` stays false and no return is logged, until Redis takes it', async (t) => {
+  const { subscribe, unsubscribe } = await import('node:diagnostics_channel')
+  const redis = await ownRedis(t)
+  const control = new Redis(redis.url)
+  t.teardown(() => control.disconnect())
+  await control.call('ACL', 'SETUSER', 'default', 'resetchannels', '&fws:i:*') // the instances' own channels only
+  const refused: unknown[] = []
+  const listen = (event: unknown): void => { if ((event as { what?: string }).what === 'subscribing failed') refused.push(event) }
+  subscribe('fastify-ws-handlers:adapter', listen)
+  t.teardown(() => unsubscribe('fastify-ws-handlers:adapter', listen))
+  const logs: Array<Record<string, unknown>> = []
+  const app = Fastify({ logger: { level: 'warn', stream: new Writable({ write (chunk, _encoding, done) { logs.push(JSON.parse(String(chunk))); done() } }) } })
+  t.teardown(() => app.close())
+  const adapter = redisAdapter({ url: redis.url, redisOptions: { retryStrategy: () => 20 } })
+  await app.register(wsHandlers, { adapter, history: { feed: { size: 100 } } })
+  app.ws('/feed', follower)
+  await app.ready()
+  t.equal(adapter.connected, true)
+
+  const { seen } = await inject(app, '/feed?since=e:0')
+  await seen.frameCount(1)
+  t.match(seen.frames[0], /^text:resync:\d+:unavailable$/, 'its history cannot be read without the subscription')
+  t.equal(adapter.connected, false)
+  await control.client('KILL', 'TYPE', 'pubsub') // the subscriber connection comes back, and subscribes every topic again
+  await until(() => refused.length === 2, 'the SUBSCRIBE refused again after the reconnect')
+  t.equal(adapter.connected, false, 'a deaf topic: not connected')
+  t.notOk(logs.some((line) => line.msg === 'Redis adapter reconnected and resubscribed'), 'no return logged')
+
+  await control.call('ACL', 'SETUSER', 'default', 'allchannels')
+  await control.client('KILL', 'TYPE', 'pubsub')
+  await until(() => adapter.connected, 'connected once Redis took every topic')
+  t.ok(logs.some((line) => line.msg === 'Redis adapter reconnected and resubscribed'))
+  await app.wsConnections.publishConfirmed(feed, 'live')
+  await until(() => seen.frames.some((frame) => frame.endsWith(':live')), 'the follower hears its topic')
 })
 
 t.test('a SUBSCRIBE that a silent Redis never answers fails the history read after a bound: the follower is told `unavailable`, it does not wait forever', async (t) => {

@@ -4,7 +4,7 @@
  * shard's subscriber connection being cut, or of a slot moving to another master. So:
  *
  * - The publishing Cluster keeps a connection to every master, opened before the adapter starts
- *   and as soon as a master appears (ioredis opens one on first use otherwise, and rejects what
+ *   and after each slots refresh that brings a master (ioredis opens one on first use otherwise, and rejects what
  *   is sent while it is still connecting, then retries it 100 ms later, behind newer commands:
  *   one publisher's publications to a topic would arrive out of order). These connections come
  *   back on their own (`clusterNodeRetryStrategy`); one that closes is an outage, and the
@@ -39,13 +39,8 @@ export interface ClusterWatcher {
   changed(subscriptions: boolean): void
 }
 
-const nodeKey = (node: Redis): string => `${node.options.host ?? '127.0.0.1'}:${node.options.port ?? 6379}`
-
-/** Open a master's connection (idempotent); its failure is the node's error event, watched below. */
-function connectMaster (node: Redis): Promise<void> | undefined {
-  if (node.options.readOnly === true || node.status !== 'wait') return undefined
-  return node.connect()
-}
+/** As ioredis names a node in `slots` (it sets both options on every node it makes). */
+const nodeKey = (node: Redis): string => `${String(node.options.host)}:${String(node.options.port)}`
 
 export interface ClusterWatch {
   /** Every master that holds slots has an open publishing connection. */
@@ -56,29 +51,37 @@ export interface ClusterWatch {
 
 export function watchCluster (publisher: Cluster, subscriber: Cluster, watcher: ClusterWatcher): ClusterWatch {
   /**
-   * Masters are connected as they appear once the adapter has started (before, the Cluster's
-   * own ready check would meet a node still connecting, and fail).
+   * Masters are connected once the adapter starts, and after each slots refresh (a new master, a
+   * promoted replica). Not before: the Cluster's own ready check would meet a node still
+   * connecting, and fail.
    */
   let eager = false
+  /** Open every master's connection not opened yet; a failure is the node's error event, watched below. */
+  const connectMasters = (): Array<Promise<void>> => publisher.nodes('master').filter((node) => node.status === 'wait').map(async (node) => await node.connect())
   // ioredis listeners, all of them: nothing may throw out of here.
   publisher.on('+node', (node: Redis) => {
     node.on('close', () => watcher.lost(`the connection to ${nodeKey(node)} closed`))
     node.on('ready', () => watcher.changed(false))
-    if (eager) connectMaster(node)?.catch(() => {}) // reported on the node's error event
+  })
+  publisher.on('refresh', () => {
+    // Each failure is its node's error event; allSettled never rejects (the handler is for the linter).
+    /* c8 ignore next */
+    if (eager) Promise.allSettled(connectMasters()).catch(() => {})
+    watcher.changed(false)
   })
   publisher.on('node error', (error: Error, key: string) => watcher.lost(`the connection to ${key} failed`, error))
   subscriber.on('-node', () => watcher.lost('a shard subscriber connection closed'))
   subscriber.on('nodeError', (error: Error, key: string) => {
     watcher.lost(`the shard subscriber of ${key} failed`, error)
-    // A slot moved away: Redis unsubscribed its channels, which ioredis does not expect.
-    if (/sunsubscribe/i.test(error.message)) subscriber.refreshSlotsCache()
+    // A slot moved away: Redis unsubscribed its channels, which ioredis reports as an error
+    // ("Command queue state error … sunsubscribe"). Whatever the error, the slots are read again.
+    subscriber.refreshSlotsCache()
   })
   subscriber.on('subscribersReady', () => watcher.changed(true))
   return {
     healthy () {
       const masters = new Map(publisher.nodes('master').map((node) => [nodeKey(node), node]))
-      const holding = new Set(publisher.slots.map((keys) => keys[0]).filter((key) => key !== undefined))
-      if (holding.size === 0) return false
+      const holding = new Set(publisher.slots.flatMap((keys) => keys.slice(0, 1))) // flatMap skips unassigned slots
       for (const key of holding) {
         if (masters.get(key)?.status !== 'ready') return false
       }
@@ -86,7 +89,7 @@ export function watchCluster (publisher: Cluster, subscriber: Cluster, watcher: 
     },
     async connectMasters () {
       eager = true
-      await Promise.all(publisher.nodes('master').map(connectMaster))
+      await Promise.all(connectMasters())
     }
   }
 }

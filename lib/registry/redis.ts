@@ -224,6 +224,7 @@ export function redisAdapter (options: RedisAdapterOptions = {}): RedisPubSubAda
    */
   async function comeBack (subscriptions: boolean): Promise<void> {
     resubscribeDue ||= subscriptions
+    if (!resubscribeDue && !down) return // nothing was lost (a cluster's routine slots refresh)
     if (!started || closing || !healthy()) return
     if (resubscribeDue) {
       resubscribeDue = false
@@ -231,7 +232,8 @@ export function redisAdapter (options: RedisAdapterOptions = {}): RedisPubSubAda
         resubscribeDue = true // one was rejected (and logged): the next return tries again
         return
       }
-    } else if (!down) return
+    }
+    /* c8 ignore next -- a race: Redis went again (or the app closed) while the topics were confirmed; the next return completes */
     if (closing || !healthy()) return
     if (down) {
       down = false
@@ -242,7 +244,8 @@ export function redisAdapter (options: RedisAdapterOptions = {}): RedisPubSubAda
 
   /** An ioredis listener's call of comeBack(): nothing may throw out of here. */
   function backFrom (subscriptions: boolean): void {
-    comeBack(subscriptions).catch(/* c8 ignore next -- reconnected() only starts reads, whose failures it handles itself */ (error: unknown) => {
+    comeBack(subscriptions).catch((error: unknown) => {
+      /* c8 ignore next -- reconnected() only starts reads, whose failures it handles itself */
       log.error({ err: error }, 'WebSocket followers could not catch up after Redis came back')
     })
   }
