@@ -138,7 +138,7 @@ const plugin: FastifyPluginAsync<WebSocketHandlersOptions> = async function wsHa
     await registry.shutdown()
     // Node's server.close() waits for every HTTP/2 session, which clients keep open: close the
     // ones that carried WebSockets, now that their WebSockets are closed.
-    h2?.closeSessions()
+    h2?.closeSessions(closeTimeout)
   })
 
   if (!websocketRegisteredByApp) {

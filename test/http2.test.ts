@@ -7,14 +7,14 @@
 import { once } from 'node:events'
 import { readFileSync } from 'node:fs'
 import http2 from 'node:http2'
-import type { AddressInfo } from 'node:net'
+import net, { type AddressInfo } from 'node:net'
 import Fastify, { type FastifyInstance } from 'fastify'
 import t from 'tap'
 import WebSocket from 'ws'
 import wsHandlers, { close, defineHandler, text } from '../lib/index.js'
 import { UpgradeRefusedError, wsClient, type ClientOptions } from '../lib/testing.js'
 import { answeringStream } from '../lib/route/h2.js'
-import { deferred, until } from './helpers.js'
+import { deferred, until, within } from './helpers.js'
 
 const tls = { key: readFileSync(new URL('./fixtures/localhost-key.pem', import.meta.url)), cert: readFileSync(new URL('./fixtures/localhost-cert.pem', import.meta.url)) }
 const overH2: ClientOptions = { http2: { ca: tls.cert } }
@@ -183,6 +183,74 @@ t.test('app.close(): 1012 to every h2 WebSocket and the sessions closed, promptl
     t.same(await client.closed(), { code: 1012, reason: '' })
     t.match(await client.terminated(), { type: 'shutdown', code: 1012 })
   }
+})
+
+/**
+ * An h2 client behind a TCP relay the test can silence: the relay stops reading from the server
+ * and forwards nothing more, as a peer that stops reading without closing (no FIN).
+ */
+async function silentPeer (t: { teardown(fn: () => unknown): void }, port: number): Promise<{ session: http2.ClientHttp2Session, silence(): void }> {
+  const sides: net.Socket[] = []
+  const relay = net.createServer((client) => {
+    const server = net.connect(port, '127.0.0.1')
+    for (const side of [client, server]) side.on('error', () => {})
+    client.pipe(server)
+    server.pipe(client)
+    sides.push(client, server)
+  })
+  relay.listen(0, '127.0.0.1')
+  await once(relay, 'listening')
+  t.teardown(() => {
+    for (const side of sides) side.destroy()
+    relay.close()
+  })
+  const session = http2.connect(`http://127.0.0.1:${(relay.address() as AddressInfo).port}`)
+  session.on('error', () => {})
+  t.teardown(() => session.destroy())
+  await once(session, 'remoteSettings')
+  return {
+    session,
+    silence () {
+      const [client, server] = sides as [net.Socket, net.Socket]
+      server.unpipe(client)
+      client.unpipe(server)
+      server.pause()
+    }
+  }
+}
+
+t.test('app.close() is bounded when an h2 peer stops reading (no FIN): with WebSockets flooding it, and with an init still pending', async (t) => {
+  const pending = deferred<undefined>()
+  const initRunning = deferred<undefined>()
+  const { app } = await h2App(t, {
+    cleartext: true,
+    routes: (app) => {
+      app.ws('/flood', { websocketInit: () => ({ reply: Array.from({ length: 16 }, () => ({ type: 'binary' as const, data: Buffer.alloc(1 << 20) })) }) })
+      app.ws('/pending', {
+        init: async () => {
+          initRunning.resolve(undefined)
+          return await pending.promise
+        }
+      })
+    }
+  })
+  t.teardown(() => pending.resolve(undefined))
+  const { port } = app.server.address() as AddressInfo
+  const connect = (session: http2.ClientHttp2Session, path: string): http2.ClientHttp2Stream => {
+    const stream = session.request({ ':method': 'CONNECT', ':protocol': 'websocket', ':path': path, ':scheme': 'http', ':authority': `127.0.0.1:${port}`, 'sec-websocket-version': '13' }, { endStream: false })
+    stream.on('error', () => {})
+    return stream
+  }
+  const flooded = await silentPeer(t, port)
+  const flood = connect(flooded.session, '/flood')
+  await once(flood, 'response')
+  flooded.silence()
+  const waiting = await silentPeer(t, port)
+  connect(waiting.session, '/pending')
+  await initRunning.promise
+  waiting.silence()
+  await within(app.close(), 'app.close() with two silent h2 peers', 20_000)
+  t.pass('closed')
 })
 
 t.test('during app.close(), a new h2 WebSocket gets the drain\'s 503 (Retry-After, FST_WS_SHUTTING_DOWN), not Fastify\'s generic one', async (t) => {

@@ -14,6 +14,7 @@ import { randomBytes } from 'node:crypto'
 import { constants } from 'node:http2'
 import type { Http2SecureServer, Http2Server, Http2ServerRequest, Http2ServerResponse, Http2Session, ServerHttp2Stream } from 'node:http2'
 import type { IncomingMessage } from 'node:http'
+import type { Socket } from 'node:net'
 import type { Duplex } from 'node:stream'
 import type { FastifyInstance } from 'fastify'
 import { shuttingDownAnswer } from './refusals.js'
@@ -23,6 +24,8 @@ export const kH2Stream = Symbol('fastify-ws-handlers.h2-stream')
 
 export type H2Request = Http2ServerRequest & { [kH2Stream]?: ServerHttp2Stream }
 
+const peerOf = (socket: { remoteAddress?: string | undefined, remotePort?: number | undefined }): string => `${String(socket.remoteAddress)}:${String(socket.remotePort)}`
+
 /** Whether Fastify was started with `http2: true`. */
 export function isHttp2Server (server: unknown): server is Http2Server | Http2SecureServer {
   return typeof (server as { updateSettings?: unknown }).updateSettings === 'function'
@@ -31,11 +34,23 @@ export function isHttp2Server (server: unknown): server is Http2Server | Http2Se
 /**
  * Serve extended CONNECT on `fastify`'s http2 server. Returns what app.close() needs: the
  * sessions that carried WebSockets, closed once their WebSockets are (Node's `server.close()`
- * leaves idle sessions open until their timeout).
+ * leaves idle sessions open until their timeout), and destroyed if still open `timeoutMs` later.
  */
-export function serveExtendedConnect (fastify: FastifyInstance, server: Http2Server | Http2SecureServer, draining: () => boolean): { closeSessions: () => void } {
+export function serveExtendedConnect (fastify: FastifyInstance, server: Http2Server | Http2SecureServer, draining: () => boolean): { closeSessions: (timeoutMs: number) => void } {
   server.updateSettings({ enableConnectProtocol: true })
-  const sessions = new Set<Http2Session>()
+  /** The sessions that carried WebSockets, with their peer's address (`host:port`). */
+  const sessions = new Map<Http2Session, string>()
+  /**
+   * Every connection's TCP socket, by its peer's address: what app.close() destroys when a peer
+   * stops reading. (A closed session only ends its socket, and waits for its writes to drain,
+   * forever if the peer reads nothing; by then its `socket` is unbound.)
+   */
+  const sockets = new Map<string, Socket>()
+  server.on('connection', function track (socket: Socket) {
+    const peer = peerOf(socket)
+    sockets.set(peer, socket)
+    socket.once('close', () => { if (sockets.get(peer) === socket) sockets.delete(peer) })
+  })
   // A server event: nothing may throw out of it (a process crash). A failure resets that stream.
   server.on('connect', function onConnect (request: Http2ServerRequest | IncomingMessage, answer: Http2ServerResponse | Duplex) {
     try {
@@ -65,7 +80,7 @@ export function serveExtendedConnect (fastify: FastifyInstance, server: Http2Ser
     }
     const session = h2.stream.session as Http2Session // set while the stream is open, as it is when its headers arrive
     if (!sessions.has(session)) {
-      sessions.add(session)
+      sessions.set(session, peerOf(session.socket))
       session.once('close', () => sessions.delete(session))
     }
     // Routed as the GET of an upgrade (RFC 8441 §5: the key and the Upgrade headers do not exist over h2).
@@ -75,8 +90,17 @@ export function serveExtendedConnect (fastify: FastifyInstance, server: Http2Ser
     fastify.routing(h2 as unknown as IncomingMessage, response as never)
   }
   return {
-    closeSessions () {
-      for (const session of sessions) session.close()
+    closeSessions (timeoutMs: number) {
+      for (const [session, peer] of sessions) {
+        session.close()
+        // A peer that stops reading (no FIN) leaves the session's writes pending, its socket
+        // waiting for them forever, and app.close() with it: after the bound, it is destroyed.
+        const socket = sockets.get(peer)
+        /* c8 ignore next -- every connection of the server is tracked from its 'connection' event */
+        if (socket === undefined) continue
+        const bound = setTimeout(() => { socket.destroy() }, timeoutMs)
+        socket.once('close', () => { clearTimeout(bound) })
+      }
     }
   }
 }
