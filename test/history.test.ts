@@ -192,6 +192,9 @@ t.test('maxAgeMs: what is older is not recovered', async (t) => {
   const { seen } = await inject(app, `/feed?since=${epoch}:2`)
   await seen.frameCount(1)
   t.same(seen.frames, ['text:resync:8:trimmed'])
+  const justExpired = await inject(app, `/feed?since=${epoch}:4`) // 5, the newest that expired, is gone too
+  await justExpired.seen.frameCount(1)
+  t.same(justExpired.seen.frames, ['text:resync:8:trimmed'])
   const recent = await inject(app, `/feed?since=${epoch}:5`)
   await recent.seen.frameCount(4)
   t.same(recent.seen.frames, [...publications(6, 7), 'text:p:8:probe', 'text:subscribed:8:3'])
@@ -232,6 +235,7 @@ t.test('bounded under a flood: the history holds `size`; apps on one bus with ot
   t.equal(bus.history.kept, 10)
   const read = bus.history.read('feed', 0, { size: 10, maxAgeMs: 60_000 })
   t.same(read.entries.map((entry) => entry.offset), Array.from({ length: 10 }, (_, i) => 9992 + i))
+  t.same(read.entries.map((entry) => entry.message), Array.from({ length: 10 }, (_, i) => `m${9992 + i}`), 'each with its own message')
   publish(a, 10_002, 10_002) // and back
   for (let i = 0; i <= 10_000; i++) a.wsConnections.publish(`other-${i}`, i) // topics without history, more than the look-up remembers
   t.same(bus.history.read('feed', 0, { size: 100 }).entries.map((entry) => entry.offset), Array.from({ length: 11 }, (_, i) => 9992 + i))

@@ -103,3 +103,19 @@ t.test('init sets a connection\'s limit; a route\'s false turns the plugin\'s of
   }
   await t.rejects(async () => { await Fastify().register(wsHandlers, { rateLimit: { messagesPerSecond: -1 } }) }, { code: 'FST_WS_INVALID_OPTION' })
 })
+
+t.test('the bucket holds one second of the rate at most: a client quiet for a minute may then send one second of it at once, not a minute', async (t) => {
+  const { InboundRate } = await import('../lib/actor/rate-limit.js')
+  const clock = fakeClock(t)
+  const messages = new InboundRate({ messagesPerSecond: 10 })
+  const bytes = new InboundRate({ bytesPerSecond: 1000 })
+  clock.tick(60_000)
+  const burst = Array.from({ length: 10 }, () => messages.take(1))
+  t.same(burst, Array(10).fill(0), 'ten at once: one second of the rate')
+  t.equal(messages.take(1), 100, 'the eleventh waits a tenth of a second')
+  t.equal(bytes.take(1000), 0, 'a second of bytes at once')
+  t.equal(bytes.take(500), 500, 'then half a second more waits half a second')
+  clock.tick(60_000)
+  t.equal(bytes.take(1000), 0)
+  t.equal(bytes.take(1), 1, 'the same after another quiet minute')
+})

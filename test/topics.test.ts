@@ -223,11 +223,29 @@ t.test('ws clients see broadcasts as ordinary frames', async (t) => {
   const ws = new WebSocket(`${base}/room`)
   await new Promise((resolve) => ws.once('open', resolve))
   await until(() => app.wsConnections.subscriberCount('room') === 1, 'subscribed')
-  const big = Buffer.alloc(70_000, 3) // a 64-bit length header
-  app.wsConnections.broadcast('room', { type: 'binary', data: big })
-  const data = await new Promise<Buffer>((resolve) => ws.once('message', (message: Buffer) => resolve(message)))
-  t.ok(data.equals(big))
+  // Every header form and its edges: 7-bit (≤ 125), 16-bit (126 … 65,535), 64-bit (≥ 65,536).
+  const sizes = [0, 1, 125, 126, 127, 65_535, 65_536, 70_000]
+  const received: Buffer[] = []
+  ws.on('message', (message: Buffer) => received.push(message))
+  for (const [i, size] of sizes.entries()) app.wsConnections.broadcast('room', { type: 'binary', data: Buffer.alloc(size, i + 1) })
+  app.wsConnections.broadcast('room', text('é'.repeat(63))) // 126 bytes of UTF-8 in 63 characters
+  await until(() => received.length === sizes.length + 1, 'every broadcast')
+  for (const [i, size] of sizes.entries()) t.ok(received[i]!.equals(Buffer.alloc(size, i + 1)), `${size} bytes intact`)
+  t.equal(received[sizes.length]!.toString(), 'é'.repeat(63))
   ws.close()
+})
+
+t.test('the encoded broadcast frame is what ws itself would send, at every header edge', async (t) => {
+  const { encodeFrame } = await import('../lib/wire/writes.js')
+  const { Sender } = await import('ws') as unknown as { Sender: { frame(data: Buffer, options: object): Buffer[] } }
+  for (const size of [0, 1, 125, 126, 127, 65_535, 65_536, 70_000]) {
+    for (const binary of [true, false]) {
+      const data = Buffer.alloc(size, 0x61)
+      const ours = encodeFrame({ binary, data })
+      const theirs = Buffer.concat(Sender.frame(data, { fin: true, opcode: binary ? 2 : 1, mask: false, readOnly: true, rsv1: false }))
+      t.ok(ours.equals(theirs), `${size} bytes, ${binary ? 'binary' : 'text'}: the same bytes as ws's Sender.frame`)
+    }
+  }
 })
 
 t.test('a subscriber that stops reading is closed with 1008 by broadcast, as by its own replies', async (t) => {

@@ -368,4 +368,11 @@ t.test('an app\'s async verifyClient: a refused upgrade frees its place, an acce
   ws.close()
   await recorder.first
   await until(() => app.wsConnections.countOfRoute('/verified') === 0, 'freed after terminate')
+  // The socket's own close, later, uncounts nothing a second time: the counts and the limit hold.
+  await until(async () => await new Promise<number>((resolve) => app.server.getConnections((_error, count) => resolve(count))) === 0, 'the socket closed')
+  t.equal(app.wsConnections.countOfRoute('/verified'), 0)
+  const again = await connect(`${base}/verified`)
+  t.equal(app.wsConnections.countOfRoute('/verified'), 1)
+  await t.rejects(connect(`${base}/verified`), { message: 'HTTP 503' }, 'maxConnections still holds')
+  again.ws.close()
 })
