@@ -3,6 +3,7 @@
  * is drained off one instance (1012), comes back on the other since its last position, and
  * misses nothing; `send` while not open says so; `close()` is for good.
  */
+import { install } from '@sinonjs/fake-timers'
 import t from 'tap'
 import WebSocket from 'ws'
 import { resumingSocket, type WebSocketConstructor } from '../lib/client.js'
@@ -117,4 +118,47 @@ t.test('a text frame that is not JSON is skipped and told, never thrown out of w
   for (const backoff of [{ maxMs: 2 ** 31 }, { initialMs: -1 }, { initialMs: Number.NaN }]) {
     t.throws(() => resumingSocket({ url: () => `${base}/garbage`, onMessage: () => {}, backoff, WebSocket }), { name: 'RangeError', message: /2147483647/ })
   }
+})
+
+t.test('backoff: doubles while attempts fail, starts over once one opened; close() says 1000 and stops for good', async (t) => {
+  const clock = install({ toFake: ['setTimeout', 'clearTimeout'] })
+  t.teardown(() => clock.uninstall())
+  const random = Math.random
+  Math.random = () => 0.999 // the longest wait the jitter allows
+  t.teardown(() => { Math.random = random })
+  const sockets: FakeSocket[] = []
+  class FakeSocket {
+    readyState = 0
+    closedWith: number | undefined
+    onopen: ((event: never) => void) | null = null
+    onmessage: ((event: { data: unknown }) => void) | null = null
+    onerror: ((event: never) => void) | null = null
+    onclose: ((event: { code: number }) => void) | null = null
+    constructor (readonly url: string) { sockets.push(this) }
+    send (): void {}
+    close (code?: number): void { this.closedWith = code }
+    open (): void { this.readyState = 1; this.onopen?.(undefined as never) }
+    drop (): void { this.readyState = 3; this.onclose?.({ code: 1006 }) }
+  }
+  const client = resumingSocket({ url: () => 'ws://example/', onMessage: () => {}, WebSocket: FakeSocket as never })
+  t.equal(sockets.length, 1)
+  sockets[0]!.drop()
+  clock.tick(450)
+  t.equal(sockets.length, 1, 'the first retry waits up to initialMs (500)')
+  clock.tick(50)
+  t.equal(sockets.length, 2)
+  sockets[1]!.drop()
+  clock.tick(900)
+  t.equal(sockets.length, 2, 'the second up to twice that')
+  clock.tick(100)
+  t.equal(sockets.length, 3)
+  sockets[2]!.open()
+  sockets[2]!.drop()
+  clock.tick(500)
+  t.equal(sockets.length, 4, 'after an open, the backoff starts over')
+  client.close()
+  t.equal(sockets[3]!.closedWith, 1000, 'closed with 1000')
+  sockets[3]!.drop()
+  clock.tick(60_000)
+  t.equal(sockets.length, 4, 'no reconnect after close()')
 })

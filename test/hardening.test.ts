@@ -10,7 +10,7 @@ import Fastify, { type FastifyInstance } from 'fastify'
 import fp from 'fastify-plugin'
 import t from 'tap'
 import WebSocket from 'ws'
-import wsHandlers, { text } from '../lib/index.js'
+import wsHandlers, { defineHandler, text } from '../lib/index.js'
 import { RawClient, buildApp, connect, inject, listen, terminateRecorder, until, upgradeHeaders, within } from './helpers.js'
 
 /** An upgrade request on a raw socket; resolves with everything the server wrote, once it ended the socket. */
@@ -168,6 +168,35 @@ t.test('frames read while the handler paused reading still run when the peer clo
   const { reason } = await recorder.first
   t.same(handled, ['pause', 'a', 'b'])
   t.same(reason, { type: 'remote', code: 1000, reason: '' })
+  client.socket.destroy()
+})
+
+t.test('active: true puts the held frames first: before what was posted meanwhile, in the order they were read', async (t) => {
+  const { app } = await buildApp(t)
+  const handled: string[] = []
+  let id = ''
+  app.ws('/held', defineHandler<undefined, string>({
+    websocketInit: (_state, ctx) => { id = ctx.id },
+    handle: (frame) => {
+      if (frame.type !== 'text') return undefined
+      handled.push(frame.data)
+      return frame.data === 'pause' ? { active: false } : undefined
+    },
+    info: (message) => {
+      handled.push(`info:${message}`)
+      return message === 'resume' ? { active: true } : undefined
+    }
+  }))
+  const base = await listen(app)
+  const client = await RawClient.open(base, '/held')
+  await until(() => id !== '', 'open')
+  // One TCP write: the frames after "pause" are read before the handler pauses, and held.
+  client.send(Buffer.concat([RawClient.frame(0x1, 'pause'), RawClient.frame(0x1, 'a'), RawClient.frame(0x1, 'b')]))
+  await until(() => handled.includes('pause'), 'paused')
+  app.wsConnections.post(id, 'resume')
+  app.wsConnections.post(id, 'later')
+  await until(() => handled.length === 5, 'all of it')
+  t.same(handled, ['pause', 'info:resume', 'a', 'b', 'info:later'])
   client.socket.destroy()
 })
 

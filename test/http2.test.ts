@@ -6,6 +6,8 @@
  */
 import { once } from 'node:events'
 import { readFileSync } from 'node:fs'
+import { createRequire } from 'node:module'
+import { dirname, join } from 'node:path'
 import http2 from 'node:http2'
 import net, { type AddressInfo } from 'node:net'
 import Fastify, { type FastifyInstance } from 'fastify'
@@ -127,6 +129,34 @@ t.test('ws\'s own refusal head (a closing server\'s 503) becomes the stream\'s r
   answering.write('HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Type: text/html\r\nContent-Length: 0\r\n\r\n')
   t.same(calls, [[{ ':status': 503 }, { endStream: true }]])
   t.equal(Object.hasOwn(answering, 'write'), false, 'one head only: the stream\'s own write again')
+})
+
+t.test('permessage-deflate over h2: the 200 carries the extension ws negotiated, and compressed messages go both ways', async (t) => {
+  const { base } = await h2App(t, { routes: (app) => app.ws('/deflate', { handle: (frame) => frame.type === 'text' ? { reply: text(frame.data) } : undefined }, { compress: true }) })
+  const session = http2.connect(base, { ca: tls.cert })
+  t.teardown(() => session.close())
+  await once(session, 'remoteSettings')
+  const offer = { 'sec-websocket-version': '13', 'sec-websocket-extensions': 'permessage-deflate; client_max_window_bits' }
+  const stream = session.request({ ':method': 'CONNECT', ':protocol': 'websocket', ':path': '/deflate', ':scheme': 'https', ':authority': new URL(base).host, ...offer }, { endStream: false })
+  const [headers] = await once(stream, 'response') as [Record<string, string>]
+  t.equal(headers[':status'], 200)
+  t.match(headers['sec-websocket-extensions'], /^permessage-deflate/, 'the negotiated extension in the response')
+  // The client side takes the extension the server answered, as ws's own client does.
+  const require = createRequire(import.meta.url)
+  const wsLib = join(dirname(require.resolve('ws')), 'lib') // not exported: taken by path
+  const PerMessageDeflate = require(join(wsLib, 'permessage-deflate.js')) as new (options: object, isServer: boolean, maxPayload: number) => { accept(offers: unknown[]): unknown }
+  const { parse } = require(join(wsLib, 'extension.js')) as { parse(header: string): Record<string, unknown[]> }
+  const deflate = new PerMessageDeflate({}, false, 0)
+  deflate.accept(parse(headers['sec-websocket-extensions']!)['permessage-deflate']!)
+  const ws = new WebSocket(null as unknown as string, undefined, { autoPong: true }) as WebSocket & { _isServer: boolean, _extensions: object, setSocket: (socket: unknown, head: Buffer, options: object) => void }
+  ws._isServer = false
+  ws._extensions = { 'permessage-deflate': deflate }
+  ws.setSocket(stream, Buffer.alloc(0), { maxPayload: 0 })
+  const big = 'compressible '.repeat(10_000)
+  const echoed = new Promise<string>((resolve) => ws.once('message', (data: Buffer) => resolve(data.toString())))
+  ws.send(big, { compress: true })
+  t.equal(await echoed, big, 'a compressed message there and back')
+  ws.close()
 })
 
 t.test('one session carries several WebSockets and plain requests at once', async (t) => {

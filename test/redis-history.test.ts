@@ -336,3 +336,17 @@ t.test('on the publishing instance, publications and broadcasts of a topic with 
   t.same(seen.frames.slice(1).map((frame) => frame.replace(/^text:p:\d+:/, 'text:')), ['text:p1', 'text:b1', 'text:p2', 'text:b2', 'text:p3', 'text:b3'])
   t.equal(a.app.wsConnections.broadcast('no-history', text('at once')), 0, 'a topic without history: written here at once, as before (nobody here)')
 })
+
+t.test('a read of the Redis history returns all it asks for: `size` entries when `size` are kept, oldest first, each with its message', async (t) => {
+  const channelPrefix = prefix()
+  const adapter = redisAdapter({ url, channelPrefix })
+  const app = Fastify()
+  t.teardown(() => app.close())
+  await app.register(wsHandlers, { adapter, history: { feed: { size: 5 } } })
+  await app.ready()
+  for (let i = 1; i <= 7; i++) await app.wsConnections.publishConfirmed(feed, `m${i}`)
+  const read = await adapter.history!.read('feed', 0, { size: 5 })
+  t.same(read.entries, [3, 4, 5, 6, 7].map((offset) => ({ offset, message: `m${offset}` })))
+  const tail = await adapter.history!.read('feed', 5, { size: 5 })
+  t.same(tail.entries.map((entry) => entry.offset), [6, 7])
+})

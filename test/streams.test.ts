@@ -230,6 +230,40 @@ t.test('what a stopped source still delivers, an item or a failure, is dropped',
   t.same(errors, [], 'no crash logged')
 })
 
+t.test('an item in flight when stopStream runs is dropped, the connection still open (after a GraphQL complete, no next goes out)', async (t) => {
+  const { app } = await buildApp(t)
+  const pending: Array<(result: IteratorResult<number>) => void> = []
+  const source = {
+    [Symbol.asyncIterator]: () => ({
+      next: async () => await new Promise<IteratorResult<number>>((resolve) => { pending.push(resolve) }),
+      return: async (): Promise<IteratorResult<number>> => ({ done: true, value: undefined })
+    })
+  }
+  const infos: Array<number | string> = []
+  let ref: StreamRef | undefined
+  app.ws('/stopped', defineHandler<undefined, number | string>({
+    websocketInit: (_state, ctx) => { ref = ctx.stream(source, { next: (n) => n }) },
+    handle: (frame, _state, ctx) => {
+      if (frame.type === 'text' && frame.data === 'stop') return { reply: text(String(ctx.stopStream(ref!))) }
+      return undefined
+    },
+    info: (message) => {
+      infos.push(message)
+      return typeof message === 'string' ? { reply: text(message) } : undefined
+    }
+  }))
+  const client = await wsClient(app, '/stopped')
+  await until(() => pending.length === 1, 'the source asked for an item')
+  client.send('stop')
+  t.equal(await client.nextText(), 'true', 'stopped while its item was in flight')
+  pending[0]!({ done: false, value: 1 })
+  await new Promise((resolve) => setImmediate(resolve)) // the item's promise has settled
+  app.wsConnections.post([...app.wsConnections][0]!.id, 'marker')
+  t.equal(await client.nextText(), 'marker')
+  t.same(infos, ['marker'], 'the late item never reached info')
+  client.close()
+})
+
 t.test('a source that is not iterable is refused with a coded error: the callback\'s crash, and the harness throws it too', async (t) => {
   const { app } = await buildApp(t)
   app.ws('/bad', defineHandler<undefined, number>({ websocketInit: (_state, ctx) => { ctx.stream(5 as never, { next: (n) => n as number }) } }))
