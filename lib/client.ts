@@ -68,6 +68,28 @@ function backoffMs (value: number | undefined, fallback: number, name: string): 
   return value
 }
 
+// A position as it travels outside the server: `<epoch>:<offset>` in a message for the client to
+// keep, and back in the reconnect URL's `?since=`. Here, in the client's one file, so that a page
+// has them too; the server's entry point exports the same functions.
+
+/** `<epoch>:<offset>`: what a client keeps and sends back as `?since=`. */
+export function formatPosition (position: { readonly epoch: string, readonly offset: number }): string {
+  return `${position.epoch}:${position.offset}`
+}
+
+/**
+ * A position from `formatPosition`'s text (the last `:` splits it: an epoch may hold one), or
+ * undefined for anything else; never throws, whatever a client sends. A stale or forged position
+ * that parses is the history's to judge: the subscriber is told `resync` (or recovers).
+ */
+export function parsePosition (text: unknown): { epoch: string, offset: number } | undefined {
+  if (typeof text !== 'string' || text.length > 100) return undefined
+  const colon = text.lastIndexOf(':')
+  const offset = text.slice(colon + 1)
+  if (colon === -1 || !/^\d{1,16}$/.test(offset) || !Number.isSafeInteger(Number(offset))) return undefined
+  return { epoch: text.slice(0, colon), offset: Number(offset) }
+}
+
 export function resumingSocket<Message = Record<string, unknown>> (options: ResumingSocketOptions<Message>): ResumingSocket {
   const given = options.WebSocket ?? (globalThis as unknown as { WebSocket?: WebSocketConstructor }).WebSocket
   if (given === undefined) throw new TypeError('resumingSocket: no WebSocket here; pass options.WebSocket (e.g. the one of the ws package)')

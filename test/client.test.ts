@@ -6,7 +6,8 @@
 import { install } from '@sinonjs/fake-timers'
 import t from 'tap'
 import WebSocket from 'ws'
-import { resumingSocket, type WebSocketConstructor } from '../lib/client.js'
+import fc from 'fast-check'
+import { formatPosition, parsePosition, resumingSocket, type WebSocketConstructor } from '../lib/client.js'
 import { InProcessBus, defineHandler, inProcessAdapter, json, type TopicEvent } from '../lib/index.js'
 import { buildApp, listen, until } from './helpers.js'
 import { feed, range, sinceOf } from './followers.js'
@@ -161,4 +162,21 @@ t.test('backoff: doubles while attempts fail, starts over once one opened; close
   sockets[3]!.drop()
   clock.tick(60_000)
   t.equal(sockets.length, 4, 'no reconnect after close()')
+})
+
+t.test('positions as text: formatPosition and parsePosition round-trip every position, and parsePosition never throws', async (t) => {
+  const { formatPosition: serverFormat, parsePosition: serverParse } = await import('../lib/index.js')
+  t.equal(serverFormat, formatPosition, 'the server entry point exports the same functions')
+  t.equal(serverParse, parsePosition)
+  t.equal(formatPosition({ epoch: '9f2c', offset: 41 }), '9f2c:41')
+  t.same(parsePosition('9f2c:41'), { epoch: '9f2c', offset: 41 })
+  t.same(parsePosition(':0'), { epoch: '', offset: 0 }, 'an empty epoch is a valid since')
+  for (const bad of [undefined, null, 41, '', '9f2c', '9f2c:', '9f2c:-1', '9f2c:1.5', '9f2c:1e3', '9f2c: 1', '9f2c:9007199254740992', 'x'.repeat(101)]) {
+    t.equal(parsePosition(bad), undefined, `${JSON.stringify(bad)} is not a position`)
+  }
+  fc.assert(fc.property(fc.string({ maxLength: 64 }), fc.integer({ min: 0, max: Number.MAX_SAFE_INTEGER }), (epoch, offset) => {
+    const text = formatPosition({ epoch, offset })
+    return text.length > 100 || JSON.stringify(parsePosition(text)) === JSON.stringify({ epoch, offset })
+  }), { seed: 26, numRuns: 500 })
+  fc.assert(fc.property(fc.anything(), (value) => { parsePosition(value); return true }), { seed: 26, numRuns: 500 })
 })

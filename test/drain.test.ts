@@ -69,7 +69,7 @@ t.test('code 1001 when the service is not coming back; one batch closes at once'
   const recorder = terminateRecorder()
   app.ws('/s', { terminate: recorder.terminate })
   const { seen } = await inject(app, '/s')
-  await app.wsConnections.drain()
+  await app.wsConnections.drain({ code: undefined, batchSize: undefined }) // given as undefined: not given, the plugin's apply
   t.same(await seen.closed, { code: 1001, reason: '' })
   t.same(recorder.calls[0]?.reason, { type: 'shutdown', code: 1001 })
 })

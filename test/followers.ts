@@ -3,15 +3,13 @@
  * each event as one text frame: `p:<offset>:<message>`, `subscribed:<offset>:<recovered>`,
  * `resync:<offset>:<reason>`. Shared by the history tests (in process, on Redis).
  */
-import { defineHandler, text, topic, type Position, type TopicEvent, type WebSocketContext } from '../lib/index.js'
+import { defineHandler, parsePosition, text, topic, type Position, type TopicEvent, type WebSocketContext } from '../lib/index.js'
 
 export const feed = topic<string>('feed')
 
+/** `?since=` of a request's query (the plugin's parsePosition: undefined when absent or not a position). */
 export function sinceOf (query: unknown): Position | undefined {
-  const since = (query as { since?: string }).since
-  if (since === undefined) return undefined
-  const [epoch = '', offset = ''] = since.split(':')
-  return { epoch, offset: Number(offset) }
+  return parsePosition((query as { since?: string }).since)
 }
 
 export function show (event: TopicEvent<string>): string {

@@ -11,7 +11,7 @@ import type WebSocket from 'ws'
 import { CloseCode } from '../core/close-codes.js'
 import { rememberReceivedText } from '../wire/writes.js'
 import { frameInChannel } from '../core/diagnostics.js'
-import type { InFrame, InvalidJsonMessage, JsonFrame, TerminateReason } from '../core/types.js'
+import type { ErrorReason, InFrame, InvalidJsonMessage, JsonFrame, TerminateReason } from '../core/types.js'
 import { closeCodeOfWsError, hookSocketData, internalsOf } from '../wire/ws-internals.js'
 
 /** What went wrong with one message of a JSON route: the close code and a short reason (≤ 123 bytes). */
@@ -142,8 +142,9 @@ function onClose (this: WebSocket): void {
 }
 
 function onError (this: WebSocket, error: Error): void {
-  // ws has already sent the close frame with this code; frames queued before it still run.
-  peerEnded(eventsOf(this), { type: 'error', code: closeCodeOfWsError(error), error })
+  // ws has already sent the close frame with this code; frames queued before it still run. Its
+  // errors all carry a code: its receiver's WS_ERR_…, or zlib's Z_… for corrupt compressed data.
+  peerEnded(eventsOf(this), { type: 'error', code: closeCodeOfWsError(error), error: error as ErrorReason['error'] })
 }
 
 function peerEnded (events: ConnectionEvents, reason: TerminateReason): void {

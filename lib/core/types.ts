@@ -47,26 +47,26 @@ export type OutFrame =
 /** Options a callback may change while the connection lives (Cowboy's `set_options`). */
 export interface LiveOptions {
   /** Milliseconds without received data before the connection is closed with 1000; 0 disables. */
-  idleTimeout?: number
+  idleTimeout?: number | undefined
   /**
    * Milliseconds of silence (nothing received) after which the server pings, and again every
    * `pingInterval` while silence lasts; the peer's pong counts as received data. Default 30000,
    * so a browser that only listens stays connected and a dead peer meets the idle timeout.
    * 0, or a value >= `idleTimeout`, sends no pings.
    */
-  pingInterval?: number
+  pingInterval?: number | undefined
   /** Largest frame or reassembled message, in bytes, inclusive; `Infinity` disables. Over it: close 1009. */
-  maxFrameSize?: number
+  maxFrameSize?: number | undefined
   /**
    * Outbound bytes from earlier writes that may still wait when a reply or broadcast is written;
    * over it the connection is closed with 1008 (a slow reader; one large reply is not one).
    */
-  maxBufferedBytes?: number
+  maxBufferedBytes?: number | undefined
   /**
    * Mailbox items that may wait. Past it the plugin stops reading from the socket (it reads again
    * at half), and `post` (and publishing) to the connection is refused (returns false).
    */
-  mailboxLimit?: number
+  mailboxLimit?: number | undefined
 }
 
 /**
@@ -128,7 +128,15 @@ export interface TimeoutReason { readonly type: 'timeout' }
  * 1009 frame over `maxFrameSize`, 1011 a callback returned a result of the wrong shape or an
  * event failed inside the plugin (FST_WS_INTERNAL).
  */
-export interface ErrorReason { readonly type: 'error', readonly code: number, readonly error: Error }
+export interface ErrorReason { readonly type: 'error', readonly code: number, readonly error: Error & { readonly code: ErrorReasonCode } }
+/**
+ * What an `ErrorReason`'s error says in `code`: the plugin's (`FST_WS_…`), ws's for what the
+ * peer sent (`WS_ERR_INVALID_UTF8`, `WS_ERR_UNSUPPORTED_MESSAGE_LENGTH`, …) or zlib's for corrupt
+ * compressed data (`Z_DATA_ERROR`, …).
+ */
+export type ErrorReasonCode =
+  | 'FST_WS_INTERNAL' | 'FST_WS_RATE_LIMITED' | 'FST_WS_INVALID_MESSAGE' | 'FST_WS_INVALID_RESULT' | 'FST_WS_OUTBOUND_OVERFLOW'
+  | `WS_ERR_${string}` | `Z_${string}`
 /** A callback threw or rejected; the plugin closed with 1011. */
 export interface CrashReason { readonly type: 'crash', readonly error: unknown }
 /** The socket went away without a close frame. */
@@ -149,16 +157,16 @@ export type TerminateReason =
 /** Per-connection options: plugin defaults, overridden by the route, overridden by `init`. */
 export interface ConnectionOptions extends LiveOptions {
   /** Negotiate permessage-deflate when the client offers it. Default false. */
-  compress?: boolean
+  compress?: boolean | undefined
   /** Check that text messages and close reasons are valid UTF-8 (close 1007). Default true. */
-  validateUtf8?: boolean
+  validateUtf8?: boolean | undefined
   /** Request headers kept in the request snapshot that callbacks and `terminate` see. Default none. */
-  keepHeaders?: readonly string[]
+  keepHeaders?: readonly string[] | undefined
   /**
    * Inbound rate limit of each connection: a token bucket over the frames it receives. `false`
    * turns off a limit set by the plugin or the route. Default none.
    */
-  rateLimit?: RateLimit | false
+  rateLimit?: RateLimit | false | undefined
 }
 
 /**
@@ -168,21 +176,21 @@ export interface ConnectionOptions extends LiveOptions {
  */
 export interface RateLimit {
   /** Frames per second. */
-  messagesPerSecond?: number
+  messagesPerSecond?: number | undefined
   /** Bytes per second, as received (payload sizes). */
-  bytesPerSecond?: number
+  bytesPerSecond?: number | undefined
   /**
    * Over the limit: `'pause'` (default) stops reading the socket until the bucket has refilled
    * (TCP holds the sender back; what was read still runs); `'close'` closes with 1008 and the
    * reason "rate limit exceeded" (FST_WS_RATE_LIMITED).
    */
-  onExceeded?: 'pause' | 'close'
+  onExceeded?: 'pause' | 'close' | undefined
 }
 
 /** The `json` route option's object form. */
 export interface JsonOptions {
   /** A JSON schema every message must match, compiled with the app's validator compiler (Ajv by default). */
-  schema?: object
+  schema?: object | undefined
   /**
    * What bad input gets: `'close'` (default) closes with 1007 for text that is not JSON, 1003 for
    * a binary frame, 1008 for a message the schema refuses (the reason says why); `'error-frame'`
@@ -190,7 +198,7 @@ export interface JsonOptions {
    * answers as the protocol says, with frames sent in order with the replies (checked as a
    * reply; a close frame closes: graphql-transport-ws answers `close(4400, problem.reason)`).
    */
-  onInvalid?: 'close' | 'error-frame' | ((problem: InvalidJsonMessage) => OutFrame | readonly OutFrame[])
+  onInvalid?: 'close' | 'error-frame' | ((problem: InvalidJsonMessage) => OutFrame | readonly OutFrame[]) | undefined
 }
 
 /** What was wrong with a message on a JSON route: the close code `'close'` would send, and why. */
@@ -204,14 +212,14 @@ export interface InvalidJsonMessage {
 /** Options of one WebSocket route. */
 export interface RouteWebSocketOptions extends ConnectionOptions {
   /** Parse text frames as JSON (and validate them): `handle` gets `{ type: 'json', data }`. Default off. */
-  json?: boolean | JsonOptions
+  json?: boolean | JsonOptions | undefined
   /**
    * Subprotocols this route speaks, in order of preference. The first one the client offers
    * is answered in the 101; a client that offers others but none of these gets HTTP 400.
    */
-  protocols?: readonly string[]
+  protocols?: readonly string[] | undefined
   /** Refuse (HTTP 400) a client that sends no `Sec-WebSocket-Protocol` at all. Default false. */
-  protocolRequired?: boolean
+  protocolRequired?: boolean | undefined
   /**
    * Which browser origins may open this route besides the app's own (same-origin is always
    * allowed; others get HTTP 403, FST_WS_ORIGIN_NOT_ALLOWED): exact origins
@@ -220,20 +228,20 @@ export interface RouteWebSocketOptions extends ConnectionOptions {
    * `(origin, request) => boolean`, or `'*'` for a public endpoint. Requests without `Origin`
    * (not browsers) always pass. Default: none (same-origin only).
    */
-  allowOrigins?: AllowOrigins
+  allowOrigins?: AllowOrigins | undefined
   /**
    * The app's own public origins (`['https://app.example.com']`). By default the app's own
    * origin is read from the request (Host, or X-Forwarded-Host with `trustProxy`), which a
    * DNS-rebinding page controls; with `ownOrigins`, only these (and `allowOrigins`) count as
    * the app's. Set it for servers on private networks without authentication. Default: none.
    */
-  ownOrigins?: readonly string[]
+  ownOrigins?: readonly string[] | undefined
   /**
    * Connections this route may hold at once (from the upgrade to `terminate`); over it the
    * upgrade gets HTTP 503 with Retry-After (FST_WS_TOO_MANY_CONNECTIONS). In plugin options,
    * the limit for the whole app instead. Default: none.
    */
-  maxConnections?: number
+  maxConnections?: number | undefined
 }
 
 /** Options given when registering the plugin: defaults for every route. */
@@ -244,32 +252,32 @@ export interface WebSocketHandlersOptions extends RouteWebSocketOptions {
    * most the rest. Default 5000. Given to ws only when this plugin
    * registers @fastify/websocket; an app that registered it keeps its own setting.
    */
-  closeTimeout?: number
+  closeTimeout?: number | undefined
   /**
    * Connections one client IP (`request.ip`, so `trustProxy` applies) may hold at once, app-wide.
    * IPv6 clients are counted by their /`ipv6Subnet` network (one host holds a whole /64), IPv4
    * by address. Default: none.
    */
-  maxConnectionsPerIp?: number
+  maxConnectionsPerIp?: number | undefined
   /** The IPv6 prefix length that `maxConnectionsPerIp` counts as one client. Default 64. */
-  ipv6Subnet?: number
+  ipv6Subnet?: number | undefined
   /**
    * How topics and posts by id reach other instances. Default `inProcessAdapter()` (this app
    * alone); `redisAdapter({ url })` from `fastify-ws-handlers/redis` shares them over Redis.
    */
-  adapter?: PubSubAdapter
+  adapter?: PubSubAdapter | undefined
   /**
    * permessage-deflate settings used where `compress` is on (ws's options); add
    * `clientNoContextTakeover: true` where handlers hibernate. Given to ws only when this plugin
    * registers @fastify/websocket.
    */
-  perMessageDeflate?: PerMessageDeflateOptions
+  perMessageDeflate?: PerMessageDeflateOptions | undefined
   /**
    * OpenTelemetry metrics (see "Metrics" in the README): recorded to the global meter provider
    * when the app has registered an SDK, or to `meterProvider`; `false` records none. Without an
    * SDK nothing is recorded and nothing costs.
    */
-  metrics?: MetricsOptions | false
+  metrics?: MetricsOptions | false | undefined
   /**
    * Topics that keep a history (off by default): a topic name, or a pattern ending in `*` (a
    * prefix), to its limits: `{ 'chat:*': { size: 1000, maxAgeMs: 3_600_000 } }`. The exact name
@@ -277,9 +285,9 @@ export interface WebSocketHandlersOptions extends RouteWebSocketOptions {
    * recover what it missed (`ctx.subscribe(topic, { since })`). Kept by the adapter (in this
    * process, or in Redis Streams).
    */
-  history?: Readonly<Record<string, HistoryLimits>>
+  history?: Readonly<Record<string, HistoryLimits>> | undefined
   /** How `app.close()` closes connections (see `DrainOptions`). */
-  drain?: DrainOptions
+  drain?: DrainOptions | undefined
 }
 
 /**
@@ -290,25 +298,25 @@ export interface WebSocketHandlersOptions extends RouteWebSocketOptions {
  */
 export interface DrainOptions {
   /** Connections closed per batch. Default 500. */
-  batchSize?: number
+  batchSize?: number | undefined
   /** ms between batches. Default 200: 10,000 connections drain in 4 s. */
-  batchIntervalMs?: number
+  batchIntervalMs?: number | undefined
   /** The whole drain takes at most this (ms); later batches are closed sooner. Default 10,000; `app.close()` also keeps it within `closeTimeout`. */
-  maxWindowMs?: number
+  maxWindowMs?: number | undefined
   /** The close code. Default 1012 (Service Restart); 1001 (Going Away) when the service is not coming back. */
-  code?: 1001 | 1012
+  code?: 1001 | 1012 | undefined
 }
 
 /** Where the plugin's metrics go. */
 export interface MetricsOptions {
   /** Default: the global one (`metrics.getMeterProvider()` of `@opentelemetry/api`). */
-  meterProvider?: MeterProvider
+  meterProvider?: MeterProvider | undefined
   /**
    * One callback in this many is timed into the `websocket.server.callback.duration` histogram
    * (every one that throws is); call counts and total time are exact whatever it is. Default 16:
    * a histogram measurement costs about 1.2 µs in the SDK. 1 times every callback.
    */
-  callbackSampling?: number
+  callbackSampling?: number | undefined
 }
 
 // ---------------------------------------------------------------------------
@@ -454,7 +462,7 @@ export interface WebSocketHandler<
 /** Options of `broadcast`. */
 export interface BroadcastOptions {
   /** A connection id that does not get the frame (the sender's, usually). */
-  except?: string
+  except?: string | undefined
 }
 
 /** The app-wide view of open connections and topics (decorated as `fastify.wsConnections`). */

@@ -417,7 +417,11 @@ export class Registry implements ConnectionRegistry, WebSocketConnections {
   async drain (options: DrainOptions = {}, timeoutMs = this.#closeTimeout): Promise<void> {
     const problem = drainOptionsProblem(options)
     if (problem !== undefined) throw new InvalidOptionError('drain', problem)
-    const settings = { ...this.#drainDefaults, ...options }
+    // A key given as undefined is not given (exactOptionalPropertyTypes users write `x: undefined`).
+    const settings: DrainOptions = { ...this.#drainDefaults }
+    for (const [key, value] of Object.entries(options) as Array<[keyof DrainOptions, number]>) {
+      if (value !== undefined) settings[key] = value as never
+    }
     if (!this.#draining && this.#upgrading.size !== 0) {
       this.#pendingUpgradesTimer = setTimeout(Registry.#endPendingUpgrades, this.#closeTimeout, this)
     }

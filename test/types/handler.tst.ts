@@ -1,7 +1,7 @@
 import Fastify from 'fastify'
 import { expect, test } from 'tstyche'
 import wsHandlers, {
-  close, defineHandler, text, topic, type InFrame, type Position, type RequestSnapshot, type TerminateReason, type TimeoutMessage,
+  close, defineHandler, text, topic, type ErrorReasonCode, type InFrame, type Position, type RequestSnapshot, type TerminateReason, type TimeoutMessage,
   type TopicEvent, type WebSocketContext, type WebSocketHandler
 } from '../../lib/index.js'
 import { handlerHarness } from '../../lib/testing.js'
@@ -22,6 +22,10 @@ test('defineHandler<State> types the state in every callback', () => {
       expect(reason).type.toBe<TerminateReason>()
       expect(request).type.toBe<RequestSnapshot>()
       expect(state).type.toBe<{ count: number }>()
+      if (reason.type === 'error') {
+        expect(reason.error.code).type.toBe<ErrorReasonCode>() // FST_WS_…, WS_ERR_… or Z_…: switch on it without a cast
+        expect(reason.error).type.toBeAssignableTo<Error>()
+      }
     }
   })
 })
@@ -79,7 +83,7 @@ test('terminate reasons narrow by type', () => {
   const reason = {} as TerminateReason
   if (reason.type === 'remote') expect(reason.code).type.toBe<number | undefined>()
   if (reason.type === 'stop') expect(reason.code).type.toBe<number>()
-  if (reason.type === 'error') expect(reason.error).type.toBe<Error>()
+  if (reason.type === 'error') expect(reason.error).type.toBe<Error & { readonly code: ErrorReasonCode }>()
 })
 
 test('a result of the wrong shape does not compile', () => {
