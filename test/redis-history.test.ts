@@ -350,3 +350,39 @@ t.test('a read of the Redis history returns all it asks for: `size` entries when
   const tail = await adapter.history!.read('feed', 5, { size: 5 })
   t.same(tail.entries.map((entry) => entry.offset), [6, 7])
 })
+
+t.test('a history read while the reading connection reconnects waits for it (bounded) instead of telling the follower `unavailable`', async (t) => {
+  const redis = await ownRedis(t)
+  const control = new Redis(redis.url)
+  t.teardown(() => control.disconnect())
+  const app = Fastify()
+  t.teardown(() => app.close())
+  // The publishing (and reading) connection comes back 300 ms after it drops.
+  await app.register(wsHandlers, { adapter: redisAdapter({ url: redis.url, redisOptions: { retryStrategy: () => 300 } }), history: { feed: { size: 100 } } })
+  app.ws('/feed', follower)
+  await app.ready()
+  const first = await app.wsConnections.publishConfirmed(feed, 'one')
+  await app.wsConnections.publishConfirmed(feed, 'two')
+  await control.client('KILL', 'TYPE', 'normal', 'SKIPME', 'yes') // the adapter's publishing connection (the subscriber is of type pubsub)
+  const { seen } = await inject(app, `/feed?since=${first.epoch}:0`)
+  await seen.frameCount(3)
+  t.same(seen.frames, ['text:p:1:one', 'text:p:2:two', 'text:subscribed:2:2'], 'recovered once the connection was back')
+})
+
+t.test('a history read waits for the reading connection at most 2 s: then its follower is told `unavailable`, and why is logged', async (t) => {
+  const redis = await ownRedis(t)
+  const control = new Redis(redis.url)
+  t.teardown(() => control.disconnect())
+  const logs: Array<Record<string, unknown>> = []
+  const app = Fastify({ logger: { level: 'warn', stream: new Writable({ write (chunk, _encoding, done) { logs.push(JSON.parse(String(chunk))); done() } }) } })
+  t.teardown(() => app.close())
+  await app.register(wsHandlers, { adapter: redisAdapter({ url: redis.url, redisOptions: { retryStrategy: () => 4000 } }), history: { feed: { size: 100 } } })
+  app.ws('/feed', follower)
+  await app.ready()
+  const first = await app.wsConnections.publishConfirmed(feed, 'one')
+  await control.client('KILL', 'TYPE', 'normal', 'SKIPME', 'yes') // back in 4 s only
+  const { seen } = await inject(app, `/feed?since=${first.epoch}:0`)
+  await seen.frameCount(1)
+  t.match(seen.frames[0], /^text:resync:\d+:unavailable$/)
+  await until(() => logs.some((line) => /cannot be read: the connection to Redis is not back after 2000 ms/.test(String((line.err as { message?: string } | undefined)?.message))), 'the reason logged')
+})

@@ -28,8 +28,11 @@ import { BINARY, POST, PUBLISH, TEXT, decodeWire, encodeWire, keptHead } from '.
 
 export { decodeWire, encodeWire, keptHead, type WireMessage } from './redis-wire.js'
 
-/** How long a history read waits for its topic's SUBSCRIBE to be confirmed before it fails. */
-const SUBSCRIBE_WAIT_MS = 2_000
+/**
+ * How long a history read waits for its topic's SUBSCRIBE to be confirmed, and then for the
+ * reading connection to be back (a reconnect under way), before it fails.
+ */
+const READ_WAIT_MS = 2_000
 
 export interface RedisAdapterOptions {
   /** Default: `REDIS_URL`, else redis://127.0.0.1:6379. */
@@ -66,6 +69,21 @@ interface Scripted {
 
 type Connection = (Redis | Cluster) & Partial<Scripted>
 
+/** Whether `connection` is ready, or becomes so within `ms`. */
+async function readyWithin (connection: Connection, ms: number): Promise<boolean> {
+  if (connection.status === 'ready') return true
+  let onReady!: () => void
+  const ready = new Promise<boolean>((resolve) => {
+    onReady = () => { resolve(true) }
+    connection.once('ready', onReady)
+  })
+  try {
+    return await settledWithin(ready, ms) === true
+  } finally {
+    connection.off('ready', onReady)
+  }
+}
+
 export function redisAdapter (options: RedisAdapterOptions = {}): RedisPubSubAdapter {
   const url = options.url ?? process.env.REDIS_URL ?? 'redis://127.0.0.1:6379'
   const prefix = options.channelPrefix ?? 'fws:'
@@ -91,7 +109,7 @@ export function redisAdapter (options: RedisAdapterOptions = {}): RedisPubSubAda
   }
   /**
    * SUBSCRIBEs (SSUBSCRIBEs) not yet confirmed: a history read waits for its topic's, so that what
-   * it misses arrives live; at most SUBSCRIBE_WAIT_MS, and one that failed fails the read (its
+   * it misses arrives live; at most READ_WAIT_MS, and one that failed fails the read (its
    * followers are told `unavailable`, never given a seam that is not live).
    */
   const subscribing = new Map<string, Promise<void>>()
@@ -180,8 +198,13 @@ export function redisAdapter (options: RedisAdapterOptions = {}): RedisPubSubAda
     },
     async read (topic: string, after: number, limits: HistoryLimits): Promise<HistoryRead> {
       const pending = subscribing.get(topic) // what this read misses must arrive live
-      if (pending !== undefined && await settledWithin(pending.then(() => true), SUBSCRIBE_WAIT_MS) === undefined) {
-        throw new RedisAdapterError(`the subscription to "${topic}" is not confirmed after ${SUBSCRIBE_WAIT_MS} ms (${where})`)
+      if (pending !== undefined && await settledWithin(pending.then(() => true), READ_WAIT_MS) === undefined) {
+        throw new RedisAdapterError(`the subscription to "${topic}" is not confirmed after ${READ_WAIT_MS} ms (${where})`)
+      }
+      // The subscriber may be back before the publishing connection, which reads: a gap seen
+      // live then waits for it, rather than failing (its followers told `unavailable`).
+      if (!await readyWithin(publisher, READ_WAIT_MS)) {
+        throw new RedisAdapterError(`the history of "${topic}" cannot be read: the connection to Redis is not back after ${READ_WAIT_MS} ms (${where})`)
       }
       const [stream, meta] = keysOf(topic)
       return historyReadOf(await publisher.fwsRead!(stream, meta, ...readArgs(after, limits)))
