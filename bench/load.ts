@@ -42,11 +42,13 @@ async function openOverHttp2 (url: string): Promise<WebSocket> {
   const { host, pathname, searchParams } = new URL(url)
   let session = sessions.get(host)
   if (session === undefined) {
-    // ?window=N: this client's stream window too (the echo's way back), as a tuned client would.
-    const window = Number(searchParams.get('window') ?? 0)
-    session = http2.connect(`http://${host}`, window > 0 ? { settings: { initialWindowSize: window } } : {})
+    // ?client=browser: the windows Chrome opens with (6 MiB per stream, 15 MiB for the
+    // session), for the echo's way back; without it, Node's defaults (64 KB each).
+    const browser = searchParams.get('client') === 'browser'
+    session = http2.connect(`http://${host}`, browser ? { settings: { initialWindowSize: 6 << 20 } } : {})
     sessions.set(host, session)
     await once(session, 'remoteSettings')
+    if (browser) session.setLocalWindowSize(15 << 20)
   }
   const stream = session.request({ ':method': 'CONNECT', ':protocol': 'websocket', ':scheme': 'http', ':authority': host, ':path': pathname, 'sec-websocket-version': '13' }, { endStream: false })
   await once(stream, 'response')

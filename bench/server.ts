@@ -17,7 +17,7 @@ export type Kind = 'ws' | 'fastify-websocket' | 'plugin'
 export type Scenario =
   | 'echo' | 'async-echo' | 'compressed' | 'compressed-hibernate'
   | 'echo-h2' // plugin only: Fastify's cleartext http2 server (prior knowledge), WebSockets over HTTP/2 streams
-  | 'echo-h2-window' // the same, with a 4 MiB stream window instead of Node's 64 KB
+  | 'echo-h2-node-client' // the same server; its client keeps Node's default windows (run.ts)
   | 'echo-heartbeat' // plugin only: the default idle timeout and pings (the others run with both off)
   | 'echo-metrics' // plugin only: an OpenTelemetry metrics SDK registered (a reader that collects on demand)
   | 'echo-decode' // raw servers only: text is decoded to a string and the string sent back
@@ -140,9 +140,8 @@ if (kind === 'ws') {
   port = (wss.address() as AddressInfo).port
   connections = () => wss.clients.size
 } else {
-  const overH2 = scenario === 'echo-h2' || scenario === 'echo-h2-window'
+  const overH2 = scenario === 'echo-h2' || scenario === 'echo-h2-node-client'
   const app = (overH2 ? Fastify({ logger: false, http2: true }) : Fastify({ logger: false })) as unknown as ReturnType<typeof Fastify>
-  if (scenario === 'echo-h2-window') (app.server as unknown as import('node:http2').Http2Server).updateSettings({ initialWindowSize: 4 << 20 })
   if (kind === 'fastify-websocket') {
     await app.register(fastifyWebsocket, { options: { perMessageDeflate: deflate, maxPayload: 1_000_000 } })
     app.get('/', { websocket: true }, rawEcho)

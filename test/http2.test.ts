@@ -15,7 +15,7 @@ import t from 'tap'
 import WebSocket from 'ws'
 import wsHandlers, { close, defineHandler, text } from '../lib/index.js'
 import { UpgradeRefusedError, wsClient, type ClientOptions } from '../lib/testing.js'
-import { answeringStream } from '../lib/route/h2.js'
+import { H2_SESSION_WINDOW, H2_STREAM_WINDOW, answeringStream } from '../lib/route/h2.js'
 import { deferred, until, within } from './helpers.js'
 
 const tls = { key: readFileSync(new URL('./fixtures/localhost-key.pem', import.meta.url)), cert: readFileSync(new URL('./fixtures/localhost-cert.pem', import.meta.url)) }
@@ -165,6 +165,7 @@ t.test('one session carries several WebSockets and plain requests at once', asyn
   t.teardown(() => session.close())
   await once(session, 'remoteSettings')
   t.equal(session.remoteSettings.enableConnectProtocol, true, 'the server advertises extended CONNECT')
+  t.equal(session.remoteSettings.initialWindowSize, H2_STREAM_WINDOW, 'stream windows sized for WebSockets (4 MiB), not 64 KB')
   const authority = new URL(base).host
   const sockets = await Promise.all([1, 2, 3].map(async () => {
     const stream = session.request({ ':method': 'CONNECT', ':protocol': 'websocket', ':path': '/echo', ':scheme': 'https', ':authority': authority, 'sec-websocket-version': '13' }, { endStream: false })
@@ -172,6 +173,7 @@ t.test('one session carries several WebSockets and plain requests at once', asyn
     t.equal(headers[':status'], 200)
     return wsOnStream(stream)
   }))
+  await until(() => (session.state.remoteWindowSize ?? 0) >= H2_SESSION_WINDOW - 65_535, 'the session window opened to 8 MiB once it carried a WebSocket')
   const page = session.request({ ':path': '/page', ':authority': authority })
   let body = ''
   page.on('data', (chunk: Buffer) => { body += chunk.toString() })
