@@ -10,7 +10,7 @@ import fc from 'fast-check'
 import t from 'tap'
 import WebSocket from 'ws'
 import { defineHandler, text, type Commands, type WebSocketContext } from '../lib/index.js'
-import { buildApp, inject, pingsToClosedSockets, until } from './helpers.js'
+import { buildApp, inject, modelRuns, pingsToClosedSockets, until } from './helpers.js'
 
 /** What a frame or a post asks the handler to return (each as a promise the scheduler settles). */
 const asks = ['nothing', 'reply', 'options', 'pause', 'resume', 'stop', 'throw', 'state'] as const
@@ -103,7 +103,7 @@ t.test('whatever order async results settle in, a connection runs one callback a
     if (run.overlapped) throw new Error('two callbacks ran at once')
     if (run.terminated !== 1) throw new Error(`terminate ran ${run.terminated} times`)
     if (run.afterTerminate.length > 0) throw new Error(`${run.afterTerminate.join(', ')} after terminate`)
-  }), { seed: 24, numRuns: 150, timeout: 5000 })
+  }), { ...modelRuns(150), timeout: 5000 })
   t.equal(sends.count, 0, 'nothing written to a socket that had ended')
   t.equal(pings.count, 0, 'no ping to a socket that had ended')
   await until(() => app.wsConnections.size === 0, 'every connection gone')

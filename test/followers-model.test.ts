@@ -15,6 +15,7 @@ import { Feed } from '../lib/registry/followers.js'
 import { kStreamMessage, type Puller } from '../lib/actor/streams.js'
 import type { ConnectionContext } from '../lib/actor/context.js'
 import type { HistoryRead, HistoryStore, Position, TopicEvent } from '../lib/index.js'
+import { modelRuns } from './helpers.js'
 
 const SIZE = 4
 const CLIENTS = 3
@@ -278,6 +279,6 @@ t.test('every client sees every publication once and in order, or a resync: neve
         throw new Error(`${c.name} is at ${JSON.stringify(c.at)}, the topic at ${world.epochName}:${world.top}`)
       }
     }
-  }), { seed: 24, numRuns: 300 })
+  }), modelRuns(300))
   t.pass('300 runs of up to 40 commands')
 })

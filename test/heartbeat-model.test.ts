@@ -9,6 +9,7 @@ import { install } from '@sinonjs/fake-timers'
 import fc from 'fast-check'
 import t from 'tap'
 import { firstStep, kDue, kHeartbeat, kNext, kPrev, kSince, restartSilence, stepAfterPing, stopBeating, type Beating, type Link } from '../lib/actor/heartbeat.js'
+import { modelRuns } from './helpers.js'
 
 /** A connection as the heartbeat sees it: it records what it was asked to do, and does what a connection does. */
 class Owner implements Beating {
@@ -138,6 +139,6 @@ t.test('each connection is pinged every pingInterval of silence and closed at ex
       for (const owner of owners) stopBeating(owner)
       clock.uninstall()
     }
-  }), { seed: 24, numRuns: 300 })
+  }), modelRuns(300))
   t.pass('300 runs of up to 40 commands')
 })

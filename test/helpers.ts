@@ -260,3 +260,14 @@ export function deferred<T> (): { promise: Promise<T>, resolve: (value: T) => vo
   const promise = new Promise<T>((_resolve) => { resolve = _resolve })
   return { promise, resolve }
 }
+
+/**
+ * fast-check's settings for a model test: a fixed seed and `numRuns` in `npm test`; `npm run
+ * test:models` (which CI runs too, bounded in time) runs `FWS_MODEL_SCALE` times as many with a
+ * fresh seed, which fast-check prints with any counterexample (keep it as a regression test).
+ */
+export function modelRuns (numRuns: number): { seed: number, numRuns: number } {
+  const scale = Number(process.env.FWS_MODEL_SCALE ?? 1)
+  const seed = process.env.FWS_MODEL_SEED === 'random' ? Math.floor(Math.random() * 2 ** 31) : 24
+  return { seed, numRuns: numRuns * scale }
+}
