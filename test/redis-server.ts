@@ -101,10 +101,14 @@ export interface OwnCluster {
   call(port: number, ...args: Array<string | number>): Promise<unknown>
 }
 
-/** A Redis Cluster of three masters of the test's own (no replicas), on free local ports; stopped in teardown. */
-export async function ownCluster (t: { teardown(fn: () => unknown): void }): Promise<OwnCluster> {
+/**
+ * A Redis Cluster of three masters of the test's own, on free local ports, with `replicas`
+ * replicas each (a master's failure is noticed after 1 s then); stopped in teardown.
+ */
+export async function ownCluster (t: { teardown(fn: () => unknown): void }, { replicas = 0 } = {}): Promise<OwnCluster> {
   const dir = mkdtempSync(join(tmpdir(), 'fws-cluster-'))
-  const ports = [await freePort(), await freePort(), await freePort()]
+  const ports: number[] = []
+  for (let i = 0; i < 3 * (1 + replicas); i++) ports.push(await freePort())
   const children = new Map<number, ChildProcess>()
   const admins = new Map<number, Redis>()
   t.teardown(() => {
@@ -113,17 +117,18 @@ export async function ownCluster (t: { teardown(fn: () => unknown): void }): Pro
     rmSync(dir, { recursive: true, force: true })
   })
   const start = async (port: number): Promise<void> => {
-    children.set(port, await run(port, undefined, ['--cluster-enabled', 'yes', '--cluster-config-file', join(dir, `nodes-${port}.conf`), '--dir', dir]))
+    children.set(port, await run(port, undefined, ['--cluster-enabled', 'yes', '--cluster-config-file', join(dir, `nodes-${port}.conf`), '--dir', dir, '--cluster-node-timeout', '1000', '--repl-diskless-sync-delay', '0']))
   }
   for (const port of ports) await start(port)
-  const create = spawn('redis-cli', ['--cluster', 'create', ...ports.map((port) => `127.0.0.1:${port}`), '--cluster-replicas', '0', '--cluster-yes'], { stdio: ['ignore', 'pipe', 'pipe'] })
+  const create = spawn('redis-cli', ['--cluster', 'create', ...ports.map((port) => `127.0.0.1:${port}`), '--cluster-replicas', String(replicas), '--cluster-yes'], { stdio: ['ignore', 'pipe', 'pipe'] })
   let output = ''
   create.stdout!.on('data', (chunk: Buffer) => { output += chunk.toString() })
   create.stderr!.on('data', (chunk: Buffer) => { output += chunk.toString() })
   const [code] = await once(create, 'exit') as [number]
   if (code !== 0) throw new Error(`redis-cli --cluster create failed: ${output}`)
+  const alive = (port: number): boolean => children.get(port)?.exitCode === null && children.get(port)?.signalCode === null
   const up = async (): Promise<void> => {
-    for (const port of ports) {
+    for (const port of ports.filter(alive)) {
       for (let attempt = 0; ; attempt++) {
         const info = await command(port, 'CLUSTER INFO')
         if (info.includes('cluster_state:ok')) break
@@ -133,6 +138,15 @@ export async function ownCluster (t: { teardown(fn: () => unknown): void }): Pro
     }
   }
   await up() // every node agrees the cluster is up
+  // A replica that never synced cannot be promoted: every one is in sync before the test starts.
+  for (const port of replicas === 0 ? [] : ports) {
+    for (let attempt = 0; ; attempt++) {
+      const info = await command(port, 'INFO replication')
+      if (info.includes('role:master') || info.includes('master_link_status:up')) break
+      if (attempt === 400) throw new Error(`replica ${port} never synced: ${info}`)
+      await new Promise((resolve) => setTimeout(resolve, 50))
+    }
+  }
   const call = async (port: number, ...args: Array<string | number>): Promise<unknown> => {
     let admin = admins.get(port)
     if (admin === undefined) {
@@ -143,15 +157,15 @@ export async function ownCluster (t: { teardown(fn: () => unknown): void }): Pro
     return await admin.call(String(args[0]), ...args.slice(1))
   }
   const idOf = async (port: number): Promise<string> => String(await call(port, 'CLUSTER', 'MYID'))
-  const slotOf = async (key: string): Promise<number> => Number(await call(ports[0]!, 'CLUSTER', 'KEYSLOT', key))
+  const slotOf = async (key: string): Promise<number> => Number(await call(ports.find(alive)!, 'CLUSTER', 'KEYSLOT', key))
   const ownerOf = async (key: string): Promise<number> => {
     const slot = await slotOf(key)
-    const ranges = await call(ports[0]!, 'CLUSTER', 'SLOTS') as Array<[number, number, [string, number]]>
+    const ranges = await call(ports.find(alive)!, 'CLUSTER', 'SLOTS') as Array<[number, number, [string, number]]>
     const range = ranges.find(([from, to]) => slot >= from && slot <= to)!
     return Number(range[2][1])
   }
   return {
-    nodes: ports.map((port) => ({ host: '127.0.0.1', port })),
+    nodes: ports.slice(0, 3).map((port) => ({ host: '127.0.0.1', port })), // seeds: three are enough
     ownerOf,
     async moveSlotOf (key, port) {
       const slot = await slotOf(key)
