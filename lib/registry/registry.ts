@@ -2,7 +2,8 @@
  * The app-wide table of connections and topics (decorated as `app.wsConnections`): look-up and
  * post by id, iteration and counts per route, topics with publish and broadcast, the adapter
  * that carries them to other instances, and the drain that app.close() runs (1012 in batches,
- * then wait for every terminate to settle).
+ * then wait for every terminate to settle). The connection limits and the upgrades under way
+ * are admission.ts's.
  *
  * Fan-out runs no app code: `publish` posts (an idle subscriber's `info` is queued, run-queue.ts)
  * and `broadcast` writes bytes (a slow reader's close and its `terminate` are queued too). So no
@@ -14,12 +15,12 @@ import type { FastifyBaseLogger } from 'fastify'
 import { instanceOf } from './in-process.js'
 import { kSerial, kShutdown, kWriteShared, type ConnectionContext, type ConnectionRegistry } from '../actor/context.js'
 import { encodeFrame } from '../wire/writes.js'
-import { DEFAULT_IPV6_SUBNET, clientKey } from './ip-group.js'
+import { Admission, type ConnectionLimits, type Destroyable, type Lease } from './admission.js'
 import { drainOptionsProblem, show } from '../core/options.js'
 import { nameOf, topicName } from '../core/topics.js'
 import { deliverChannel } from '../core/diagnostics.js'
 import { CloseCode } from '../core/close-codes.js'
-import { InvalidBroadcastError, InvalidOptionError, InvalidPositionError, MessageNotSerializableError, NoHistoryError, ShuttingDownError, TooManyConnectionsError } from '../core/errors.js'
+import { InvalidBroadcastError, InvalidOptionError, InvalidPositionError, MessageNotSerializableError, NoHistoryError, ShuttingDownError } from '../core/errors.js'
 import type {
   BroadcastFrame, BroadcastOptions, DrainOptions, HistoryLimits, LocalDelivery, OutFrame, Position, PubSubAdapter, SubscribeOptions, Topic,
   WebSocketConnections, WebSocketContext
@@ -28,31 +29,12 @@ import type { HistoryConfig } from './history.js'
 import { Feed } from './followers.js'
 import { DRAIN_DEFAULTS, drainInBatches } from './drain.js'
 
-/** App-wide connection limits (plugin options). */
-export interface ConnectionLimits {
-  readonly maxConnections?: number | undefined
-  readonly maxConnectionsPerIp?: number | undefined
-  readonly ipv6Subnet?: number | undefined
-}
-
-/**
- * One admitted upgrade: it counts against the limits until released (the upgrade failed) or
- * handed over to its connection. Its socket is ended by app.close() if it is still pending then.
- */
-export interface Lease { readonly route: string, readonly ip: string, readonly socket: Destroyable, open: boolean }
-
-/** What app.close() ends under an `init` that never settles: the socket (HTTP/1.1), the stream (HTTP/2), or, injected, the request. */
-export interface Destroyable { destroy(): void }
-
 export class Registry implements ConnectionRegistry, WebSocketConnections {
   /** The prefix of this instance's connection ids; other instances route posts by it. */
   readonly instanceId = randomBytes(4).toString('hex')
   readonly #live = new Map<number, ConnectionContext>()
-  /** Admitted (upgrading or open) connections: all, per route, per client (an IPv4 address or an IPv6 network: ip-group.ts). */
-  #admitted = 0
-  readonly #perRoute = new Map<string, number>()
-  readonly #perIp = new Map<string, number>()
-  readonly #limits: ConnectionLimits
+  /** The limits, counted from admission, and the upgrades under way (admission.ts). */
+  readonly #admission: Admission
   readonly #topics = new Map<string, Set<ConnectionContext>>()
   /** Topics with history that have positioned subscribers here: their followers. */
   readonly #feeds = new Map<string, Feed>()
@@ -62,13 +44,9 @@ export class Registry implements ConnectionRegistry, WebSocketConnections {
   readonly #overJson: boolean
   readonly #log: FastifyBaseLogger
   #lastId = 0
-  /** Upgrades between admission and their 101 or refusal (an `init` running). */
-  readonly #upgrading = new Set<Lease>()
   /** Made when the first drain begins, resolved when the last connection is gone: every drain waits on the same one. */
   #emptied: Promise<void> | undefined
   #onEmpty: (() => void) | undefined
-  /** The timer that ends the sockets of upgrades still pending `closeTimeout` after the first drain began. */
-  #pendingUpgradesTimer: NodeJS.Timeout | undefined
   #draining = false
   /** The close code of the drain under way (late connections get it too). */
   #drainCode: number = CloseCode.SERVICE_RESTART
@@ -84,7 +62,7 @@ export class Registry implements ConnectionRegistry, WebSocketConnections {
     this.#closeTimeout = closeTimeout
     this.#overJson = adapter.wire === 'json'
     this.#log = log
-    this.#limits = limits
+    this.#admission = new Admission(limits, log)
   }
 
   get size (): number {
@@ -111,64 +89,20 @@ export class Registry implements ConnectionRegistry, WebSocketConnections {
     return Number.isSafeInteger(serial) && this.idOf(serial) === id ? serial : undefined
   }
 
-  /**
-   * Count an upgrade from its admission (just before the 101) to its terminate, or refuse it
-   * (TooManyConnectionsError, 503) when a limit is reached. Counting from admission, not from
-   * the 101, keeps the limits exact when many upgrades run their `init` at once.
-   */
-  admit (route: string, ip: string, routeLimit: number | undefined, socket: Lease['socket']): Lease {
-    if (this.#draining) throw new ShuttingDownError() // draining: to another instance
-    const { maxConnections, maxConnectionsPerIp } = this.#limits
-    if (maxConnections !== undefined && this.#admitted >= maxConnections) {
-      throw new TooManyConnectionsError(`the app holds its maximum of ${maxConnections}`)
-    }
-    const onRoute = this.#perRoute.get(route) ?? 0
-    if (routeLimit !== undefined && onRoute >= routeLimit) {
-      throw new TooManyConnectionsError(`${route} holds its maximum of ${routeLimit}`)
-    }
-    const client = this.#clientKey(ip)
-    const fromIp = this.#perIp.get(client) ?? 0
-    if (maxConnectionsPerIp !== undefined && fromIp >= maxConnectionsPerIp) {
-      throw new TooManyConnectionsError(`this client (${client === ip ? ip : `${ip}, counted as ${client}`}) holds its maximum of ${maxConnectionsPerIp}`)
-    }
-    this.#admitted++
-    this.#perRoute.set(route, onRoute + 1)
-    this.#perIp.set(client, fromIp + 1)
-    const lease = { route, ip, socket, open: true }
-    this.#upgrading.add(lease)
-    return lease
+  /** Count an upgrade from its admission to its terminate, or refuse it: 503, draining (to another instance) or over a limit (admission.ts). */
+  admit (route: string, ip: string, routeLimit: number | undefined, socket: Destroyable): Lease {
+    if (this.#draining) throw new ShuttingDownError()
+    return this.#admission.admit(route, ip, routeLimit, socket)
   }
 
   /** The upgrade failed: it no longer counts. Idempotent. */
   release (lease: Lease): void {
-    if (!lease.open) return
-    lease.open = false
-    this.#uncount(lease.route, lease.ip)
-    this.#settled(lease)
+    this.#admission.release(lease)
   }
 
-  /**
-   * The upgrade became a connection: from now on the connection counts (its request's routeUrl
-   * and ip are the lease's), until `remove`. The lease object is not kept (−56 B per connection).
-   */
+  /** The upgrade became a connection, which counts from now on, until `remove`. */
   handOver (lease: Lease): void {
-    lease.open = false
-    this.#settled(lease)
-  }
-
-  #settled (lease: Lease): void {
-    this.#upgrading.delete(lease)
-    if (this.#upgrading.size === 0) clearTimeout(this.#pendingUpgradesTimer)
-  }
-
-  #uncount (route: string, ip: string): void {
-    this.#admitted--
-    decrement(this.#perRoute, route)
-    decrement(this.#perIp, this.#clientKey(ip))
-  }
-
-  #clientKey (ip: string): string {
-    return clientKey(ip, this.#limits.ipv6Subnet ?? DEFAULT_IPV6_SUBNET)
+    this.#admission.handOver(lease)
   }
 
   add (connection: ConnectionContext): void {
@@ -181,7 +115,7 @@ export class Registry implements ConnectionRegistry, WebSocketConnections {
 
   remove (connection: ConnectionContext): void {
     this.#live.delete(connection[kSerial])
-    this.#uncount(connection.request.routeUrl, connection.request.ip)
+    this.#admission.uncount(connection.request.routeUrl, connection.request.ip)
     if (this.#live.size === 0) this.#onEmpty?.()
   }
 
@@ -203,7 +137,7 @@ export class Registry implements ConnectionRegistry, WebSocketConnections {
   }
 
   countOfRoute (url: string): number {
-    return this.#perRoute.get(url) ?? 0
+    return this.#admission.countOfRoute(url)
   }
 
   post (id: string, message: unknown): boolean {
@@ -422,9 +356,7 @@ export class Registry implements ConnectionRegistry, WebSocketConnections {
     for (const [key, value] of Object.entries(options) as Array<[keyof DrainOptions, number]>) {
       if (value !== undefined) settings[key] = value as never
     }
-    if (!this.#draining && this.#upgrading.size !== 0) {
-      this.#pendingUpgradesTimer = setTimeout(Registry.#endPendingUpgrades, this.#closeTimeout, this)
-    }
+    if (!this.#draining) this.#admission.endPendingAfter(this.#closeTimeout)
     this.#draining = true
     const code = this.#drainCode = settings.code ?? CloseCode.SERVICE_RESTART
     // One wait for every drain: a second drain() must not leave the first waiting for nothing.
@@ -438,19 +370,6 @@ export class Registry implements ConnectionRegistry, WebSocketConnections {
     let timer: NodeJS.Timeout | undefined
     await Promise.race([emptied, new Promise<void>((resolve) => { timer = setTimeout(resolve, timeoutMs) })])
     clearTimeout(timer)
-  }
-
-  /** A timer's callback: nothing may throw out of it. */
-  static #endPendingUpgrades (self: Registry): void {
-    for (const lease of self.#upgrading) {
-      try {
-        lease.socket.destroy()
-        /* c8 ignore start -- a socket's, stream's or request's destroy() does not throw; a timer must not let one through */
-      } catch (error) {
-        self.#log.error({ err: error }, 'WebSocket upgrade could not be ended at close')
-      }
-      /* c8 ignore stop */
-    }
   }
 
   /** app.close(): the drain, within `closeTimeout` as a whole (its batches in at most half of it). */
@@ -471,12 +390,6 @@ function checkPosition (options: SubscribeOptions): void {
 }
 
 const noSubscribers: ReadonlySet<ConnectionContext> = new Set()
-
-function decrement (counts: Map<string, number>, key: string): void {
-  const left = counts.get(key)! - 1
-  if (left === 0) counts.delete(key)
-  else counts.set(key, left)
-}
 
 /**
  * As strict as `reply`: text takes a string, binary a Buffer or Uint8Array. Binary data is read

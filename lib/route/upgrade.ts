@@ -17,7 +17,8 @@ import { jsonReader } from './json-reader.js'
 import { answeringStream, kH2Stream, releaseCompatObjects } from './h2.js'
 import { RETRY_AFTER_SECONDS } from './refusals.js'
 import { originCheck, ownOrigin, type OriginCheck } from './origin.js'
-import type { Destroyable, Lease, Registry } from '../registry/registry.js'
+import type { Destroyable, Lease } from '../registry/admission.js'
+import type { Registry } from '../registry/registry.js'
 import {
   InvalidHandshakeError, InvalidOptionError, InvalidResultError, OriginNotAllowedError, ProtocolNotOfferedError, ProtocolNotSupportedError,
   ProtocolRequiredError, ShuttingDownError, TooManyConnectionsError, UpgradeRequiredError
