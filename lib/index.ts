@@ -16,7 +16,8 @@ import { Registry } from './registry/registry.js'
 import type {
   RouteWebSocketOptions, WebSocketConnections, WebSocketHandler, WebSocketHandlersOptions
 } from './core/types.js'
-import { governServer, isWebSocketRoute, makeWebSocketRoute, runInitLast, upgradeRequired, type PluginDefaults } from './route/upgrade.js'
+import { governServer, isWebSocketRoute, makeWebSocketRoute, runInitLast, type PluginDefaults } from './route/upgrade.js'
+import { upgradeRequired } from './route/refusals.js'
 import { isHttp2Server, kH2Stream, serveExtendedConnect, type H2Request } from './route/h2.js'
 import { shuttingDownAnswer } from './route/refusals.js'
 import { checkWs } from './wire/ws-check.js'
@@ -180,7 +181,7 @@ export function defineHandler<
 
 export { text, json, binary, ping, pong, close } from './core/frames.js'
 export { topic } from './core/topics.js'
-export { upgradeRequired } from './route/upgrade.js'
+export { upgradeRequired } from './route/refusals.js'
 export { inProcessAdapter, InProcessBus } from './registry/in-process.js'
 export { CloseCode } from './core/close-codes.js'
 export { formatPosition, parsePosition } from './client.js'

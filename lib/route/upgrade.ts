@@ -15,20 +15,18 @@ import type { RouteContext } from '../actor/context.js'
 import { refusedChannel } from '../core/diagnostics.js'
 import { jsonReader } from './json-reader.js'
 import { answeringStream, kH2Stream, releaseCompatObjects } from './h2.js'
-import { RETRY_AFTER_SECONDS } from './refusals.js'
+import { RETRY_AFTER_SECONDS, answerLoadShedding, isLoadShedding, withoutStack } from './refusals.js'
+import { definedOnly, handshakeProblem, initResultProblem, isUpgradeRequest, offeredProtocols, snapshotOf } from './handshake.js'
 import { originCheck, ownOrigin, type OriginCheck } from './origin.js'
 import type { Destroyable, Lease } from '../registry/admission.js'
 import type { Registry } from '../registry/registry.js'
 import {
   InvalidHandshakeError, InvalidOptionError, InvalidResultError, OriginNotAllowedError, ProtocolNotOfferedError, ProtocolNotSupportedError,
-  ProtocolRequiredError, ShuttingDownError, TooManyConnectionsError, UpgradeRequiredError
+  ProtocolRequiredError, ShuttingDownError
 } from '../core/errors.js'
-import {
-  anything, assertHandler, assertRouteOptions, connectionChecks, mustBe, optionsProblem, resolveConnectionOptions,
-  shapeChecker, type ResolvedConnectionOptions
-} from '../core/options.js'
-import type { InitCommands, RequestSnapshot, RouteWebSocketOptions, WebSocketHandler } from '../core/types.js'
-import { internalsOf, parseSubprotocols } from '../wire/ws-internals.js'
+import { assertHandler, assertRouteOptions, resolveConnectionOptions, type ResolvedConnectionOptions } from '../core/options.js'
+import type { InitCommands, RouteWebSocketOptions, WebSocketHandler } from '../core/types.js'
+import { internalsOf } from '../wire/ws-internals.js'
 
 /** What the plugin's registration decided for every route. */
 export interface PluginDefaults {
@@ -52,8 +50,6 @@ interface PendingUpgrade {
 const kPendingUpgrade = Symbol('fastify-ws-handlers.pending-upgrade')
 type RawRequest = FastifyRequest['raw'] & { [kPendingUpgrade]?: PendingUpgrade, [kH2Stream]?: ServerHttp2Stream }
 type AnyHandler = WebSocketHandler<unknown, unknown>
-
-const noHeaders: RequestSnapshot['headers'] = Object.freeze({})
 
 const kRunInit = Symbol('fastify-ws-handlers.run-init')
 type WebSocketRouteOptions = RouteOptions & { wsHandler?: unknown, [kRunInit]?: UpgradeStep }
@@ -188,23 +184,6 @@ function releaseIfNotUpgraded (request: FastifyRequest, registry: Registry): voi
   registry.release(pending.lease)
 }
 
-/** The HTTP handler of a WebSocket-only route: 426, as Cowboy answers (RFC 7230 §6.7 wants both headers). */
-export function upgradeRequired (_request: FastifyRequest, reply: FastifyReply): FastifyReply {
-  return reply.header('upgrade', 'websocket').header('connection', 'upgrade').send(withoutStack(new UpgradeRequiredError()))
-}
-
-/**
- * The plugin's own refusals (a coded 4xx) are answers, not faults: Fastify logs them at info,
- * and a stack trace there says nothing. Errors from init and 5xx keep theirs.
- */
-function withoutStack (error: unknown): unknown {
-  const { code, statusCode } = error as { code?: unknown, statusCode?: unknown }
-  if (typeof code === 'string' && code.startsWith('FST_WS_') && typeof statusCode === 'number' && statusCode < 500) {
-    Object.defineProperty(error, 'stack', { value: undefined })
-  }
-  return error
-}
-
 /**
  * @fastify/websocket's ws server decides the subprotocol and the extensions of every upgrade,
  * ours and the app's. Ours get what `init` decided; the app's own routes keep what the server
@@ -316,97 +295,4 @@ function upgradeStep (
     const raw = request.raw as RawRequest
     raw[kPendingUpgrade] = { state, options, protocol, lease, response: reply.raw }
   }
-}
-
-/** Refusals that shed load (a limit reached, shutting down): answers, not faults. */
-function isLoadShedding (error: unknown): error is TooManyConnectionsErrorType | ShuttingDownErrorType {
-  return error instanceof TooManyConnectionsError || error instanceof ShuttingDownError
-}
-type TooManyConnectionsErrorType = InstanceType<typeof TooManyConnectionsError>
-type ShuttingDownErrorType = InstanceType<typeof ShuttingDownError>
-
-/**
- * A 503 that sheds load is answered here, in Fastify's error format, and logged once at warn
- * without a stack: thrown, Fastify would log each at error level with its stack, and a flooding
- * client would fill the error logs. (The app's error handler is not called for it: not a fault.)
- */
-function answerLoadShedding (request: FastifyRequest, reply: FastifyReply, error: TooManyConnectionsErrorType | ShuttingDownErrorType): void {
-  request.log.warn({ code: error.code, route: request.routeOptions.url, ip: request.ip }, error.message)
-  reply.code(503).send({ statusCode: 503, code: error.code, error: 'Service Unavailable', message: error.message })
-}
-
-const keyPattern = /^[+/0-9A-Za-z]{22}==$/ // ws's own rule
-
-/** What ws would refuse in this handshake (websocket-server.js, handleUpgrade), or undefined. */
-function handshakeProblem (headers: FastifyRequest['headers']): string | undefined {
-  const key = headers['sec-websocket-key']
-  if (typeof key !== 'string' || !keyPattern.test(key)) return 'missing or invalid Sec-WebSocket-Key header'
-  const version = Number(headers['sec-websocket-version'])
-  if (version !== 13 && version !== 8) return 'missing or invalid Sec-WebSocket-Version header (13 or 8)'
-  const protocol = headers['sec-websocket-protocol']
-  if (protocol !== undefined) {
-    try {
-      parseSubprotocols(String(protocol))
-    } catch (error) {
-      return `invalid Sec-WebSocket-Protocol header: ${(error as Error).message}`
-    }
-  }
-  return undefined
-}
-
-/**
- * Cowboy's rule, read from the headers rather than from @fastify/websocket's `request.ws`, so
- * that `app.inject()` with upgrade headers meets the same refusals as a real upgrade.
- */
-function isUpgradeRequest (request: FastifyRequest): boolean {
-  const { connection, upgrade } = request.headers
-  return typeof upgrade === 'string' && upgrade.toLowerCase() === 'websocket' &&
-    typeof connection === 'string' && /(?:^|,)\s*upgrade\s*(?:,|$)/i.test(connection)
-}
-
-const initResultProblem = shapeChecker({
-  state: anything,
-  protocol: mustBe('protocol', 'a string', (value) => typeof value === 'string'),
-  options: (options) => optionsProblem(options, connectionChecks)
-})
-
-/** `Sec-WebSocket-Protocol` tokens, in the client's order (already checked by ws's rule). */
-function offeredProtocols (header: string | string[] | undefined): string[] {
-  return header === undefined ? [] : [...parseSubprotocols(String(header))]
-}
-
-/** Nothing to keep: one frozen empty object for every connection whose params or query are empty. */
-const noParams: Readonly<Record<string, string>> = Object.freeze({})
-const noQuery: Readonly<Record<string, string>> = Object.freeze(Object.create(null) as Record<string, string>)
-
-function isEmpty (value: unknown): boolean {
-  return value !== null && typeof value === 'object' && Object.keys(value).length === 0
-}
-
-function snapshotOf (request: FastifyRequest, pending: PendingUpgrade): RequestSnapshot {
-  const keep = pending.options.keepHeaders
-  let headers = noHeaders
-  if (keep.length > 0) {
-    const picked: Record<string, string | string[] | undefined> = {}
-    for (const name of keep) {
-      const lower = name.toLowerCase() // as Node names them
-      picked[lower] = request.headers[lower]
-    }
-    headers = Object.freeze(picked)
-  }
-  return Object.freeze({
-    id: request.id,
-    method: request.method,
-    url: request.url,
-    routeUrl: pending.lease.route, // what the limits counted; the route's URL pattern
-    params: isEmpty(request.params) ? noParams : request.params,
-    query: isEmpty(request.query) ? noQuery : request.query,
-    headers,
-    ip: pending.lease.ip, // what the limits counted (request.ip; '' under injectWS, which has no socket)
-    protocol: pending.protocol
-  })
-}
-
-function definedOnly<T extends object> (options: T): Partial<T> {
-  return Object.fromEntries(Object.entries(options).filter(([, value]) => value !== undefined)) as Partial<T>
 }
