@@ -4,13 +4,13 @@
  * shard's subscriber connection being cut, or of a slot moving to another master. So:
  *
  * - The publishing Cluster keeps a connection to every master, opened before the adapter starts
- *   and after each slots refresh that brings a master (ioredis opens one on first use otherwise, and rejects what
- *   is sent while it is still connecting, then retries it 100 ms later, behind newer commands:
- *   one publisher's publications to a topic would arrive out of order). One that closes is an
- *   outage; ioredis drops it, and the next slots refresh brings the master back (or its
- *   promoted replica), connected at once; the cluster is healthy again when every master that
- *   holds slots is connected. (ioredis's `clusterNodeRetryStrategy` is left off: a node that
- *   retries for ever keeps the commands that were in flight to a dead master pending.)
+ *   and after each slots refresh that brings a master (ioredis opens one on first use otherwise,
+ *   and rejects what is sent while it is still connecting, then retries it 100 ms later, behind
+ *   newer commands: one publisher's publications to a topic would arrive out of order). One
+ *   that closes is an outage; ioredis drops it, and the next slots refresh brings the master
+ *   back (or its promoted replica), connected at once; the cluster is healthy again when every
+ *   master that holds slots is connected. (ioredis's `clusterNodeRetryStrategy` is left off: a
+ *   node that retries for ever keeps the commands in flight to a dead master pending.)
  * - The subscribing Cluster's shard subscribers: one that ends (its connection cut, its master
  *   gone) is an outage; ioredis refreshes the slots and starts another, then says
  *   `subscribersReady`. A master that lost a slot tells its shard subscribers `sunsubscribe`
