@@ -17,9 +17,8 @@ import type {
   RouteWebSocketOptions, WebSocketConnections, WebSocketHandler, WebSocketHandlersOptions
 } from './core/types.js'
 import { governServer, isWebSocketRoute, makeWebSocketRoute, runInitLast, type PluginDefaults } from './route/upgrade.js'
-import { upgradeRequired } from './route/refusals.js'
 import { isHttp2Server, kH2Stream, serveExtendedConnect, type H2Request } from './route/h2.js'
-import { shuttingDownAnswer } from './route/refusals.js'
+import { shuttingDownAnswer, upgradeRequired } from './route/refusals.js'
 import { checkWs } from './wire/ws-check.js'
 import { settledWithin } from './core/timeout.js'
 import { inProcessAdapter } from './registry/in-process.js'

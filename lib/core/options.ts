@@ -255,6 +255,11 @@ export function assertHandler (handler: unknown, url: string): void {
   }
 }
 
+/** The keys given a value (an option given as `undefined` is not given). */
+export function definedOnly<T extends object> (options: T): Partial<T> {
+  return Object.fromEntries(Object.entries(options).filter(([, value]) => value !== undefined)) as Partial<T>
+}
+
 /** Per-connection options of `layer` over `base`, keeping only the per-connection keys. */
 export function resolveConnectionOptions (base: ResolvedConnectionOptions, layer: ConnectionOptions): ResolvedConnectionOptions {
   const resolved = { ...base }

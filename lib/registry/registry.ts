@@ -16,7 +16,7 @@ import { instanceOf } from './in-process.js'
 import { kSerial, kShutdown, kWriteShared, type ConnectionContext, type ConnectionRegistry } from '../actor/context.js'
 import { encodeFrame } from '../wire/writes.js'
 import { Admission, type ConnectionLimits, type Destroyable, type Lease } from './admission.js'
-import { drainOptionsProblem, show } from '../core/options.js'
+import { definedOnly, drainOptionsProblem, show } from '../core/options.js'
 import { nameOf, topicName } from '../core/topics.js'
 import { deliverChannel } from '../core/diagnostics.js'
 import { CloseCode } from '../core/close-codes.js'
@@ -352,10 +352,7 @@ export class Registry implements ConnectionRegistry, WebSocketConnections {
     const problem = drainOptionsProblem(options)
     if (problem !== undefined) throw new InvalidOptionError('drain', problem)
     // A key given as undefined is not given (exactOptionalPropertyTypes users write `x: undefined`).
-    const settings: DrainOptions = { ...this.#drainDefaults }
-    for (const [key, value] of Object.entries(options) as Array<[keyof DrainOptions, number]>) {
-      if (value !== undefined) settings[key] = value as never
-    }
+    const settings: DrainOptions = { ...this.#drainDefaults, ...definedOnly(options) }
     if (!this.#draining) this.#admission.endPendingAfter(this.#closeTimeout)
     this.#draining = true
     const code = this.#drainCode = settings.code ?? CloseCode.SERVICE_RESTART

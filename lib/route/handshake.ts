@@ -85,8 +85,3 @@ export function snapshotOf (request: FastifyRequest, pending: Decided): RequestS
     protocol: pending.protocol
   })
 }
-
-/** The keys given a value (an option given as `undefined` is not given). */
-export function definedOnly<T extends object> (options: T): Partial<T> {
-  return Object.fromEntries(Object.entries(options).filter(([, value]) => value !== undefined)) as Partial<T>
-}

@@ -16,7 +16,7 @@ import { refusedChannel } from '../core/diagnostics.js'
 import { jsonReader } from './json-reader.js'
 import { answeringStream, kH2Stream, releaseCompatObjects } from './h2.js'
 import { RETRY_AFTER_SECONDS, answerLoadShedding, isLoadShedding, withoutStack } from './refusals.js'
-import { definedOnly, handshakeProblem, initResultProblem, isUpgradeRequest, offeredProtocols, snapshotOf } from './handshake.js'
+import { handshakeProblem, initResultProblem, isUpgradeRequest, offeredProtocols, snapshotOf } from './handshake.js'
 import { originCheck, ownOrigin, type OriginCheck } from './origin.js'
 import type { Destroyable, Lease } from '../registry/admission.js'
 import type { Registry } from '../registry/registry.js'
@@ -24,7 +24,7 @@ import {
   InvalidHandshakeError, InvalidOptionError, InvalidResultError, OriginNotAllowedError, ProtocolNotOfferedError, ProtocolNotSupportedError,
   ProtocolRequiredError, ShuttingDownError
 } from '../core/errors.js'
-import { assertHandler, assertRouteOptions, resolveConnectionOptions, type ResolvedConnectionOptions } from '../core/options.js'
+import { assertHandler, assertRouteOptions, definedOnly, resolveConnectionOptions, type ResolvedConnectionOptions } from '../core/options.js'
 import type { InitCommands, RouteWebSocketOptions, WebSocketHandler } from '../core/types.js'
 import { internalsOf } from '../wire/ws-internals.js'
 
