@@ -71,7 +71,6 @@ type Connection = (Redis | Cluster) & Partial<Scripted>
 
 /** Whether `connection` is ready, or becomes so within `ms`. */
 async function readyWithin (connection: Connection, ms: number): Promise<boolean> {
-  if (connection.status === 'ready') return true
   let onReady!: () => void
   const ready = new Promise<boolean>((resolve) => {
     onReady = () => { resolve(true) }
@@ -184,6 +183,13 @@ export function redisAdapter (options: RedisAdapterOptions = {}): RedisPubSubAda
     }
   }
 
+  /** One wait for the reading connection, shared by the reads that need it (not a listener each). */
+  let publisherBack: Promise<boolean> | undefined
+  function publisherReady (): Promise<boolean> {
+    if (publisher.status === 'ready') return Promise.resolve(true)
+    return (publisherBack ??= readyWithin(publisher, READ_WAIT_MS).finally(() => { publisherBack = undefined }))
+  }
+
   const history: HistoryStore = {
     async append (topic: string, message: unknown, json = JSON.stringify(message), limits: HistoryLimits): Promise<Position> {
       const [stream, meta] = keysOf(topic)
@@ -203,7 +209,7 @@ export function redisAdapter (options: RedisAdapterOptions = {}): RedisPubSubAda
       }
       // The subscriber may be back before the publishing connection, which reads: a gap seen
       // live then waits for it, rather than failing (its followers told `unavailable`).
-      if (!await readyWithin(publisher, READ_WAIT_MS)) {
+      if (!await publisherReady()) {
         throw new RedisAdapterError(`the history of "${topic}" cannot be read: the connection to Redis is not back after ${READ_WAIT_MS} ms (${where})`)
       }
       const [stream, meta] = keysOf(topic)
